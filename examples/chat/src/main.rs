@@ -1,0 +1,92 @@
+//! Interactive streaming chat through the LLM extension.
+//!
+//! Each line on stdin is one user turn, appended to one session as a
+//! templated turn; the reply streams to stdout as it is generated. Only the
+//! new turn is evaluated: the history stays in the host's KV cache.
+//!
+//! Usage (inside the host): `chat [MODEL]` (default `smollm2`). Exits at EOF.
+
+use std::io::{self, BufRead, Write};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use wasi_nn_llm::{Chat, Error, Model, Params};
+
+const SYSTEM: &str = "You are a helpful assistant. Answer briefly and accurately.";
+
+fn main() -> ExitCode {
+    let name = std::env::args().nth(1).unwrap_or_else(|| "smollm2".into());
+    match run(&name) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chat: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(name: &str) -> Result<(), Error> {
+    let model = Model::load(name)?;
+    let mut chat = Chat::new(&model)?;
+    chat.system(SYSTEM);
+    let params = Params::greedy().repeat_penalty(1.1, 64).max_tokens(512);
+
+    eprintln!("chatting with {name:?}; one message per line, end with Ctrl-D");
+    let stdin = io::stdin();
+    let mut stdout = io::stdout();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line).map_err(io_error)? == 0 {
+            eprintln!();
+            return Ok(());
+        }
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let mut first_token = None;
+        let mut reply = match chat.send(line, &params) {
+            Ok(reply) => reply,
+            Err(e) => {
+                eprintln!("[{e}]");
+                continue;
+            }
+        };
+        for chunk in &mut reply {
+            match chunk {
+                Ok(chunk) => {
+                    first_token.get_or_insert_with(|| started.elapsed());
+                    print!("{}", chunk.text);
+                    let _ = stdout.flush();
+                }
+                Err(e) => {
+                    eprintln!("\n[{e}]");
+                    break;
+                }
+            }
+        }
+        println!();
+        if let Some(finish) = reply.finish() {
+            let u = &finish.usage;
+            let total = started.elapsed();
+            let ttft = first_token.unwrap_or(total);
+            let decode = (total - ttft).as_secs_f64();
+            let rate = if decode > 0.0 { f64::from(u.generated_tokens.saturating_sub(1)) / decode } else { 0.0 };
+            eprintln!(
+                "[{:?}: {} tokens, first after {} ms, {:.0} tok/s; prompt {} tokens, {} reused from the cache]",
+                finish.reason,
+                u.generated_tokens,
+                ttft.as_millis(),
+                rate,
+                u.prompt_tokens,
+                u.cached_tokens
+            );
+        }
+    }
+}
+
+fn io_error(e: io::Error) -> Error {
+    Error::Llm(wasi_nn_llm::raw::wasi_nn_llm::llm::types::Error::EngineFailure(format!("stdin: {e}")))
+}

@@ -1,0 +1,52 @@
+//! One error type for everything a guest can get back.
+
+use std::fmt;
+
+use crate::raw::wasi::nn::errors::{Error as NnError, ErrorCode};
+use crate::raw::wasi_nn_llm::llm::types::Error as LlmError;
+
+/// An error from the extension (typed) or from base wasi-nn (a code and text).
+#[derive(Debug, Clone)]
+pub enum Error {
+    /// The extension's typed error.
+    Llm(LlmError),
+    /// A base wasi-nn error: its code and the host's explanation.
+    Nn { code: ErrorCode, message: String },
+    /// The model's chat template re-renders earlier turns differently, so the
+    /// new turn cannot be sent as an append.
+    TemplateNotIncremental,
+}
+
+impl From<LlmError> for Error {
+    fn from(e: LlmError) -> Self {
+        Self::Llm(e)
+    }
+}
+
+impl From<NnError> for Error {
+    fn from(e: NnError) -> Self {
+        Self::Nn { code: e.code(), message: e.data() }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Llm(e) => match e {
+                LlmError::PromptTooLong(o) => write!(
+                    f,
+                    "prompt too long: the session would hold {} tokens ({} used), its limit is {}",
+                    o.requested, o.used, o.limit
+                ),
+                LlmError::ContextFull(o) => write!(f, "context full: {} of {} tokens used", o.used, o.limit),
+                other => write!(f, "{other:?}"),
+            },
+            Self::Nn { code, message } => write!(f, "wasi-nn {code:?}: {message}"),
+            Self::TemplateNotIncremental => {
+                f.write_str("the chat template re-renders earlier turns; the turn cannot be appended")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}

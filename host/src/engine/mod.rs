@@ -1,0 +1,233 @@
+//! The inference engine: one loaded model, one llama.cpp context, one
+//! scheduler thread, shared by every guest instance and session (and by both
+//! front doors, base wasi-nn and the extension, so comparisons between them
+//! measure the interface and nothing else).
+//!
+//! A token's way: a guest's [`Session::append`] or [`TokenStream`] read sends
+//! a [`scheduler::Command`] to the model's scheduler thread, which batches
+//! the work of all sessions into `llama_decode` calls, samples
+//! ([`sampler`]), turns token bytes into whole-character chunks ([`text`]),
+//! and pushes them into the stream's buffer ([`stream`]).
+
+mod params;
+mod sampler;
+mod scheduler;
+mod session;
+mod stream;
+mod text;
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use anyhow::{Context as _, anyhow};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+
+pub use params::{Constraint, GenerateParams, SessionOptions};
+pub use session::Session;
+pub use stream::{Finish, FinishReason, TokenStream, Usage};
+pub use text::{Chunk, TokenLogprob};
+
+use crate::error::LlmError;
+use scheduler::{Command, Scheduler};
+
+/// How the operator runs a model.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// CPU threads for decoding and prefill.
+    pub threads: u32,
+    /// Most tokens one session may hold.
+    pub ctx_size: u32,
+    /// Sessions that may be open at once on this model (llama.cpp sequences).
+    pub max_sessions: u32,
+    /// Layers offloaded to the GPU; `None`: all when built with a GPU backend, else 0.
+    pub gpu_layers: Option<u32>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+        Self { threads, ctx_size: 4096, max_sessions: 8, gpu_layers: None }
+    }
+}
+
+/// The process-wide llama.cpp backend (llama.cpp allows one), with its
+/// logging silenced unless `WASI_NN_LLM_LOG` is set.
+pub fn backend() -> anyhow::Result<&'static LlamaBackend> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            if std::env::var_os("WASI_NN_LLM_LOG").is_none() {
+                llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
+            }
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| anyhow!("llama.cpp backend: {e}"))
+}
+
+/// Whether this build offloads to a GPU by default.
+pub fn gpu_build() -> bool {
+    cfg!(any(feature = "cuda", feature = "vulkan"))
+}
+
+/// A loaded model and its scheduler; cheap to clone, shared by all guests.
+#[derive(Clone)]
+pub struct Engine(Arc<Inner>);
+
+struct Inner {
+    name: String,
+    model: Arc<LlamaModel>,
+    commands: Sender<Command>,
+    /// Which llama.cpp sequence ids are taken by open sessions.
+    slots: Mutex<Vec<bool>>,
+    ctx_size: u32,
+}
+
+impl Engine {
+    /// Load a GGUF and start its scheduler thread.
+    pub fn load(name: &str, path: &Path, config: &EngineConfig) -> anyhow::Result<Self> {
+        let backend = backend()?;
+        let gpu_layers = config.gpu_layers.unwrap_or(if gpu_build() { u32::MAX } else { 0 });
+        let model_params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
+        let model = LlamaModel::load_from_file(backend, path, &model_params)
+            .with_context(|| format!("loading model {name:?} from {}", path.display()))?;
+        let model = Arc::new(model);
+
+        let ctx_size = config.ctx_size.clamp(16, model.n_ctx_train().max(16));
+        let max_sessions = config.max_sessions.clamp(1, 256);
+        let threads = config.threads.clamp(1, 512) as i32;
+        let ctx_params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(ctx_size * max_sessions))
+            .with_n_batch(scheduler::PREFILL_CHUNK as u32)
+            .with_n_ubatch(scheduler::PREFILL_CHUNK as u32)
+            .with_n_seq_max(max_sessions)
+            // One KV stream per sequence: a session's attention never sees
+            // (or is rounded differently because of) another session's cells.
+            .with_kv_unified(false)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads)
+            .with_no_perf(false);
+
+        let (commands, receiver) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
+        let thread_model = model.clone();
+        std::thread::Builder::new()
+            .name(format!("llm-{name}"))
+            .spawn(move || {
+                let model = &*thread_model;
+                let ctx = match model.new_context(backend, ctx_params) {
+                    Ok(mut ctx) => {
+                        warm_up(model, &mut ctx);
+                        ctx
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                Scheduler::new(model, ctx, max_sessions as usize).run(receiver);
+            })
+            .context("spawning the scheduler thread")?;
+        ready_rx
+            .recv()
+            .context("scheduler thread died")?
+            .map_err(|e| anyhow!("creating the llama.cpp context for {name:?}: {e}"))?;
+
+        Ok(Self(Arc::new(Inner {
+            name: name.to_owned(),
+            model,
+            commands,
+            slots: Mutex::new(vec![false; max_sessions as usize]),
+            ctx_size,
+        })))
+    }
+
+    /// The registry name this model was loaded under.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The llama.cpp model (tokenizer, metadata); read-only and thread-safe.
+    pub fn model(&self) -> &LlamaModel {
+        &self.0.model
+    }
+
+    /// Most tokens one session may hold.
+    pub fn ctx_size(&self) -> u32 {
+        self.0.ctx_size
+    }
+
+    /// Open an empty session, taking one of the model's sequence slots.
+    pub fn open_session(&self, options: &SessionOptions) -> Result<Session, LlmError> {
+        let limit = match options.context_length {
+            None => self.0.ctx_size,
+            Some(0) => return Err(LlmError::invalid("context-length must be at least 1")),
+            Some(n) if n > self.0.ctx_size => {
+                return Err(LlmError::LimitExceeded { name: "context-length".into(), max: self.0.ctx_size.into() });
+            }
+            Some(n) => n,
+        };
+        let seq = {
+            let mut slots = self.0.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let free = slots.iter().position(|taken| !taken).ok_or_else(|| LlmError::LimitExceeded {
+                name: "sessions".into(),
+                max: slots.len() as u64,
+            })?;
+            slots[free] = true;
+            free as i32
+        };
+        self.send(Command::Open { seq, limit, seed: options.seed })?;
+        Ok(Session::new(self.clone(), seq))
+    }
+
+    /// Render `messages` (role, content) with the model's own chat template.
+    pub fn apply_chat_template(&self, messages: &[(String, String)], add_assistant: bool) -> Result<String, LlmError> {
+        let template = self.chat_template()?;
+        let chat = messages
+            .iter()
+            .map(|(role, content)| LlamaChatMessage::new(role.clone(), content.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| LlmError::invalid(format!("chat message: {e}")))?;
+        self.model()
+            .apply_chat_template(&template, &chat, add_assistant)
+            .map_err(|e| LlmError::Unsupported(format!("llama.cpp cannot render this model's chat template: {e}")))
+    }
+
+    fn chat_template(&self) -> Result<LlamaChatTemplate, LlmError> {
+        self.model()
+            .chat_template(None)
+            .map_err(|e| LlmError::Unsupported(format!("model {:?} has no usable chat template: {e}", self.name())))
+    }
+
+    fn send(&self, command: Command) -> Result<(), LlmError> {
+        self.0.commands.send(command).map_err(|_| LlmError::EngineFailure("the model's scheduler has stopped".into()))
+    }
+
+    fn release_slot(&self, seq: i32) {
+        let mut slots = self.0.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots[seq as usize] = false;
+    }
+
+    /// Whether `self` and `other` are the same loaded model.
+    pub fn same(&self, other: &Engine) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// The first decode on a new context costs 80–150 ms extra; pay it at load time.
+fn warm_up(model: &LlamaModel, ctx: &mut llama_cpp_2::context::LlamaContext<'_>) {
+    let mut batch = LlamaBatch::new(1, 1);
+    let token = model.vocab().bos();
+    let token = if (0..model.n_vocab()).contains(&token.0) { token } else { llama_cpp_2::token::LlamaToken(0) };
+    if batch.add(token, 0, &[0], true).is_ok() {
+        let _ = ctx.decode(&mut batch);
+    }
+    ctx.clear_kv_cache();
+}

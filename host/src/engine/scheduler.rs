@@ -1,0 +1,456 @@
+//! The one thread per model that owns the llama.cpp context and decides what
+//! to decode next.
+//!
+//! Every session is a llama.cpp sequence in this one context. Each turn of the
+//! loop decodes one token for *every* generation that has room in its stream
+//! buffer, in a single batch (so concurrency is batching, not contention),
+//! then one prefill chunk of one appending session, so a long prompt never
+//! stalls the other streams for more than a chunk.
+//!
+//! Invariants kept per sequence (see [`Sequence`]): the KV cache holds
+//! `tokens[..n_past]`, and `n_past <= tokens.len()`; a generation step decodes
+//! the last token and samples from its logits right away, so logits are never
+//! read after another decode overwrote them. Every position handed to
+//! llama.cpp is below the session's limit, which is at most the context's
+//! per-sequence size, and every batch is at most `n_batch` tokens: nothing a
+//! guest sends can reach a llama.cpp assertion.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use super::params::GenerateParams;
+use super::sampler;
+use super::stream::{Finish, FinishReason, Item, Shared, Usage};
+use super::text::{Pushed, TextAssembler, TokenLogprob};
+use crate::error::{ContextOverflow, LlmError};
+
+/// Tokens decoded per prefill batch; also the context's `n_batch`.
+pub(crate) const PREFILL_CHUNK: usize = 512;
+
+pub(crate) type Reply<T> = SyncSender<Result<T, LlmError>>;
+
+/// What session handles and streams ask of the scheduler.
+pub(crate) enum Command {
+    Open { seq: i32, limit: u32, seed: Option<u64> },
+    Close { seq: i32 },
+    Append { seq: i32, text: String, reply: Reply<u32> },
+    Generate { seq: i32, params: GenerateParams, reply: Reply<Arc<Shared>> },
+    /// A reader dropped its stream before the end.
+    Cancel { seq: i32, stream: u64 },
+    /// A reader made room in a full buffer.
+    Wake,
+}
+
+/// One session's state, mirrored token by token (llama.cpp has no API that
+/// reports what a sequence holds).
+struct Sequence {
+    limit: usize,
+    seed: Option<u64>,
+    tokens: Vec<LlamaToken>,
+    /// `tokens[..n_past]` are in the KV cache.
+    n_past: usize,
+    /// `n_past` when the current turn's first append came; `None` once a
+    /// generation has started. Usage's cached-tokens comes from it.
+    turn_start: Option<usize>,
+    prefill: Option<Prefill>,
+    generation: Option<Generation>,
+    /// The last stream handed out, until its reader has drained it.
+    stream: Option<Arc<Shared>>,
+}
+
+/// An append waiting for its tokens to be evaluated.
+struct Prefill {
+    added: u32,
+    reply: Reply<u32>,
+    /// Where to return to if a decode fails midway.
+    rollback_len: usize,
+}
+
+struct Generation {
+    sampler: LlamaSampler,
+    text: TextAssembler,
+    remaining: Option<u32>,
+    logprobs: Option<u32>,
+    usage: Usage,
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Scheduler<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    seqs: Vec<Option<Sequence>>,
+    prefills: VecDeque<i32>,
+    batch: LlamaBatch<'static>,
+}
+
+impl<'m> Scheduler<'m> {
+    pub fn new(model: &'m LlamaModel, ctx: LlamaContext<'m>, max_sessions: usize) -> Self {
+        let capacity = PREFILL_CHUNK.max(max_sessions);
+        Self {
+            model,
+            ctx,
+            seqs: (0..max_sessions).map(|_| None).collect(),
+            prefills: VecDeque::new(),
+            batch: LlamaBatch::new(capacity, 1),
+        }
+    }
+
+    /// Serve commands until every handle to the engine is gone.
+    pub fn run(mut self, commands: Receiver<Command>) {
+        loop {
+            let first = if self.has_work() {
+                match commands.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            } else {
+                match commands.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => return,
+                }
+            };
+            let mut next = first;
+            while let Some(command) = next {
+                self.handle(command);
+                next = commands.try_recv().ok();
+            }
+            self.step_generations();
+            self.prefill_chunk();
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.prefills.is_empty()
+            || self.seqs.iter().flatten().any(|s| s.generation.as_ref().is_some_and(|g| g.shared.lock().has_room()))
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Open { seq, limit, seed } => {
+                self.seqs[seq as usize] = Some(Sequence {
+                    limit: limit as usize,
+                    seed,
+                    tokens: Vec::new(),
+                    n_past: 0,
+                    turn_start: None,
+                    prefill: None,
+                    generation: None,
+                    stream: None,
+                });
+            }
+            Command::Close { seq } => {
+                if let Some(mut s) = self.seqs[seq as usize].take() {
+                    if let Some(g) = s.generation.take() {
+                        g.shared.push(Item::Finish(Finish { reason: FinishReason::Cancelled, usage: g.usage }));
+                    }
+                }
+                self.prefills.retain(|&q| q != seq);
+                let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+            }
+            Command::Append { seq, text, reply } => {
+                let result = self.append(seq, &text, &reply);
+                if let Some(result) = result {
+                    let _ = reply.send(result);
+                }
+            }
+            Command::Generate { seq, params, reply } => {
+                let _ = reply.send(self.start_generation(seq, &params));
+            }
+            Command::Cancel { seq, stream } => self.cancel(seq, stream),
+            Command::Wake => {}
+        }
+    }
+
+    fn sequence(&mut self, seq: i32) -> Result<&mut Sequence, LlmError> {
+        let s = self.seqs[seq as usize].as_mut().ok_or_else(|| LlmError::EngineFailure("session is closed".into()))?;
+        // A stream whose reader took its finish no longer holds the session.
+        if s.stream.as_ref().is_some_and(|st| st.lock().drained) {
+            s.stream = None;
+        }
+        if s.stream.is_some() || s.prefill.is_some() {
+            return Err(LlmError::SessionBusy);
+        }
+        Ok(s)
+    }
+
+    /// Tokenize and queue an append; `None` means the reply comes when the prefill is done.
+    fn append(&mut self, seq: i32, text: &str, reply: &Reply<u32>) -> Option<Result<u32, LlmError>> {
+        let model = self.model;
+        let s = match self.sequence(seq) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        // BOS (for models that want one) opens a session, never a later turn.
+        let new = match tokenize(model, text, s.tokens.is_empty()) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        if new.is_empty() {
+            return Some(Ok(0));
+        }
+        let used = s.tokens.len();
+        if used + new.len() > s.limit {
+            return Some(Err(LlmError::PromptTooLong(ContextOverflow {
+                requested: (used + new.len()).min(u32::MAX as usize) as u32,
+                used: used as u32,
+                limit: s.limit as u32,
+            })));
+        }
+        let added = new.len() as u32;
+        s.turn_start.get_or_insert(s.n_past);
+        s.tokens.extend(new);
+        // The last token stays pending: the first generation step decodes it
+        // and samples from its logits.
+        if s.n_past + 1 >= s.tokens.len() {
+            return Some(Ok(added));
+        }
+        s.prefill = Some(Prefill { added, reply: reply.clone(), rollback_len: used });
+        self.prefills.push_back(seq);
+        None
+    }
+
+    fn prefill_chunk(&mut self) {
+        let Some(&seq) = self.prefills.front() else { return };
+        let Some(s) = self.seqs[seq as usize].as_mut() else {
+            self.prefills.pop_front();
+            return;
+        };
+        let end = (s.tokens.len() - 1).min(s.n_past + PREFILL_CHUNK);
+        self.batch.clear();
+        for (i, &token) in s.tokens[s.n_past..end].iter().enumerate() {
+            if let Err(e) = self.batch.add(token, (s.n_past + i) as i32, &[seq], false) {
+                return self.fail_prefill(seq, format!("batch: {e}"));
+            }
+        }
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            return self.fail_prefill(seq, format!("prefill decode failed: {e}"));
+        }
+        let s = self.seqs[seq as usize].as_mut().expect("checked above");
+        s.n_past = end;
+        if end + 1 >= s.tokens.len() {
+            self.prefills.pop_front();
+            if let Some(p) = s.prefill.take() {
+                let _ = p.reply.send(Ok(p.added));
+            }
+        }
+    }
+
+    fn fail_prefill(&mut self, seq: i32, why: String) {
+        self.prefills.pop_front();
+        let Some(s) = self.seqs[seq as usize].as_mut() else { return };
+        if let Some(p) = s.prefill.take() {
+            s.tokens.truncate(p.rollback_len);
+            s.n_past = s.n_past.min(p.rollback_len);
+            let _ = self.ctx.kv_cache_seq_rm(seq, Some(s.n_past as u32), None);
+            let _ = p.reply.send(Err(LlmError::EngineFailure(why)));
+        }
+    }
+
+    fn start_generation(&mut self, seq: i32, params: &GenerateParams) -> Result<Arc<Shared>, LlmError> {
+        let model = self.model;
+        let s = self.sequence(seq)?;
+        if s.tokens.is_empty() {
+            return Err(LlmError::invalid("the session is empty: append a prompt before generating"));
+        }
+        if s.tokens.len() >= s.limit {
+            let used = s.tokens.len() as u32;
+            return Err(LlmError::ContextFull(ContextOverflow { requested: used + 1, used, limit: s.limit as u32 }));
+        }
+        let history_start = s.tokens.len().saturating_sub(1024);
+        let sampler = sampler::build(model, params, s.seed, &s.tokens[history_start..])?;
+        if s.n_past == s.tokens.len() {
+            // Everything is cached, but the logits of the last token are long
+            // gone: evaluate it again.
+            let last = s.n_past - 1;
+            self.ctx
+                .kv_cache_seq_rm(seq, Some(last as u32), None)
+                .map_err(|e| LlmError::EngineFailure(format!("cannot rewind the KV cache: {e}")))?;
+        }
+        let s = self.seqs[seq as usize].as_mut().expect("checked above");
+        s.n_past = s.n_past.min(s.tokens.len() - 1);
+        let cached = s.turn_start.take().unwrap_or(s.n_past);
+        let shared = Shared::new();
+        s.generation = Some(Generation {
+            sampler,
+            text: TextAssembler::new(params.stop.clone()),
+            remaining: params.max_tokens,
+            logprobs: params.logprobs,
+            usage: Usage { prompt_tokens: s.tokens.len() as u32, cached_tokens: cached as u32, generated_tokens: 0 },
+            shared: shared.clone(),
+        });
+        s.stream = Some(shared.clone());
+        Ok(shared)
+    }
+
+    /// One decode for every generation with room in its buffer, then sampling.
+    fn step_generations(&mut self) {
+        self.batch.clear();
+        let mut members = Vec::new();
+        for seq in 0..self.seqs.len() {
+            let Some(s) = self.seqs[seq].as_mut() else { continue };
+            let Some(g) = s.generation.as_ref() else { continue };
+            if !g.shared.lock().has_room() {
+                continue;
+            }
+            if s.tokens.len() >= s.limit {
+                self.finish(seq, FinishReason::ContextFull);
+                continue;
+            }
+            let pos = s.tokens.len() - 1;
+            if let Err(e) = self.batch.add(s.tokens[pos], pos as i32, &[seq as i32], true) {
+                self.fail_generation(seq, format!("batch: {e}"));
+                continue;
+            }
+            members.push(seq);
+        }
+        if members.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            for seq in members {
+                self.fail_generation(seq, format!("decode failed: {e}"));
+            }
+            return;
+        }
+        for (index, seq) in members.into_iter().enumerate() {
+            self.sample(seq, index as i32);
+        }
+    }
+
+    fn sample(&mut self, seq: usize, index: i32) {
+        let model = self.model;
+        let s = self.seqs[seq].as_mut().expect("member of this step");
+        s.n_past = s.tokens.len();
+        let g = s.generation.as_mut().expect("member of this step");
+        let token = g.sampler.sample(&self.ctx, index);
+        let vocab = model.vocab();
+        if vocab.is_eog(token) {
+            return self.finish(seq, FinishReason::EndOfSequence);
+        }
+        let logprob = g.logprobs.map(|n| logprob(self.ctx.get_logits_ith(index), token, n as usize));
+        s.tokens.push(token);
+        let bytes = vocab.token_to_piece(token, false, None);
+        match g.text.push(token, &bytes, logprob) {
+            Pushed::Ready(chunk) => {
+                if let Some(chunk) = chunk {
+                    g.usage.generated_tokens += chunk.tokens.len() as u32;
+                    g.shared.push(Item::Chunk(chunk));
+                }
+                if let Some(r) = g.remaining.as_mut() {
+                    *r -= 1;
+                    if *r == 0 {
+                        self.finish(seq, FinishReason::MaxTokens);
+                    }
+                }
+            }
+            Pushed::Stopped(m) => {
+                // Drop what follows the stop string, keep the text before it.
+                let keep = s.tokens.len() - m.dropped;
+                s.tokens.truncate(keep);
+                let mut chunk = m.chunk;
+                if !m.straddle.is_empty() {
+                    let retok = model.vocab().tokenize(&m.straddle, false, false);
+                    chunk.tokens.extend(retok.iter().map(|t| t.0 as u32));
+                    s.tokens.extend(retok);
+                }
+                self.rewind_kv(seq, keep);
+                let s = self.seqs[seq].as_mut().expect("member of this step");
+                let g = s.generation.as_mut().expect("member of this step");
+                g.usage.generated_tokens += chunk.tokens.len() as u32;
+                g.shared.push(Item::Chunk(chunk));
+                self.finish(seq, FinishReason::Stop(m.stop));
+            }
+        }
+    }
+
+    /// Drop KV entries from position `keep` on, if the cache holds any.
+    fn rewind_kv(&mut self, seq: usize, keep: usize) {
+        let s = self.seqs[seq].as_mut().expect("open sequence");
+        if s.n_past > keep {
+            s.n_past = keep;
+            if self.ctx.kv_cache_seq_rm(seq as i32, Some(keep as u32), None).is_err() {
+                // The model cannot drop a tail (recurrent state): start over.
+                let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+                s.n_past = 0;
+            }
+        }
+    }
+
+    fn finish(&mut self, seq: usize, reason: FinishReason) {
+        let Some(s) = self.seqs[seq].as_mut() else { return };
+        let Some(mut g) = s.generation.take() else { return };
+        if let Some(chunk) = g.text.flush() {
+            g.usage.generated_tokens += chunk.tokens.len() as u32;
+            g.shared.push(Item::Chunk(chunk));
+        }
+        g.shared.push(Item::Finish(Finish { reason, usage: g.usage }));
+    }
+
+    fn fail_generation(&mut self, seq: usize, why: String) {
+        let Some(s) = self.seqs[seq].as_mut() else { return };
+        if let Some(g) = s.generation.take() {
+            // Keep what was delivered; the undelivered tail leaves the session.
+            let undelivered = g.text.undelivered_tokens() + g.shared.lock().undelivered_tokens();
+            let keep = s.tokens.len() - undelivered;
+            s.tokens.truncate(keep);
+            g.shared.push(Item::Failed(LlmError::EngineFailure(why)));
+            let n_past = s.n_past;
+            let _ = self.ctx.kv_cache_seq_rm(seq as i32, Some(keep.min(n_past) as u32), None);
+            let s = self.seqs[seq].as_mut().expect("open sequence");
+            s.n_past = keep.min(n_past);
+        }
+    }
+
+    /// The reader is gone: the session keeps exactly the chunks it took.
+    fn cancel(&mut self, seq: i32, stream: u64) {
+        let Some(s) = self.seqs[seq as usize].as_mut() else { return };
+        if s.stream.as_ref().is_none_or(|st| st.id != stream) {
+            return;
+        }
+        let shared = s.stream.take().expect("checked above");
+        let mut undelivered = shared.lock().undelivered_tokens();
+        if let Some(g) = s.generation.take() {
+            undelivered += g.text.undelivered_tokens();
+        }
+        let keep = s.tokens.len() - undelivered;
+        s.tokens.truncate(keep);
+        self.rewind_kv(seq as usize, keep);
+    }
+}
+
+/// Log-probability of `token` and the `top` best alternatives, from raw logits.
+fn logprob(logits: &[f32], token: LlamaToken, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    for (id, &l) in logits.iter().enumerate() {
+        if best.len() < top || best.last().is_some_and(|&(_, b)| l > b) {
+            let at = best.partition_point(|&(_, b)| b >= l);
+            best.insert(at, (id as u32, l));
+            best.truncate(top);
+        }
+    }
+    let lp = |l: f32| l - log_sum;
+    TokenLogprob {
+        token: token.0 as u32,
+        logprob: logits.get(token.0 as usize).map_or(f32::NEG_INFINITY, |&l| lp(l)),
+        top: best.into_iter().map(|(id, l)| (id, lp(l))).collect(),
+    }
+}
+
+/// Tokenize guest text (special tokens parsed, so templated turns keep
+/// their markers), refusing sizes llama.cpp's i32 token count cannot hold.
+pub(crate) fn tokenize(model: &LlamaModel, text: &str, add_special: bool) -> Result<Vec<LlamaToken>, LlmError> {
+    if text.len() > (i32::MAX / 2) as usize {
+        return Err(LlmError::invalid("text is too large to tokenize"));
+    }
+    Ok(model.vocab().tokenize(text.as_bytes(), add_special, true))
+}

@@ -1,0 +1,169 @@
+//! The reader side of a generation: a bounded buffer the scheduler fills and
+//! the guest's `token-stream` drains.
+//!
+//! The scheduler runs up to [`RUN_AHEAD`] chunks ahead of the reader so that
+//! the streams of many sessions are always ready to be decoded together in
+//! one batch; a reader that waits for its next chunk blocks only its own
+//! thread.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::scheduler::Command;
+use super::text::Chunk;
+use crate::error::LlmError;
+
+/// Chunks a generation may run ahead of its reader.
+pub(crate) const RUN_AHEAD: usize = 8;
+
+/// Why a generation ended (none of these is an error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    EndOfSequence,
+    MaxTokens,
+    Stop(String),
+    Cancelled,
+    ContextFull,
+}
+
+/// Token accounting for one generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Tokens in the session when the generation began.
+    pub prompt_tokens: u32,
+    /// Of those, how many were reused from the KV cache rather than evaluated for this turn.
+    pub cached_tokens: u32,
+    /// Tokens delivered in chunks.
+    pub generated_tokens: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub reason: FinishReason,
+    pub usage: Usage,
+}
+
+pub(crate) enum Item {
+    Chunk(Chunk),
+    Finish(Finish),
+    Failed(LlmError),
+}
+
+#[derive(Default)]
+pub(crate) struct Buffer {
+    pub items: VecDeque<Item>,
+    /// The reader has taken the last item (a finish or an error).
+    pub drained: bool,
+}
+
+impl Buffer {
+    /// Tokens in chunks the reader has not taken.
+    pub fn undelivered_tokens(&self) -> usize {
+        self.items
+            .iter()
+            .map(|i| match i {
+                Item::Chunk(c) => c.tokens.len(),
+                Item::Finish(_) | Item::Failed(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Whether the generation may produce another chunk now.
+    pub fn has_room(&self) -> bool {
+        self.items.len() < RUN_AHEAD
+    }
+}
+
+/// State shared by the scheduler and one reader.
+pub(crate) struct Shared {
+    /// Tells this stream from later ones on the same session.
+    pub id: u64,
+    buffer: Mutex<Buffer>,
+    ready: Condvar,
+}
+
+impl Shared {
+    pub fn new() -> Arc<Self> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        Arc::new(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            buffer: Mutex::default(),
+            ready: Condvar::new(),
+        })
+    }
+
+    /// The buffer; a poisoned lock only means a reader panicked mid-pop, and
+    /// the queue itself is always consistent.
+    pub fn lock(&self) -> MutexGuard<'_, Buffer> {
+        self.buffer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn push(&self, item: Item) {
+        self.lock().items.push_back(item);
+        self.ready.notify_all();
+    }
+}
+
+/// A generation in progress, as the guest sees it. Dropping it cancels the
+/// generation; the session keeps exactly the chunks that were taken.
+pub struct TokenStream {
+    shared: Arc<Shared>,
+    commands: Sender<Command>,
+    seq: i32,
+    finish: Option<Finish>,
+    done: bool,
+}
+
+impl TokenStream {
+    pub(crate) fn new(shared: Arc<Shared>, commands: Sender<Command>, seq: i32) -> Self {
+        Self { shared, commands, seq, finish: None, done: false }
+    }
+
+    /// The next chunk; `Ok(None)` once the generation has finished.
+    pub fn next_chunk(&mut self) -> Result<Option<Chunk>, LlmError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut buffer = self.shared.lock();
+        let item = loop {
+            let was_full = !buffer.has_room();
+            if let Some(item) = buffer.items.pop_front() {
+                if was_full {
+                    // The scheduler may be idle waiting for room in this buffer.
+                    let _ = self.commands.send(Command::Wake);
+                }
+                break item;
+            }
+            buffer = self.shared.ready.wait(buffer).unwrap_or_else(|e| e.into_inner());
+        };
+        match item {
+            Item::Chunk(chunk) => Ok(Some(chunk)),
+            Item::Finish(finish) => {
+                buffer.drained = true;
+                self.done = true;
+                self.finish = Some(finish);
+                Ok(None)
+            }
+            Item::Failed(error) => {
+                buffer.drained = true;
+                self.done = true;
+                Err(error)
+            }
+        }
+    }
+
+    /// How the generation ended; `None` until [`next_chunk`](Self::next_chunk) returned `None`.
+    pub fn finish(&self) -> Option<&Finish> {
+        self.finish.as_ref()
+    }
+}
+
+impl Drop for TokenStream {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.commands.send(Command::Cancel { seq: self.seq, stream: self.shared.id });
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! A wasmtime host that serves base wasi-nn and an LLM extension to it from
+//! one llama.cpp engine.
+//!
+//! Where a token goes: [`wit`] (extension) or [`backend::ggml`] (base
+//! wasi-nn) receives the guest's call → [`engine::Session`] sends it to the
+//! model's scheduler thread ([`engine`]) → llama.cpp decodes and samples →
+//! whole-character chunks come back through a [`engine::TokenStream`].
+//! [`registry`] decides which models exist, [`catalog`] fetches the known
+//! ones, and [`runner`] instantiates guests.
+
+pub mod backend;
+pub mod catalog;
+pub mod engine;
+pub mod error;
+pub mod registry;
+pub mod runner;
+pub mod wit;
+
+pub use error::LlmError;

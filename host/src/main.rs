@@ -1,0 +1,98 @@
+//! `wasi-nn-llm`: run a guest component against base wasi-nn and the LLM
+//! extension, with models from the operator's registry.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use wasi_nn_llm_host::engine::{EngineConfig, gpu_build};
+use wasi_nn_llm_host::registry::{ModelSpec, Models};
+use wasi_nn_llm_host::runner::{Runtime, Stdio};
+use wasi_nn_llm_host::catalog;
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a wasm32-wasip2 command component.
+    Run(RunArgs),
+    /// Fetch a catalog model into the cache and print its path.
+    Fetch {
+        /// Catalog name (e.g. smollm2).
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A model guests may load by name: NAME=PATH to a GGUF, or a catalog
+    /// name (fetched and cached on first use). Repeatable.
+    #[arg(long = "model", value_name = "NAME=PATH|NAME", required = true)]
+    models: Vec<String>,
+    /// Layers to offload to the GPU [default: all with a GPU build, else 0].
+    #[arg(long, value_name = "N")]
+    gpu_layers: Option<u32>,
+    /// CPU threads for inference [default: all cores].
+    #[arg(long, value_name = "N")]
+    threads: Option<u32>,
+    /// Most tokens one session may hold (capped at the model's trained context).
+    #[arg(long, value_name = "N", default_value_t = EngineConfig::default().ctx_size)]
+    ctx_size: u32,
+    /// Sessions that may be open at once per model.
+    #[arg(long, value_name = "N", default_value_t = EngineConfig::default().max_sessions)]
+    max_sessions: u32,
+    /// The guest component.
+    component: PathBuf,
+    /// Arguments for the guest.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Cmd::Fetch { name } => {
+            let model = catalog::find(&name).with_context(|| format!("{name:?} is not a catalog model"))?;
+            println!("{}", model.ensure()?.display());
+            Ok(0)
+        }
+        Cmd::Run(args) => {
+            let mut config = EngineConfig { ctx_size: args.ctx_size, max_sessions: args.max_sessions, ..EngineConfig::default() };
+            config.gpu_layers = args.gpu_layers;
+            if let Some(t) = args.threads {
+                config.threads = t;
+            }
+            let specs = args.models.iter().map(|m| ModelSpec::parse(m)).collect::<anyhow::Result<Vec<_>>>()?;
+            for spec in &specs {
+                eprintln!(
+                    "loading model {:?} from {} ({} threads, {} GPU layers)",
+                    spec.name,
+                    spec.path.display(),
+                    config.threads,
+                    config.gpu_layers.map_or_else(|| if gpu_build() { "all".into() } else { "0".into() }, |n| n.to_string()),
+                );
+            }
+            let models = Models::load(&specs, &config)?;
+            let runtime = Runtime::new(models)?;
+            let component = runtime.load(&args.component)?;
+            let name = args.component.file_name().map_or("guest".into(), |n| n.to_string_lossy().into_owned());
+            let argv: Vec<String> = std::iter::once(name).chain(args.args).collect();
+            Ok(runtime.run(&component, &argv, Stdio::Inherit)?.exit_code)
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The extension's host side: `bindgen!` for the `wasi-nn-llm:llm` world and
+//! the host implementations of its interfaces, on an [`LlmCtx`]/[`LlmView`]
+//! pair in the style of wasmtime's own WASI crates.
+//!
+//! Base wasi-nn itself is served by wasmtime-wasi-nn (see [`crate::backend`]);
+//! the extension shares its resource table, so the `graph` a guest got from
+//! `load-by-name` is the very resource it passes to `session.open`.
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Resource, ResourceTable};
+use wasmtime_wasi_nn::Graph;
+
+use crate::engine::{self, Engine, Session, TokenStream};
+use crate::error::{LlmError, SnapshotError};
+use crate::registry::Models;
+
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "wasi-nn-llm:llm/llm",
+        with: {
+            // The graph must be wasmtime-wasi-nn's own resource type, or
+            // instantiation fails with a resource type mismatch.
+            "wasi:nn/graph.graph": wasmtime_wasi_nn::Graph,
+            "wasi-nn-llm:llm/session.session": crate::engine::Session,
+            "wasi-nn-llm:llm/session.token-stream": crate::engine::TokenStream,
+        },
+        imports: { default: trappable },
+        require_store_data_send: true,
+    });
+}
+
+use bindings::wasi_nn_llm::llm::{model, session, types};
+
+/// Per-instance state of the extension.
+pub struct LlmCtx {
+    models: Arc<Models>,
+}
+
+impl LlmCtx {
+    pub fn new(models: Arc<Models>) -> Self {
+        Self { models }
+    }
+}
+
+/// What the extension's host functions borrow from the store.
+pub struct LlmView<'a> {
+    ctx: &'a mut LlmCtx,
+    table: &'a mut ResourceTable,
+}
+
+impl<'a> LlmView<'a> {
+    pub fn new(table: &'a mut ResourceTable, ctx: &'a mut LlmCtx) -> Self {
+        Self { ctx, table }
+    }
+
+    /// The engine behind a graph the guest holds.
+    fn engine(&self, graph: &Resource<Graph>) -> wasmtime::Result<Result<Engine, types::Error>> {
+        let graph = self.table.get(graph)?;
+        Ok(self.ctx.models.engine_for(graph).cloned().ok_or_else(|| {
+            types::Error::UnsupportedGraph("this graph was not loaded by the host's LLM engine".into())
+        }))
+    }
+}
+
+/// Add the extension's interfaces to a linker; `f` projects the store's data.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    f: fn(&mut T) -> LlmView<'_>,
+) -> wasmtime::Result<()> {
+    types::add_to_linker::<T, HasLlmView>(linker, f)?;
+    model::add_to_linker::<T, HasLlmView>(linker, f)?;
+    session::add_to_linker::<T, HasLlmView>(linker, f)?;
+    Ok(())
+}
+
+struct HasLlmView;
+
+impl HasData for HasLlmView {
+    type Data<'a> = LlmView<'a>;
+}
+
+macro_rules! try_llm {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e.into())),
+        }
+    };
+}
+
+impl types::Host for LlmView<'_> {}
+
+impl model::Host for LlmView<'_> {
+    fn apply_chat_template(
+        &mut self,
+        graph: Resource<Graph>,
+        messages: Vec<types::Message>,
+        add_assistant_turn: bool,
+    ) -> wasmtime::Result<Result<String, types::Error>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        let messages: Vec<_> = messages.into_iter().map(|m| (m.role, m.content)).collect();
+        Ok(engine.apply_chat_template(&messages, add_assistant_turn).map_err(Into::into))
+    }
+}
+
+impl session::Host for LlmView<'_> {}
+
+impl session::HostSession for LlmView<'_> {
+    fn open(
+        &mut self,
+        graph: Resource<Graph>,
+        options: types::SessionOptions,
+    ) -> wasmtime::Result<Result<Resource<Session>, types::Error>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        if let Some(types::OverflowPolicy::Shift(_)) = options.overflow {
+            return Ok(Err(types::Error::Unsupported("the shift overflow policy is not implemented yet".into())));
+        }
+        let options = engine::SessionOptions { context_length: options.context_length, seed: options.seed };
+        let session = try_llm!(engine.open_session(&options));
+        Ok(Ok(self.table.push(session)?))
+    }
+
+    fn append(&mut self, session: Resource<Session>, text: String) -> wasmtime::Result<Result<u32, types::Error>> {
+        Ok(self.table.get(&session)?.append(&text).map_err(Into::into))
+    }
+
+    fn generate(
+        &mut self,
+        session: Resource<Session>,
+        params: types::GenerateParams,
+    ) -> wasmtime::Result<Result<Resource<TokenStream>, types::Error>> {
+        let stream = try_llm!(self.table.get(&session)?.generate(&params.into()));
+        Ok(Ok(self.table.push(stream)?))
+    }
+
+    fn drop(&mut self, session: Resource<Session>) -> wasmtime::Result<()> {
+        self.table.delete(session)?;
+        Ok(())
+    }
+}
+
+impl session::HostTokenStream for LlmView<'_> {
+    fn next(&mut self, stream: Resource<TokenStream>) -> wasmtime::Result<Result<Option<types::Chunk>, types::Error>> {
+        let chunk = try_llm!(self.table.get_mut(&stream)?.next_chunk());
+        Ok(Ok(chunk.map(Into::into)))
+    }
+
+    fn finish(&mut self, stream: Resource<TokenStream>) -> wasmtime::Result<Option<types::Finish>> {
+        Ok(self.table.get(&stream)?.finish().cloned().map(Into::into))
+    }
+
+    fn drop(&mut self, stream: Resource<TokenStream>) -> wasmtime::Result<()> {
+        self.table.delete(stream)?;
+        Ok(())
+    }
+}
+
+impl From<types::GenerateParams> for engine::GenerateParams {
+    fn from(p: types::GenerateParams) -> Self {
+        Self {
+            max_tokens: p.max_tokens,
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repeat_penalty: p.repeat_penalty,
+            presence_penalty: p.presence_penalty,
+            frequency_penalty: p.frequency_penalty,
+            penalty_last_n: p.penalty_last_n,
+            seed: p.seed,
+            logit_bias: p.logit_bias,
+            stop: p.stop,
+            constraint: p.constraint.map(|c| match c {
+                types::Constraint::Grammar(g) => engine::Constraint::Grammar(g),
+                types::Constraint::JsonSchema(s) => engine::Constraint::JsonSchema(s),
+            }),
+            logprobs: p.logprobs,
+        }
+    }
+}
+
+impl From<engine::Chunk> for types::Chunk {
+    fn from(c: engine::Chunk) -> Self {
+        Self {
+            text: c.text,
+            tokens: c.tokens,
+            logprobs: c
+                .logprobs
+                .into_iter()
+                .map(|l| types::TokenLogprob { token: l.token, logprob: l.logprob, top: l.top })
+                .collect(),
+        }
+    }
+}
+
+impl From<engine::Finish> for types::Finish {
+    fn from(f: engine::Finish) -> Self {
+        let reason = match f.reason {
+            engine::FinishReason::EndOfSequence => types::FinishReason::EndOfSequence,
+            engine::FinishReason::MaxTokens => types::FinishReason::MaxTokens,
+            engine::FinishReason::Stop(s) => types::FinishReason::Stop(s),
+            engine::FinishReason::Cancelled => types::FinishReason::Cancelled,
+            engine::FinishReason::ContextFull => types::FinishReason::ContextFull,
+        };
+        let u = f.usage;
+        Self {
+            reason,
+            usage: types::Usage {
+                prompt_tokens: u.prompt_tokens,
+                cached_tokens: u.cached_tokens,
+                generated_tokens: u.generated_tokens,
+            },
+        }
+    }
+}
+
+impl From<LlmError> for types::Error {
+    fn from(e: LlmError) -> Self {
+        let overflow =
+            |o: crate::error::ContextOverflow| types::ContextOverflow { requested: o.requested, used: o.used, limit: o.limit };
+        match e {
+            LlmError::UnsupportedGraph(s) => Self::UnsupportedGraph(s),
+            LlmError::NotPermitted(s) => Self::NotPermitted(s),
+            LlmError::InvalidArgument(s) => Self::InvalidArgument(s),
+            LlmError::InvalidToken { token, vocab_size } => Self::InvalidToken(types::InvalidToken { token, vocab_size }),
+            LlmError::PromptTooLong(o) => Self::PromptTooLong(overflow(o)),
+            LlmError::ContextFull(o) => Self::ContextFull(overflow(o)),
+            LlmError::InvalidGrammar(s) => Self::InvalidGrammar(s),
+            LlmError::InvalidSnapshot(s) => Self::InvalidSnapshot(match s {
+                SnapshotError::Truncated => types::SnapshotError::Truncated,
+                SnapshotError::Corrupted => types::SnapshotError::Corrupted,
+                SnapshotError::WrongModel => types::SnapshotError::WrongModel,
+                SnapshotError::WrongVersion => types::SnapshotError::WrongVersion,
+                SnapshotError::TooLarge => types::SnapshotError::TooLarge,
+            }),
+            LlmError::LimitExceeded { name, max } => Self::LimitExceeded(types::Limit { name, max }),
+            LlmError::SessionBusy => Self::SessionBusy,
+            LlmError::Unsupported(s) => Self::Unsupported(s),
+            LlmError::EngineFailure(s) => Self::EngineFailure(s),
+        }
+    }
+}
