@@ -1,9 +1,8 @@
 //! The host's typed error, shared by both front doors.
 //!
-//! The extension maps it one-to-one onto the WIT `error` variant; base wasi-nn
-//! can only carry it as the text of a `runtime-error` (wasmtime-wasi-nn gives a
-//! backend no way to pick the wasi:nn error code), so its `Display` starts with
-//! the WIT case name to stay machine-readable there too.
+//! The extension maps it one-to-one onto the WIT `error` variant. Base wasi-nn
+//! cannot carry it (see [`crate::backend::ggml`]); its `Display`, which starts
+//! with the WIT case name, is for host-side logs and errors.
 
 /// Which limit a context overflow hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,1 +1,118 @@
+//! Shared set-up for the integration tests: the real default model, one host
+//! per test process, and the probe guest whose JSON lines the tests check.
 
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use serde_json::Value;
+use wasi_nn_llm_host::catalog;
+use wasi_nn_llm_host::engine::{Engine, EngineConfig};
+use wasi_nn_llm_host::registry::{ModelSpec, Models};
+use wasi_nn_llm_host::runner::{Runtime, Stdio};
+use wasmtime::component::Component;
+
+/// The registry name the tests give the default model.
+pub const MODEL: &str = "smollm2";
+
+/// Threads and per-session context every test engine uses, so that direct
+/// llama.cpp runs in the tests can use the very same settings.
+pub const THREADS: u32 = 2;
+pub const CTX_SIZE: u32 = 2048;
+
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace")
+}
+
+/// A guest component built by `make test` (`cargo build --target wasm32-wasip2`).
+pub fn guest(name: &str) -> PathBuf {
+    let path = workspace_root().join("target/wasm32-wasip2/release").join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} is missing: run the tests with `make test`, which builds the guests", path.display());
+    path
+}
+
+pub fn smollm2_path() -> PathBuf {
+    catalog::SMOLLM2.ensure().expect("fetching the default model")
+}
+
+pub struct TestHost {
+    pub runtime: Runtime,
+    probe: Component,
+}
+
+/// The process's host: SmolLM2 loaded once, the probe compiled once.
+pub fn host() -> &'static TestHost {
+    static HOST: OnceLock<TestHost> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let config = EngineConfig { threads: THREADS, ctx_size: CTX_SIZE, max_sessions: 8, gpu_layers: Some(0) };
+        let spec = ModelSpec { name: MODEL.into(), path: smollm2_path() };
+        let models = Models::load(&[spec], &config).expect("loading the model");
+        let runtime = Runtime::new(models).expect("creating the runtime");
+        let probe = runtime.load(&guest("probe")).expect("compiling the probe guest");
+        TestHost { runtime, probe }
+    })
+}
+
+impl TestHost {
+    pub fn engine(&self) -> &Engine {
+        self.runtime.models().engine(MODEL).expect("the test model is registered")
+    }
+
+    /// Run the probe guest and parse its JSON lines; panics (with its output)
+    /// if it fails.
+    pub fn probe(&self, args: &[&str]) -> Vec<Value> {
+        let argv: Vec<String> = std::iter::once("probe").chain(args.iter().copied()).map(String::from).collect();
+        let out = self.runtime.run(&self.probe, &argv, Stdio::Captured { stdin: Vec::new() }).expect("running the probe");
+        assert_eq!(out.exit_code, 0, "probe {args:?} failed:\nstdout: {}\nstderr: {}", out.stdout, out.stderr);
+        out.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("probe printed non-JSON {l:?}: {e}")))
+            .collect()
+    }
+}
+
+/// Tests whose exact token ids depend on what else is being decoded hold this.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A streamed generation as the probe reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Streamed {
+    pub chunks: Vec<(String, Vec<u32>)>,
+    pub finish: Value,
+}
+
+impl Streamed {
+    pub fn parse(lines: &[Value]) -> Self {
+        let mut chunks = Vec::new();
+        let mut finish = Value::Null;
+        for line in lines {
+            if let Some(c) = line.get("chunk") {
+                let text = c["text"].as_str().expect("chunk text").to_owned();
+                let tokens = c["tokens"].as_array().expect("chunk tokens").iter().map(as_u32).collect();
+                chunks.push((text, tokens));
+            } else if let Some(f) = line.get("finish") {
+                finish = f.clone();
+            }
+        }
+        Self { chunks, finish }
+    }
+
+    pub fn text(&self) -> String {
+        self.chunks.iter().map(|(t, _)| t.as_str()).collect()
+    }
+
+    pub fn tokens(&self) -> Vec<u32> {
+        self.chunks.iter().flat_map(|(_, t)| t.iter().copied()).collect()
+    }
+}
+
+pub fn as_u32(v: &Value) -> u32 {
+    v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or_else(|| panic!("not a u32: {v}"))
+}
+
+/// A single-turn ChatML prompt, as SmolLM2's template renders it.
+pub fn chatml(user: &str) -> String {
+    format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+}

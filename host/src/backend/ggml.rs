@@ -7,9 +7,12 @@
 //! it opens a session, prefills the whole prompt, generates, and closes it,
 //! so a chat re-sends and re-evaluates its whole history every turn.
 //!
-//! wasmtime-wasi-nn gives a backend no way to choose the wasi:nn error code:
-//! every failure reaches the guest as `runtime-error`, with our typed
-//! [`LlmError`] rendered into its data string.
+//! wasmtime-wasi-nn gives a backend no way to choose the wasi:nn error code,
+//! nor to explain itself: every backend failure reaches the guest as
+//! `runtime-error` whose data is only "Failed while accessing backend" (the
+//! crate renders the error's outer message and drops its source, where our
+//! typed [`LlmError`] sits). Upstream findings, both; the extension's typed
+//! errors are the answer we propose.
 
 use wasmtime_wasi_nn::backend::{
     BackendError, BackendExecutionContext, BackendFromDir, BackendGraph, BackendInner, Id, NamedTensor,

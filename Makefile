@@ -1,0 +1,22 @@
+# The two commands of the README, and the steps they share. Both build with
+# --release: llama.cpp and Cranelift are far too slow unoptimised, and one
+# profile means one build.
+
+GUESTS := target/wasm32-wasip2/release
+HOST := cargo run --release --quiet -p wasi-nn-llm-host --
+
+.PHONY: chat test bootstrap guests
+
+## Streaming chat on the default model (fetched and cached on first use).
+chat: guests
+	@$(HOST) run --model smollm2 $(GUESTS)/chat.wasm
+
+## The whole test suite, on the real model.
+test: guests
+	cargo test --release
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+guests: bootstrap
+	@cargo build --release --quiet --target wasm32-wasip2 -p chat -p chat-base -p probe

@@ -1,0 +1,77 @@
+//! The extension and base wasi-nn run the same engine as llama.cpp itself:
+//! same prompt, same greedy tokens.
+
+use std::num::NonZeroU32;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::sampling::LlamaSampler;
+use wasi_nn_llm_host::engine::backend;
+use wasi_nn_llm_tests::{CTX_SIZE, MODEL, Streamed, THREADS, chatml, host, serial, smollm2_path};
+
+const MAX_TOKENS: u32 = 40;
+
+/// Greedy generation with llama-cpp-2 driven directly: the prompt minus its
+/// last token in one batch, then one token per decode (the batch shapes the
+/// engine uses, so bit-identical results are expected).
+fn llama_greedy(prompt: &str, max: u32) -> Vec<u32> {
+    let backend = backend().unwrap();
+    let model = LlamaModel::load_from_file(backend, smollm2_path(), &LlamaModelParams::default().with_n_gpu_layers(0))
+        .expect("loading the model");
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(CTX_SIZE))
+        .with_n_batch(512)
+        .with_n_ubatch(512)
+        .with_n_threads(THREADS as i32)
+        .with_n_threads_batch(THREADS as i32);
+    let mut ctx = model.new_context(backend, params).expect("context");
+    let vocab = model.vocab();
+    let tokens = vocab.tokenize(prompt.as_bytes(), true, true);
+    let (last, head) = tokens.split_last().expect("non-empty prompt");
+
+    let mut batch = LlamaBatch::new(512, 1);
+    for (i, &t) in head.iter().enumerate() {
+        batch.add(t, i as i32, &[0], false).unwrap();
+    }
+    ctx.decode(&mut batch).expect("prefill");
+    let mut sampler = LlamaSampler::greedy();
+    let (mut token, mut pos, mut out) = (*last, head.len(), Vec::new());
+    while out.len() < max as usize {
+        batch.clear();
+        batch.add(token, pos as i32, &[0], true).unwrap();
+        ctx.decode(&mut batch).expect("decode");
+        token = sampler.sample(&ctx, 0);
+        if vocab.is_eog(token) {
+            break;
+        }
+        out.push(token.0 as u32);
+        pos += 1;
+    }
+    out
+}
+
+#[test]
+fn extension_greedy_tokens_equal_llama_cpp_driven_directly() {
+    let _serial = serial();
+    let prompt = chatml("Give me three tips for staying focused while studying.");
+    let lines = host().probe(&["generate", MODEL, &MAX_TOKENS.to_string(), &prompt]);
+    let streamed = Streamed::parse(&lines);
+    let expected = llama_greedy(&prompt, MAX_TOKENS);
+    assert_eq!(expected.len(), MAX_TOKENS as usize, "the reference should run to max-tokens");
+    assert_eq!(streamed.tokens(), expected);
+    assert_eq!(streamed.finish["reason"], "FinishReason::MaxTokens");
+    assert_eq!(streamed.finish["generated"], MAX_TOKENS);
+}
+
+#[test]
+fn base_wasi_nn_compute_gives_the_extensions_greedy_text() {
+    let _serial = serial();
+    let prompt = chatml("What is the capital of France?");
+    let streamed = Streamed::parse(&host().probe(&["generate", MODEL, "48", &prompt]));
+    let computed = host().probe(&["compute", MODEL, "48", &prompt]);
+    let text = streamed.text();
+    assert!(text.contains("Paris"), "a sensible answer was expected, got {text:?}");
+    assert_eq!(computed[0]["text"], text);
+}
