@@ -10,7 +10,7 @@ use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use wasi_nn_llm::{Chat, Error, Model, Params};
+use wasi_nn_llm::{Chat, FinishReason, Model, Params};
 
 const SYSTEM: &str = "You are a helpful assistant. Answer briefly and accurately.";
 
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(name: &str) -> Result<(), Error> {
+fn run(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let model = Model::load(name)?;
     let mut chat = Chat::new(&model)?;
     chat.system(SYSTEM);
@@ -37,7 +37,7 @@ fn run(name: &str) -> Result<(), Error> {
     loop {
         eprint!("> ");
         let mut line = String::new();
-        if stdin.lock().read_line(&mut line).map_err(io_error)? == 0 {
+        if stdin.lock().read_line(&mut line)? == 0 {
             eprintln!();
             return Ok(());
         }
@@ -75,8 +75,8 @@ fn run(name: &str) -> Result<(), Error> {
             let decode = (total - ttft).as_secs_f64();
             let rate = if decode > 0.0 { f64::from(u.generated_tokens.saturating_sub(1)) / decode } else { 0.0 };
             eprintln!(
-                "[{:?}: {} tokens, first after {} ms, {:.0} tok/s; prompt {} tokens, {} reused from the cache]",
-                finish.reason,
+                "[{}: {} tokens, first after {} ms, {:.0} tok/s; prompt {} tokens, {} reused from the cache]",
+                reason(&finish.reason),
                 u.generated_tokens,
                 ttft.as_millis(),
                 rate,
@@ -87,6 +87,12 @@ fn run(name: &str) -> Result<(), Error> {
     }
 }
 
-fn io_error(e: io::Error) -> Error {
-    Error::Llm(wasi_nn_llm::raw::wasi_nn_llm::llm::types::Error::EngineFailure(format!("stdin: {e}")))
+fn reason(r: &FinishReason) -> String {
+    match r {
+        FinishReason::EndOfSequence => "end-of-sequence".into(),
+        FinishReason::MaxTokens => "max-tokens".into(),
+        FinishReason::Stop(s) => format!("stop {s:?}"),
+        FinishReason::Cancelled => "cancelled".into(),
+        FinishReason::ContextFull => "context-full".into(),
+    }
 }

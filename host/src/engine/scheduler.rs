@@ -426,6 +426,17 @@ impl<'m> Scheduler<'m> {
     }
 }
 
+/// However the scheduler stops (a panic included), no reader may wait forever.
+impl Drop for Scheduler<'_> {
+    fn drop(&mut self) {
+        for s in self.seqs.iter_mut().flatten() {
+            if let Some(stream) = s.stream.take() {
+                stream.push(Item::Failed(LlmError::EngineFailure("the model's scheduler stopped".into())));
+            }
+        }
+    }
+}
+
 /// Log-probability of `token` and the `top` best alternatives, from raw logits.
 fn logprob(logits: &[f32], token: LlamaToken, top: usize) -> TokenLogprob {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
