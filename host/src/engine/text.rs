@@ -82,6 +82,10 @@ impl TextAssembler {
             let straddle = self.raw[straddle_start..at].to_vec();
             let dropped = self.pending.len() - kept;
             let chunk = self.take(at, kept);
+            // The stop string and everything after it are never delivered.
+            self.pending.clear();
+            self.raw.clear();
+            self.sent = 0;
             return Pushed::Stopped(StopMatch { chunk, stop, dropped, straddle });
         }
 
@@ -203,6 +207,7 @@ mod tests {
             }
             Pushed::Ready(_) => panic!("stop not found"),
         }
+        assert_eq!(a.flush(), None, "nothing of the stop string may be flushed later");
     }
 
     #[test]

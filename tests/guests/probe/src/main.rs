@@ -7,6 +7,8 @@
 //! - `chat-reprefill MODEL MAX Q...`: a fresh session per turn, fed the whole
 //!   templated history (what a stateless API does).
 //! - `compute MODEL MAX PROMPT`: base wasi-nn `compute` with the text convention.
+//! - `stop MODEL STOP PROMPT`: stream until STOP, then continue the session.
+//! - `cancel MODEL TAKE PROMPT`: read TAKE chunks, drop the stream, continue.
 //! - `errors MODEL`: the typed-error cases, then a normal generation.
 
 use std::process::ExitCode;
@@ -23,9 +25,11 @@ fn main() -> ExitCode {
         ["chat", model, max, questions @ ..] => chat(model, max.parse().unwrap_or(32), questions),
         ["chat-reprefill", model, max, questions @ ..] => chat_reprefill(model, max.parse().unwrap_or(32), questions),
         ["compute", model, max, prompt] => compute(model, max.parse().unwrap_or(32), prompt),
+        ["stop", model, stop_at, prompt] => stop(model, stop_at, prompt),
+        ["cancel", model, take, prompt] => cancel(model, take.parse().unwrap_or(1), prompt),
         ["errors", model] => errors(model),
         _ => {
-            eprintln!("usage: probe generate|chat|chat-reprefill|compute|errors MODEL ...");
+            eprintln!("usage: probe generate|chat|chat-reprefill|compute|stop|cancel|errors MODEL ...");
             return ExitCode::from(2);
         }
     };
@@ -117,6 +121,36 @@ fn compute(model: &str, max: u32, prompt: &str) -> Result<(), Error> {
         .map(|(_, t)| String::from_utf8_lossy(&t.data()).into_owned());
     println!("{}", json!({ "text": text }));
     Ok(())
+}
+
+/// Generate a few more tokens and report how big the session was.
+fn continue_session(session: &Session) -> Result<(), Error> {
+    let (_, _, finish) = drain(&mut session.generate(&Params::greedy().max_tokens(4))?, false)?;
+    println!("{}", json!({ "continued": finish }));
+    Ok(())
+}
+
+fn stop(model: &str, stop: &str, prompt: &str) -> Result<(), Error> {
+    let model = Model::load(model)?;
+    let session = Session::open(&model)?;
+    let added = session.append(prompt)?;
+    let (_, _, finish) = drain(&mut session.generate(&Params::greedy().max_tokens(64).stop(stop))?, true)?;
+    println!("{}", json!({ "appended": added, "finish": finish }));
+    continue_session(&session)
+}
+
+fn cancel(model: &str, take: usize, prompt: &str) -> Result<(), Error> {
+    let model = Model::load(model)?;
+    let session = Session::open(&model)?;
+    let added = session.append(prompt)?;
+    let mut stream = session.generate(&Params::greedy().max_tokens(64))?;
+    let mut delivered = 0;
+    for chunk in stream.by_ref().take(take) {
+        delivered += chunk?.tokens.len();
+    }
+    drop(stream);
+    println!("{}", json!({ "appended": added, "delivered": delivered }));
+    continue_session(&session)
 }
 
 fn report(case: &str, result: Result<impl std::fmt::Debug, Error>) {

@@ -1,0 +1,41 @@
+//! Token streams: stop strings are never emitted, a dropped stream cancels
+//! its generation, and either way the session holds exactly what the guest
+//! was given.
+
+use serde_json::Value;
+use wasi_nn_llm_tests::{MODEL, Streamed, as_u32, chatml, host, serial};
+
+fn line<'a>(lines: &'a [Value], key: &str) -> &'a Value {
+    lines.iter().find_map(|l| l.get(key)).unwrap_or_else(|| panic!("no {key:?} in {lines:?}"))
+}
+
+#[test]
+fn a_stop_string_ends_the_reply_before_it_and_leaves_the_session() {
+    let _serial = serial();
+    let prompt = chatml("What is the capital of France?");
+    let full = Streamed::parse(&host().probe(&["generate", MODEL, "64", &prompt])).text();
+    let at = full.find("Paris").unwrap_or_else(|| panic!("the unconstrained reply should name Paris: {full:?}"));
+
+    let lines = host().probe(&["stop", MODEL, "Paris", &prompt]);
+    let stopped = Streamed::parse(&lines);
+    assert_eq!(stopped.text(), full[..at], "the reply up to the stop string, without it");
+    assert_eq!(stopped.finish["reason"], "FinishReason::Stop(\"Paris\")");
+
+    // The session continues after the delivered text: its tokens are the
+    // prompt plus the tokens the chunks reported.
+    let continued = line(&lines, "continued");
+    let expected = as_u32(line(&lines, "appended")) + stopped.tokens().len() as u32;
+    assert_eq!(as_u32(&continued["prompt"]), expected, "{continued}");
+}
+
+#[test]
+fn dropping_a_stream_cancels_it_and_the_session_keeps_what_was_delivered() {
+    let _serial = serial();
+    let lines = host().probe(&["cancel", MODEL, "3", &chatml("Tell me a long story about a dragon.")]);
+    let delivered = as_u32(line(&lines, "delivered"));
+    assert!(delivered >= 3, "three chunks carry at least three tokens, got {delivered}");
+    // The engine ran ahead of the reader; what was not delivered is gone.
+    let continued = line(&lines, "continued");
+    assert_eq!(as_u32(&continued["prompt"]), as_u32(line(&lines, "appended")) + delivered, "{continued}");
+    assert!(as_u32(&continued["generated"]) > 0);
+}
