@@ -147,10 +147,8 @@ impl<'m> Scheduler<'m> {
                 });
             }
             Command::Close { seq } => {
-                if let Some(mut s) = self.seqs[seq as usize].take() {
-                    if let Some(g) = s.generation.take() {
-                        g.shared.push(Item::Finish(Finish { reason: FinishReason::Cancelled, usage: g.usage }));
-                    }
+                if let Some(g) = self.seqs[seq as usize].take().and_then(|s| s.generation) {
+                    g.shared.push(Item::Finish(Finish { reason: FinishReason::Cancelled, usage: g.usage }));
                 }
                 self.prefills.retain(|&q| q != seq);
                 let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
