@@ -93,6 +93,51 @@ macro_rules! try_llm {
 impl types::Host for LlmView<'_> {}
 
 impl model::Host for LlmView<'_> {
+    fn tokenize(
+        &mut self,
+        graph: Resource<Graph>,
+        text: String,
+        add_special: bool,
+        parse_special: bool,
+    ) -> wasmtime::Result<Result<Vec<u32>, types::Error>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        Ok(engine.tokenize(&text, add_special, parse_special).map_err(Into::into))
+    }
+
+    fn detokenize(
+        &mut self,
+        graph: Resource<Graph>,
+        tokens: Vec<u32>,
+        render_special: bool,
+    ) -> wasmtime::Result<Result<String, types::Error>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        Ok(engine.detokenize(&tokens, render_special).map_err(Into::into))
+    }
+
+    fn count_tokens(&mut self, graph: Resource<Graph>, text: String) -> wasmtime::Result<Result<u32, types::Error>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        Ok(engine.count_tokens(&text).map_err(Into::into))
+    }
+
+    fn model_info(&mut self, graph: Resource<Graph>) -> wasmtime::Result<Result<types::ModelMetadata, types::Error>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        let i = engine.info();
+        Ok(Ok(types::ModelMetadata {
+            name: i.name,
+            architecture: i.architecture,
+            trained_context: i.trained_context,
+            max_session_context: i.max_session_context,
+            vocab_size: i.vocab_size,
+            bos: i.bos,
+            eos: i.eos,
+            eot: i.eot,
+            parameters: i.parameters,
+            size_bytes: i.size_bytes,
+            chat_template: i.chat_template,
+            quantization: i.quantization,
+        }))
+    }
+
     fn apply_chat_template(
         &mut self,
         graph: Resource<Graph>,
@@ -135,6 +180,35 @@ impl session::HostSession for LlmView<'_> {
         Ok(Ok(self.table.push(stream)?))
     }
 
+    fn append_tokens(&mut self, session: Resource<Session>, tokens: Vec<u32>) -> wasmtime::Result<Result<u32, types::Error>> {
+        Ok(self.table.get(&session)?.append_tokens(&tokens).map_err(Into::into))
+    }
+
+    fn len(&mut self, session: Resource<Session>) -> wasmtime::Result<u32> {
+        Ok(self.table.get(&session)?.tokens().map_or(0, |t| t.len() as u32))
+    }
+
+    fn tokens(&mut self, session: Resource<Session>) -> wasmtime::Result<Vec<u32>> {
+        Ok(self.table.get(&session)?.tokens().unwrap_or_default())
+    }
+
+    fn context_limit(&mut self, session: Resource<Session>) -> wasmtime::Result<u32> {
+        Ok(self.table.get(&session)?.context_limit())
+    }
+
+    fn rewind(&mut self, session: Resource<Session>, n: u32) -> wasmtime::Result<Result<u32, types::Error>> {
+        Ok(self.table.get(&session)?.rewind(n).map_err(Into::into))
+    }
+
+    fn reset(&mut self, session: Resource<Session>) -> wasmtime::Result<Result<(), types::Error>> {
+        Ok(self.table.get(&session)?.reset().map_err(Into::into))
+    }
+
+    fn fork(&mut self, session: Resource<Session>) -> wasmtime::Result<Result<Resource<Session>, types::Error>> {
+        let forked = try_llm!(self.table.get(&session)?.fork());
+        Ok(Ok(self.table.push(forked)?))
+    }
+
     fn drop(&mut self, session: Resource<Session>) -> wasmtime::Result<()> {
         self.table.delete(session)?;
         Ok(())
@@ -149,6 +223,24 @@ impl session::HostTokenStream for LlmView<'_> {
 
     fn finish(&mut self, stream: Resource<TokenStream>) -> wasmtime::Result<Option<types::Finish>> {
         Ok(self.table.get(&stream)?.finish().cloned().map(Into::into))
+    }
+
+    fn next_chunk(
+        &mut self,
+        stream: Resource<TokenStream>,
+        max_tokens: u32,
+    ) -> wasmtime::Result<Result<Option<types::Chunk>, types::Error>> {
+        if max_tokens == 0 {
+            return Ok(Err(types::Error::InvalidArgument("max-tokens must be at least 1".into())));
+        }
+        let chunk = try_llm!(self.table.get_mut(&stream)?.read(max_tokens as usize));
+        Ok(Ok(chunk.map(Into::into)))
+    }
+
+    fn cancel(&mut self, stream: Resource<TokenStream>) -> wasmtime::Result<()> {
+        // Only a stopped scheduler fails a cancel; then there is nothing left to stop.
+        let _ = self.table.get_mut(&stream)?.cancel();
+        Ok(())
     }
 
     fn drop(&mut self, stream: Resource<TokenStream>) -> wasmtime::Result<()> {

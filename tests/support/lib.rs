@@ -60,13 +60,23 @@ impl TestHost {
     /// Run the probe guest and parse its JSON lines; panics (with its output)
     /// if it fails.
     pub fn probe(&self, args: &[&str]) -> Vec<Value> {
-        let argv: Vec<String> = std::iter::once("probe").chain(args.iter().copied()).map(String::from).collect();
-        let out = self.runtime.run(&self.probe, &argv, Stdio::Captured { stdin: Vec::new() }).expect("running the probe");
-        assert_eq!(out.exit_code, 0, "probe {args:?} failed:\nstdout: {}\nstderr: {}", out.stdout, out.stderr);
-        out.stdout
+        self.run(&self.probe, "probe", args)
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("probe printed non-JSON {l:?}: {e}")))
             .collect()
+    }
+
+    /// Compile and run another guest; returns its stdout.
+    pub fn run_guest(&self, name: &str, args: &[&str]) -> String {
+        let component = self.runtime.load(&guest(name)).expect("compiling the guest");
+        self.run(&component, name, args)
+    }
+
+    fn run(&self, component: &Component, name: &str, args: &[&str]) -> String {
+        let argv: Vec<String> = std::iter::once(name).chain(args.iter().copied()).map(String::from).collect();
+        let out = self.runtime.run(component, &argv, Stdio::Captured { stdin: Vec::new() }).expect("running the guest");
+        assert_eq!(out.exit_code, 0, "{name} {args:?} failed:\nstdout: {}\nstderr: {}", out.stdout, out.stderr);
+        out.stdout
     }
 }
 

@@ -9,12 +9,14 @@
 //! ([`sampler`]), turns token bytes into whole-character chunks ([`text`]),
 //! and pushes them into the stream's buffer ([`stream`]).
 
+mod info;
 mod params;
 mod sampler;
 mod scheduler;
 mod session;
 mod stream;
 mod text;
+mod tokens;
 
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -28,6 +30,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 
+pub use info::ModelInfo;
 pub use params::{Constraint, GenerateParams, SessionOptions};
 pub use session::Session;
 pub use stream::{Finish, FinishReason, TokenStream, Usage};
@@ -174,17 +177,41 @@ impl Engine {
             }
             Some(n) => n,
         };
-        let seq = {
-            let mut slots = self.0.slots.lock().unwrap_or_else(|e| e.into_inner());
-            let free = slots.iter().position(|taken| !taken).ok_or_else(|| LlmError::LimitExceeded {
-                name: "sessions".into(),
-                max: slots.len() as u64,
-            })?;
-            slots[free] = true;
-            free as i32
-        };
+        let seq = self.take_slot()?;
+        let session = Session::new(self.clone(), seq, limit);
         self.send(Command::Open { seq, limit, seed: options.seed })?;
-        Ok(Session::new(self.clone(), seq))
+        Ok(session)
+    }
+
+    /// Reserve a free sequence id; the session given it frees it on drop.
+    fn take_slot(&self) -> Result<i32, LlmError> {
+        let mut slots = self.0.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let free = slots
+            .iter()
+            .position(|taken| !taken)
+            .ok_or_else(|| LlmError::LimitExceeded { name: "sessions".into(), max: slots.len() as u64 })?;
+        slots[free] = true;
+        Ok(free as i32)
+    }
+
+    /// Token ids for `text` (see [`tokens::tokenize_with`]).
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>, LlmError> {
+        let tokens = tokens::tokenize_with(self.model(), text, add_special, parse_special)?;
+        Ok(tokens.into_iter().map(|t| t.0 as u32).collect())
+    }
+
+    /// Text for token ids; every id is checked against the vocabulary.
+    pub fn detokenize(&self, tokens: &[u32], render_special: bool) -> Result<String, LlmError> {
+        tokens::detokenize(self.model(), tokens, render_special)
+    }
+
+    /// How many tokens appending `text` to an empty session adds.
+    pub fn count_tokens(&self, text: &str) -> Result<u32, LlmError> {
+        Ok(tokens::tokenize(self.model(), text, true)?.len() as u32)
+    }
+
+    pub fn info(&self) -> ModelInfo {
+        info::read(self.name(), self.model(), self.ctx_size())
     }
 
     /// Render `messages` (role, content) with the model's own chat template.

@@ -27,6 +27,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::params::GenerateParams;
 use super::sampler;
+use super::tokens::tokenize;
 use super::stream::{Finish, FinishReason, Item, Shared, Usage};
 use super::text::{Pushed, TextAssembler, TokenLogprob};
 use crate::error::{ContextOverflow, LlmError};
@@ -40,12 +41,25 @@ pub(crate) type Reply<T> = SyncSender<Result<T, LlmError>>;
 pub(crate) enum Command {
     Open { seq: i32, limit: u32, seed: Option<u64> },
     Close { seq: i32 },
-    Append { seq: i32, text: String, reply: Reply<u32> },
+    Append { seq: i32, input: Input, reply: Reply<u32> },
+    /// The session's tokens.
+    Tokens { seq: i32, reply: Reply<Vec<LlamaToken>> },
+    Rewind { seq: i32, n: u32, reply: Reply<u32> },
+    Reset { seq: i32, reply: Reply<()> },
+    /// Copy `seq` into the free sequence `child`.
+    Fork { seq: i32, child: i32, reply: Reply<()> },
     Generate { seq: i32, params: GenerateParams, reply: Reply<Arc<Shared>> },
-    /// A reader dropped its stream before the end.
-    Cancel { seq: i32, stream: u64 },
+    /// A reader dropped or cancelled its stream before the end; the reply,
+    /// if asked for, is the usage of what was delivered.
+    Cancel { seq: i32, stream: u64, reply: Option<Reply<Usage>> },
     /// A reader made room in a full buffer.
     Wake,
+}
+
+/// What an append adds: guest text, or token ids already checked against the vocabulary.
+pub(crate) enum Input {
+    Text(String),
+    Tokens(Vec<LlamaToken>),
 }
 
 /// One session's state, mirrored token by token (llama.cpp has no API that
@@ -153,8 +167,8 @@ impl<'m> Scheduler<'m> {
                 self.prefills.retain(|&q| q != seq);
                 let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
             }
-            Command::Append { seq, text, reply } => {
-                let result = self.append(seq, &text, &reply);
+            Command::Append { seq, input, reply } => {
+                let result = self.append(seq, input, &reply);
                 if let Some(result) = result {
                     let _ = reply.send(result);
                 }
@@ -162,7 +176,25 @@ impl<'m> Scheduler<'m> {
             Command::Generate { seq, params, reply } => {
                 let _ = reply.send(self.start_generation(seq, &params));
             }
-            Command::Cancel { seq, stream } => self.cancel(seq, stream),
+            Command::Tokens { seq, reply } => {
+                let tokens = self.seqs[seq as usize].as_ref().map(|s| s.tokens.clone()).unwrap_or_default();
+                let _ = reply.send(Ok(tokens));
+            }
+            Command::Rewind { seq, n, reply } => {
+                let _ = reply.send(self.rewind(seq, n));
+            }
+            Command::Reset { seq, reply } => {
+                let _ = reply.send(self.rewind(seq, u32::MAX).map(|_| ()));
+            }
+            Command::Fork { seq, child, reply } => {
+                let _ = reply.send(self.fork(seq, child));
+            }
+            Command::Cancel { seq, stream, reply } => {
+                let usage = self.cancel(seq, stream);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(usage));
+                }
+            }
             Command::Wake => {}
         }
     }
@@ -180,16 +212,19 @@ impl<'m> Scheduler<'m> {
     }
 
     /// Tokenize and queue an append; `None` means the reply comes when the prefill is done.
-    fn append(&mut self, seq: i32, text: &str, reply: &Reply<u32>) -> Option<Result<u32, LlmError>> {
+    fn append(&mut self, seq: i32, input: Input, reply: &Reply<u32>) -> Option<Result<u32, LlmError>> {
         let model = self.model;
         let s = match self.sequence(seq) {
             Ok(s) => s,
             Err(e) => return Some(Err(e)),
         };
-        // BOS (for models that want one) opens a session, never a later turn.
-        let new = match tokenize(model, text, s.tokens.is_empty()) {
-            Ok(t) => t,
-            Err(e) => return Some(Err(e)),
+        let new = match input {
+            // BOS (for models that want one) opens a session, never a later turn.
+            Input::Text(text) => match tokenize(model, &text, s.tokens.is_empty()) {
+                Ok(t) => t,
+                Err(e) => return Some(Err(e)),
+            },
+            Input::Tokens(tokens) => tokens,
         };
         if new.is_empty() {
             return Some(Ok(0));
@@ -407,20 +442,72 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    /// The reader is gone: the session keeps exactly the chunks it took.
-    fn cancel(&mut self, seq: i32, stream: u64) {
-        let Some(s) = self.seqs[seq as usize].as_mut() else { return };
+    /// The reader is gone or gave up: the session keeps exactly the chunks it
+    /// took. Returns the usage of what was delivered.
+    fn cancel(&mut self, seq: i32, stream: u64) -> Usage {
+        let Some(s) = self.seqs[seq as usize].as_mut() else { return Usage::default() };
         if s.stream.as_ref().is_none_or(|st| st.id != stream) {
-            return;
+            return Usage::default();
         }
         let shared = s.stream.take().expect("checked above");
-        let mut undelivered = shared.lock().undelivered_tokens();
+        let buffer = shared.lock();
+        let mut undelivered = buffer.undelivered_tokens();
+        let mut usage = buffer.finished_usage().unwrap_or_default();
+        drop(buffer);
         if let Some(g) = s.generation.take() {
             undelivered += g.text.undelivered_tokens();
+            usage = g.usage;
         }
+        usage.generated_tokens = usage.generated_tokens.saturating_sub(undelivered as u32);
         let keep = s.tokens.len() - undelivered;
         s.tokens.truncate(keep);
         self.rewind_kv(seq as usize, keep);
+        usage
+    }
+
+    /// Drop the last `n` tokens (all of them for `u32::MAX`); returns the new length.
+    fn rewind(&mut self, seq: i32, n: u32) -> Result<u32, LlmError> {
+        let s = self.sequence(seq)?;
+        let len = s.tokens.len();
+        let keep = match n {
+            u32::MAX => 0,
+            n if n as usize > len => {
+                return Err(LlmError::invalid(format!("cannot rewind {n} tokens: the session holds {len}")));
+            }
+            n => len - n as usize,
+        };
+        s.tokens.truncate(keep);
+        s.turn_start = s.turn_start.map(|t| t.min(keep));
+        if keep == 0 {
+            s.n_past = 0;
+            s.turn_start = None;
+            let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+        } else {
+            self.rewind_kv(seq as usize, keep);
+        }
+        Ok(keep as u32)
+    }
+
+    /// Make `child` a copy of `seq`: same tokens, and the KV cache copied
+    /// whole inside llama.cpp (the only cross-stream copy it allows), so the
+    /// fork needs no prefill.
+    fn fork(&mut self, seq: i32, child: i32) -> Result<(), LlmError> {
+        let parent = self.sequence(seq)?;
+        let copy = Sequence {
+            limit: parent.limit,
+            seed: parent.seed,
+            tokens: parent.tokens.clone(),
+            n_past: parent.n_past,
+            turn_start: parent.turn_start,
+            prefill: None,
+            generation: None,
+            stream: None,
+        };
+        self.ctx
+            .copy_kv_cache_seq(seq, child, None, None)
+            .map_err(|e| LlmError::EngineFailure(format!("copying the KV cache: {e}")))?;
+        self.seqs[child as usize] = Some(copy);
+        Ok(())
     }
 }
 
@@ -453,13 +540,4 @@ fn logprob(logits: &[f32], token: LlamaToken, top: usize) -> TokenLogprob {
         logprob: logits.get(token.0 as usize).map_or(f32::NEG_INFINITY, |&l| lp(l)),
         top: best.into_iter().map(|(id, l)| (id, lp(l))).collect(),
     }
-}
-
-/// Tokenize guest text (special tokens parsed, so templated turns keep
-/// their markers), refusing sizes llama.cpp's i32 token count cannot hold.
-pub(crate) fn tokenize(model: &LlamaModel, text: &str, add_special: bool) -> Result<Vec<LlamaToken>, LlmError> {
-    if text.len() > (i32::MAX / 2) as usize {
-        return Err(LlmError::invalid("text is too large to tokenize"));
-    }
-    Ok(model.vocab().tokenize(text.as_bytes(), add_special, true))
 }

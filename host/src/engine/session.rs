@@ -3,8 +3,10 @@
 
 use std::sync::mpsc;
 
+use llama_cpp_2::token::LlamaToken;
+
 use super::params::GenerateParams;
-use super::scheduler::Command;
+use super::scheduler::{Command, Input, Reply};
 use super::stream::TokenStream;
 use super::{Engine, sampler};
 use crate::error::LlmError;
@@ -13,11 +15,17 @@ use crate::error::LlmError;
 pub struct Session {
     engine: Engine,
     seq: i32,
+    limit: u32,
 }
 
 impl Session {
-    pub(super) fn new(engine: Engine, seq: i32) -> Self {
-        Self { engine, seq }
+    pub(super) fn new(engine: Engine, seq: i32, limit: u32) -> Self {
+        Self { engine, seq, limit }
+    }
+
+    /// Most tokens this session may hold.
+    pub fn context_limit(&self) -> u32 {
+        self.limit
     }
 
     /// The model this session runs on.
@@ -28,7 +36,40 @@ impl Session {
     /// Tokenize `text` and evaluate it into the KV cache; returns how many
     /// tokens were added. Blocks until the prefill is done.
     pub fn append(&self, text: &str) -> Result<u32, LlmError> {
-        self.request(|reply| Command::Append { seq: self.seq, text: text.to_owned(), reply })
+        self.request(|reply| Command::Append { seq: self.seq, input: Input::Text(text.to_owned()), reply })
+    }
+
+    /// Evaluate token ids into the KV cache, each checked against the
+    /// vocabulary first; returns how many were added.
+    pub fn append_tokens(&self, tokens: &[u32]) -> Result<u32, LlmError> {
+        let n_vocab = self.engine.model().n_vocab();
+        let tokens = tokens.iter().map(|&t| sampler::checked_token(t, n_vocab)).collect::<Result<Vec<_>, _>>()?;
+        self.request(|reply| Command::Append { seq: self.seq, input: Input::Tokens(tokens), reply })
+    }
+
+    /// The tokens the session holds.
+    pub fn tokens(&self) -> Result<Vec<u32>, LlmError> {
+        let tokens: Vec<LlamaToken> = self.request(|reply| Command::Tokens { seq: self.seq, reply })?;
+        Ok(tokens.into_iter().map(|t| t.0 as u32).collect())
+    }
+
+    /// Drop the last `n` tokens; returns the new length.
+    pub fn rewind(&self, n: u32) -> Result<u32, LlmError> {
+        self.request(|reply| Command::Rewind { seq: self.seq, n, reply })
+    }
+
+    /// Drop every token.
+    pub fn reset(&self) -> Result<(), LlmError> {
+        self.request(|reply| Command::Reset { seq: self.seq, reply })
+    }
+
+    /// A new session with the same tokens and a copy of the KV cache.
+    pub fn fork(&self) -> Result<Session, LlmError> {
+        let child = self.engine.take_slot()?;
+        // From here the child owns its slot: dropping it on failure frees it.
+        let forked = Session::new(self.engine.clone(), child, self.limit);
+        self.request(|reply| Command::Fork { seq: self.seq, child, reply })?;
+        Ok(forked)
     }
 
     /// Start generating from the end of the session.
@@ -38,7 +79,7 @@ impl Session {
         Ok(TokenStream::new(shared, self.engine.0.commands.clone(), self.seq))
     }
 
-    fn request<T>(&self, command: impl FnOnce(super::scheduler::Reply<T>) -> Command) -> Result<T, LlmError> {
+    fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.engine.send(command(reply))?;
         answer.recv().map_err(|_| LlmError::EngineFailure("the model's scheduler has stopped".into()))?

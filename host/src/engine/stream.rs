@@ -70,6 +70,14 @@ impl Buffer {
             .sum()
     }
 
+    /// The usage a finished generation reported, if it finished.
+    pub fn finished_usage(&self) -> Option<Usage> {
+        self.items.iter().find_map(|i| match i {
+            Item::Finish(f) => Some(f.usage),
+            Item::Chunk(_) | Item::Failed(_) => None,
+        })
+    }
+
     /// Whether the generation may produce another chunk now.
     pub fn has_room(&self) -> bool {
         self.items.len() < RUN_AHEAD
@@ -123,23 +131,39 @@ impl TokenStream {
 
     /// The next chunk; `Ok(None)` once the generation has finished.
     pub fn next_chunk(&mut self) -> Result<Option<Chunk>, LlmError> {
+        self.read(1)
+    }
+
+    /// Wait for the next chunk, then merge into it the chunks already
+    /// generated, up to `max_tokens` tokens in all (the first chunk is
+    /// always returned whole). `Ok(None)` once the generation has finished.
+    pub fn read(&mut self, max_tokens: usize) -> Result<Option<Chunk>, LlmError> {
         if self.done {
             return Ok(None);
         }
         let mut buffer = self.shared.lock();
+        let mut woke = false;
         let item = loop {
-            let was_full = !buffer.has_room();
+            woke |= !buffer.has_room();
             if let Some(item) = buffer.items.pop_front() {
-                if was_full {
-                    // The scheduler may be idle waiting for room in this buffer.
-                    let _ = self.commands.send(Command::Wake);
-                }
                 break item;
             }
             buffer = self.shared.ready.wait(buffer).unwrap_or_else(|e| e.into_inner());
         };
-        match item {
-            Item::Chunk(chunk) => Ok(Some(chunk)),
+        let result = match item {
+            Item::Chunk(mut chunk) => {
+                while let Some(Item::Chunk(next)) = buffer.items.front() {
+                    if chunk.tokens.len() + next.tokens.len() > max_tokens {
+                        break;
+                    }
+                    woke |= !buffer.has_room();
+                    let Some(Item::Chunk(next)) = buffer.items.pop_front() else { unreachable!() };
+                    chunk.text.push_str(&next.text);
+                    chunk.tokens.extend(next.tokens);
+                    chunk.logprobs.extend(next.logprobs);
+                }
+                Ok(Some(chunk))
+            }
             Item::Finish(finish) => {
                 buffer.drained = true;
                 self.done = true;
@@ -151,7 +175,30 @@ impl TokenStream {
                 self.done = true;
                 Err(error)
             }
+        };
+        drop(buffer);
+        if woke {
+            // The scheduler may be idle waiting for room in this buffer.
+            let _ = self.commands.send(Command::Wake);
         }
+        result
+    }
+
+    /// Stop the generation now. The session keeps the chunks already taken;
+    /// [`finish`](Self::finish) then reports `Cancelled` with their usage.
+    pub fn cancel(&mut self) -> Result<(), LlmError> {
+        if self.done {
+            return Ok(());
+        }
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let stopped = || LlmError::EngineFailure("the model's scheduler has stopped".into());
+        self.commands
+            .send(Command::Cancel { seq: self.seq, stream: self.shared.id, reply: Some(reply) })
+            .map_err(|_| stopped())?;
+        let usage = answer.recv().map_err(|_| stopped())??;
+        self.done = true;
+        self.finish = Some(Finish { reason: FinishReason::Cancelled, usage });
+        Ok(())
     }
 
     /// How the generation ended; `None` until [`next_chunk`](Self::next_chunk) returned `None`.
@@ -163,7 +210,7 @@ impl TokenStream {
 impl Drop for TokenStream {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.commands.send(Command::Cancel { seq: self.seq, stream: self.shared.id });
+            let _ = self.commands.send(Command::Cancel { seq: self.seq, stream: self.shared.id, reply: None });
         }
     }
 }

@@ -1,0 +1,87 @@
+//! What a model is, read from its GGUF metadata.
+
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+/// A model's metadata and the host's limits for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub architecture: String,
+    pub trained_context: u32,
+    pub max_session_context: u32,
+    pub vocab_size: u32,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub eot: Option<u32>,
+    pub parameters: u64,
+    pub size_bytes: u64,
+    pub chat_template: Option<String>,
+    pub quantization: String,
+}
+
+pub(crate) fn read(name: &str, model: &LlamaModel, max_session_context: u32) -> ModelInfo {
+    let vocab = model.vocab();
+    let n_vocab = model.n_vocab();
+    // llama.cpp answers -1 (LLAMA_TOKEN_NULL) for a token the model lacks.
+    let token = |t: LlamaToken| (0..n_vocab).contains(&t.0).then_some(t.0 as u32);
+    ModelInfo {
+        name: name.to_owned(),
+        architecture: model.meta_val_str("general.architecture").unwrap_or_default(),
+        trained_context: model.n_ctx_train(),
+        max_session_context,
+        vocab_size: n_vocab.max(0) as u32,
+        bos: token(vocab.bos()),
+        eos: token(vocab.eos()),
+        eot: token(vocab.eot()),
+        parameters: model.n_params(),
+        size_bytes: model.size(),
+        chat_template: model.chat_template(None).ok().and_then(|t| t.to_string().ok()),
+        quantization: model
+            .meta_val_str("general.file_type")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or_else(|| "unknown".into(), file_type_name),
+    }
+}
+
+/// Names of llama.cpp's `llama_ftype` values (GGUF `general.file_type`).
+fn file_type_name(file_type: u32) -> String {
+    let name = match file_type {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        19 => "IQ2_XXS",
+        20 => "IQ2_XS",
+        21 => "Q2_K_S",
+        22 => "IQ3_XS",
+        23 => "IQ3_XXS",
+        24 => "IQ1_S",
+        25 => "IQ4_NL",
+        26 => "IQ3_S",
+        27 => "IQ3_M",
+        28 => "IQ2_S",
+        29 => "IQ2_M",
+        30 => "IQ4_XS",
+        31 => "IQ1_M",
+        32 => "BF16",
+        36 => "TQ1_0",
+        37 => "TQ2_0",
+        38 => "MXFP4_MOE",
+        other => return format!("file type {other}"),
+    };
+    name.to_owned()
+}

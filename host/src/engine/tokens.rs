@@ -1,0 +1,44 @@
+//! Tokenizer operations on a model: no session, no KV cache, no scheduler.
+//! They run on the calling guest's thread (the vocabulary is read-only).
+
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+
+use super::sampler::checked_token;
+use crate::error::LlmError;
+
+/// Largest text, in bytes, accepted for tokenizing: llama.cpp counts tokens
+/// in an `i32`, and no real prompt comes near this.
+const MAX_TEXT: usize = (i32::MAX / 2) as usize;
+
+/// Token ids for `text`; `add_special` adds BOS where the model uses one,
+/// and special tokens (chat markers) are parsed when `parse_special` is set.
+pub(crate) fn tokenize_with(
+    model: &LlamaModel,
+    text: &str,
+    add_special: bool,
+    parse_special: bool,
+) -> Result<Vec<LlamaToken>, LlmError> {
+    if text.len() > MAX_TEXT {
+        return Err(LlmError::invalid(format!("text of {} bytes is too large to tokenize", text.len())));
+    }
+    Ok(model.vocab().tokenize(text.as_bytes(), add_special, parse_special))
+}
+
+/// Tokenize guest text for a session: special tokens parsed, so templated
+/// turns keep their markers.
+pub(crate) fn tokenize(model: &LlamaModel, text: &str, add_special: bool) -> Result<Vec<LlamaToken>, LlmError> {
+    tokenize_with(model, text, add_special, true)
+}
+
+/// Text for token ids, each checked against the vocabulary first; invalid
+/// UTF-8 (a character cut between tokens) becomes U+FFFD.
+pub(crate) fn detokenize(model: &LlamaModel, tokens: &[u32], render_special: bool) -> Result<String, LlmError> {
+    let n_vocab = model.n_vocab();
+    let tokens = tokens.iter().map(|&t| checked_token(t, n_vocab)).collect::<Result<Vec<_>, _>>()?;
+    if tokens.is_empty() {
+        return Ok(String::new());
+    }
+    let bytes = model.vocab().detokenize(&tokens, false, render_special);
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
