@@ -39,3 +39,32 @@ fn dropping_a_stream_cancels_it_and_the_session_keeps_what_was_delivered() {
     assert_eq!(as_u32(&continued["prompt"]), as_u32(line(&lines, "appended")) + delivered, "{continued}");
     assert!(as_u32(&continued["generated"]) > 0);
 }
+
+#[test]
+fn next_chunk_batches_what_is_ready_and_cancel_reports_what_was_delivered() {
+    let _serial = serial();
+    let lines = host().probe(&["chunks", MODEL, &chatml("What is the capital of France?")]);
+    let r = &lines[0];
+    let sizes: Vec<u32> = r["sizes"].as_array().unwrap().iter().map(as_u32).collect();
+    assert!(sizes.iter().all(|&n| (1..=8).contains(&n)), "{sizes:?}");
+    assert!(sizes[0] > 1, "the reader waited, so its first read should batch several tokens: {sizes:?}");
+    assert_eq!(sizes.iter().sum::<u32>(), as_u32(&r["finish"]["generated"]));
+
+    let cancelled = &r["cancelled"];
+    assert_eq!(cancelled["reason"], "FinishReason::Cancelled");
+    assert_eq!(as_u32(&cancelled["generated"]), as_u32(&r["first"]));
+    assert_eq!(as_u32(&r["len-after"]), as_u32(&r["len-before"]) + as_u32(&r["first"]));
+}
+
+#[test]
+fn rewind_regenerates_and_reset_empties() {
+    let _serial = serial();
+    let lines = host().probe(&["rewind", MODEL, &chatml("What is the capital of France?")]);
+    let r = lines.iter().find(|l| l.get("first").is_some()).unwrap();
+    assert_eq!(r["rewound"], r["before"], "rewinding the reply returns to the prompt");
+    assert!(as_u32(&r["after"]) > as_u32(&r["before"]));
+    assert_eq!(r["first"], r["second"], "greedy decoding from the same state gives the same reply");
+    assert_eq!(r["reset"], 0);
+    let too_far = lines.iter().find(|l| l["case"] == "rewind-too-far").unwrap();
+    assert!(too_far["llm-error"].as_str().unwrap().starts_with("Error::InvalidArgument"), "{too_far}");
+}

@@ -15,6 +15,16 @@ pub struct Chat<'m> {
     messages: Vec<Message>,
     /// The text the session holds.
     transcript: String,
+    /// Where each turn started, for [`Chat::undo`].
+    turns: Vec<TurnStart>,
+}
+
+/// The state before a turn: what `undo` returns to.
+#[derive(Clone)]
+struct TurnStart {
+    messages: usize,
+    transcript: String,
+    session_len: u32,
 }
 
 impl<'m> Chat<'m> {
@@ -25,12 +35,51 @@ impl<'m> Chat<'m> {
 
     /// A new chat in an empty session opened by the caller (for options).
     pub fn with_session(model: &'m Model, session: Session) -> Self {
-        Self { model, session, messages: Vec::new(), transcript: String::new() }
+        Self { model, session, messages: Vec::new(), transcript: String::new(), turns: Vec::new() }
     }
 
     /// Add a system message; it is sent with the next turn.
     pub fn system(&mut self, content: &str) {
-        self.messages.push(Message { role: "system".into(), content: content.into() });
+        self.push(Message { role: "system".into(), content: content.into() });
+    }
+
+    /// Add any message to the history without generating (to seed a chat
+    /// with an earlier conversation); it is sent with the next turn.
+    pub fn push(&mut self, message: Message) {
+        self.messages.push(message);
+    }
+
+    /// An independent copy of the conversation: the session is forked in the
+    /// host, so the shared history is not evaluated again.
+    ///
+    /// ```no_run
+    /// # use wasi_nn_llm::{Chat, Model, Params};
+    /// let model = Model::load("smollm2")?;
+    /// let mut chat = Chat::new(&model)?;
+    /// drop(chat.send("Suggest a name for a cat.", &Params::greedy())?);
+    /// let mut other = chat.fork()?;
+    /// drop(other.send("Now one for a dog.", &Params::greedy())?);
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
+    pub fn fork(&self) -> Result<Chat<'m>, Error> {
+        Ok(Chat {
+            model: self.model,
+            session: self.session.fork()?,
+            messages: self.messages.clone(),
+            transcript: self.transcript.clone(),
+            turns: self.turns.clone(),
+        })
+    }
+
+    /// Forget the last exchange (the last user turn and the reply to it):
+    /// the session is rewound to exactly where it was before that turn.
+    pub fn undo(&mut self) -> Result<(), Error> {
+        let Some(turn) = self.turns.last() else { return Ok(()) };
+        self.session.rewind(self.session.len().saturating_sub(turn.session_len))?;
+        let turn = self.turns.pop().expect("checked above");
+        self.messages.truncate(turn.messages);
+        self.transcript = turn.transcript;
+        Ok(())
     }
 
     /// The messages so far.
@@ -38,6 +87,7 @@ impl<'m> Chat<'m> {
         &self.messages
     }
 
+    /// The session the chat runs in.
     pub fn session(&self) -> &Session {
         &self.session
     }
@@ -45,6 +95,11 @@ impl<'m> Chat<'m> {
     /// Send a user turn and start the assistant's reply. The reply joins the
     /// history when the returned [`Reply`] is dropped, with whatever was read.
     pub fn send(&mut self, user: &str, params: &Params) -> Result<Reply<'_, 'm>, Error> {
+        let start = TurnStart {
+            messages: self.messages.len(),
+            transcript: self.transcript.clone(),
+            session_len: self.session.len(),
+        };
         self.messages.push(Message { role: "user".into(), content: user.into() });
         let rendered = self.model.apply_chat_template(&self.messages, true).and_then(|full| {
             let delta = full.strip_prefix(&self.transcript).ok_or(Error::TemplateNotIncremental)?.to_owned();
@@ -57,13 +112,17 @@ impl<'m> Chat<'m> {
                 return Err(e);
             }
         };
-        if let Err(e) = self.session.append(&delta) {
-            self.messages.pop();
-            return Err(e);
-        }
+        let appended = match self.session.append(&delta) {
+            Ok(n) => n,
+            Err(e) => {
+                self.messages.pop();
+                return Err(e);
+            }
+        };
         self.transcript = full;
+        self.turns.push(start);
         let stream = self.session.generate(params)?;
-        Ok(Reply { chat: self, stream, text: String::new() })
+        Ok(Reply { chat: self, stream, text: String::new(), appended })
     }
 }
 
@@ -72,9 +131,15 @@ pub struct Reply<'c, 'm> {
     chat: &'c mut Chat<'m>,
     stream: TokenStream,
     text: String,
+    appended: u32,
 }
 
 impl Reply<'_, '_> {
+    /// Tokens this turn added before generating (the templated user turn).
+    pub fn appended(&self) -> u32 {
+        self.appended
+    }
+
     /// How the reply ended, once the iterator is exhausted.
     pub fn finish(&self) -> Option<&Finish> {
         self.stream.finish()

@@ -37,6 +37,6 @@ pub use error::Error;
 pub use model::Model;
 pub use params::Params;
 pub use raw::wasi_nn_llm::llm::types::{
-    Chunk, Finish, FinishReason, Message, OverflowPolicy, SessionOptions, TokenLogprob, Usage,
+    Chunk, Finish, FinishReason, Message, ModelMetadata, OverflowPolicy, SessionOptions, TokenLogprob, Usage,
 };
 pub use session::{Session, TokenStream};

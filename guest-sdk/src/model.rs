@@ -2,7 +2,7 @@
 
 use crate::raw::wasi::nn::graph::{self, Graph};
 use crate::raw::wasi_nn_llm::llm::model as llm_model;
-use crate::{Error, Message};
+use crate::{Error, Message, ModelMetadata};
 
 /// A loaded model: a wasi:nn graph the extension can open sessions on.
 pub struct Model {
@@ -23,6 +23,42 @@ impl Model {
     /// The underlying wasi:nn graph, for base wasi-nn calls.
     pub fn graph(&self) -> &Graph {
         &self.graph
+    }
+
+    /// Token ids for `text`. `add_special` adds the model's BOS (where it
+    /// uses one); `parse_special` turns marker text such as `<|im_start|>`
+    /// into its token.
+    ///
+    /// ```no_run
+    /// let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// let ids = model.tokenize("Hello world", false, false)?;
+    /// assert_eq!(model.detokenize(&ids, false)?, "Hello world");
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>, Error> {
+        Ok(llm_model::tokenize(&self.graph, text, add_special, parse_special)?)
+    }
+
+    /// Text for token ids (a character cut between tokens becomes U+FFFD);
+    /// `render_special` renders control tokens as their marker text.
+    pub fn detokenize(&self, tokens: &[u32], render_special: bool) -> Result<String, Error> {
+        Ok(llm_model::detokenize(&self.graph, tokens, render_special)?)
+    }
+
+    /// How many tokens appending `text` to an empty session adds.
+    pub fn count_tokens(&self, text: &str) -> Result<u32, Error> {
+        Ok(llm_model::count_tokens(&self.graph, text)?)
+    }
+
+    /// The model's metadata and the host's limits for it.
+    ///
+    /// ```no_run
+    /// let info = wasi_nn_llm::Model::load("smollm2")?.info()?;
+    /// println!("{} ({}), {} tokens of context", info.name, info.quantization, info.max_session_context);
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
+    pub fn info(&self) -> Result<ModelMetadata, Error> {
+        Ok(llm_model::model_info(&self.graph)?)
     }
 
     /// Render messages with the model's own chat template.

@@ -38,6 +38,74 @@ impl Session {
         Ok(TokenStream { raw: self.raw.generate(params.as_raw())?, finish: None })
     }
 
+    /// Evaluate token ids into the session (each is checked against the
+    /// vocabulary); returns how many were added.
+    pub fn append_tokens(&self, tokens: &[u32]) -> Result<u32, Error> {
+        Ok(self.raw.append_tokens(tokens)?)
+    }
+
+    /// Tokens the session holds.
+    pub fn len(&self) -> u32 {
+        self.raw.len()
+    }
+
+    /// Whether the session holds no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The tokens the session holds.
+    pub fn tokens(&self) -> Vec<u32> {
+        self.raw.tokens()
+    }
+
+    /// Most tokens the session may hold.
+    pub fn context_limit(&self) -> u32 {
+        self.raw.context_limit()
+    }
+
+    /// Tokens that still fit.
+    pub fn remaining(&self) -> u32 {
+        self.context_limit().saturating_sub(self.len())
+    }
+
+    /// Drop the last `n` tokens (to regenerate or edit a turn); returns the new length.
+    ///
+    /// ```no_run
+    /// # use wasi_nn_llm::{Model, Params, Session};
+    /// let session = Session::open(&Model::load("smollm2")?)?;
+    /// session.append("Once upon a time")?;
+    /// let before = session.len();
+    /// let (_, finish) = session.generate(&Params::greedy().max_tokens(8))?.collect_text()?;
+    /// session.rewind(finish.usage.generated_tokens)?; // try again
+    /// assert_eq!(session.len(), before);
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
+    pub fn rewind(&self, n: u32) -> Result<u32, Error> {
+        Ok(self.raw.rewind(n)?)
+    }
+
+    /// Drop every token.
+    pub fn reset(&self) -> Result<(), Error> {
+        Ok(self.raw.reset()?)
+    }
+
+    /// An independent session holding the same tokens; the host copies the
+    /// KV cache, so nothing is evaluated again.
+    ///
+    /// ```no_run
+    /// # use wasi_nn_llm::{Model, Session};
+    /// let session = Session::open(&Model::load("smollm2")?)?;
+    /// session.append("A long shared prefix")?;
+    /// let branch = session.fork()?;
+    /// branch.append(" that goes one way")?;
+    /// session.append(" and another")?;
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
+    pub fn fork(&self) -> Result<Session, Error> {
+        Ok(Session { raw: self.raw.fork()? })
+    }
+
     /// The raw resource.
     pub fn as_raw(&self) -> &raw::Session {
         &self.raw
@@ -57,6 +125,32 @@ impl TokenStream {
         self.finish.as_ref()
     }
 
+    /// Wait for the next token, then take everything already generated, up
+    /// to `max_tokens` tokens, as one chunk: fewer host calls for a guest
+    /// that does not need each token as it comes. `None` at the end.
+    pub fn next_chunk(&mut self, max_tokens: u32) -> Option<Result<Chunk, Error>> {
+        if self.finish.is_some() {
+            return None;
+        }
+        match self.raw.next_chunk(max_tokens) {
+            Ok(Some(chunk)) => Some(Ok(chunk)),
+            Ok(None) => {
+                self.finish = self.raw.finish();
+                None
+            }
+            Err(e) => Some(Err(e.into())),
+        }
+    }
+
+    /// Stop generating now; the session keeps the chunks already read, and
+    /// [`finish`](Self::finish) reports `cancelled` with their usage.
+    pub fn cancel(&mut self) {
+        if self.finish.is_none() {
+            self.raw.cancel();
+            self.finish = self.raw.finish();
+        }
+    }
+
     /// Read to the end; returns the whole text and how it finished.
     pub fn collect_text(mut self) -> Result<(String, Finish), Error> {
         let mut text = String::new();
@@ -72,16 +166,6 @@ impl Iterator for TokenStream {
     type Item = Result<Chunk, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.finish.is_some() {
-            return None;
-        }
-        match self.raw.next() {
-            Ok(Some(chunk)) => Some(Ok(chunk)),
-            Ok(None) => {
-                self.finish = self.raw.finish();
-                None
-            }
-            Err(e) => Some(Err(e.into())),
-        }
+        self.next_chunk(1)
     }
 }

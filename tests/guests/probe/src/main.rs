@@ -10,6 +10,12 @@
 //! - `stop MODEL STOP PROMPT`: stream until STOP, then continue the session.
 //! - `cancel MODEL TAKE PROMPT`: read TAKE chunks, drop the stream, continue.
 //! - `errors MODEL`: the typed-error cases, then a normal generation.
+//! - `fork MODEL`: a 500-token chat forked three ways; the same branches
+//!   replayed step by step in fresh sessions; and fed in one batch.
+//! - `tokens MODEL TEXT`: tokenizer, model info and append-tokens.
+//! - `rewind MODEL PROMPT`: generate, rewind, generate again.
+//! - `sample MODEL PROMPT`: seeds, grammar, JSON schema, logprobs, biases.
+//! - `chunks MODEL PROMPT`: next-chunk batching and an explicit cancel.
 
 use std::process::ExitCode;
 
@@ -17,6 +23,31 @@ use serde_json::{Value, json};
 use wasi_nn_llm::raw::wasi::nn::graph::{self, ExecutionTarget, GraphEncoding};
 use wasi_nn_llm::raw::wasi::nn::tensor::{Tensor, TensorType};
 use wasi_nn_llm::{Chat, Error, Finish, Message, Model, Params, Session, SessionOptions, TokenStream};
+
+/// A conversation of about 500 tokens to fork from.
+fn history() -> Vec<Message> {
+    const EXCHANGES: [(&str, &str); 13] = [
+        ("What is the largest ocean?", "The Pacific Ocean is the largest, covering about a third of the surface of the Earth."),
+        ("How high is Mount Everest?", "Mount Everest rises about 8,849 metres above sea level, on the border of Nepal and China."),
+        ("Which river is the longest?", "The Nile and the Amazon are both about 6,600 to 7,000 kilometres long; sources disagree."),
+        ("Where is the Sahara?", "The Sahara covers most of North Africa, from the Atlantic coast to the Red Sea."),
+        ("What is a fjord?", "A fjord is a long, narrow inlet with steep sides, carved by a glacier and then flooded by the sea."),
+        ("Why do volcanoes erupt?", "Magma rises because it is lighter than the rock around it, and gas pressure pushes it out."),
+        ("What is the capital of Australia?", "Canberra is the capital of Australia, although Sydney and Melbourne are larger cities."),
+        ("How many continents are there?", "Most people count seven: Africa, Antarctica, Asia, Australia, Europe, North and South America."),
+        ("What causes the seasons?", "The tilt of the Earth's axis changes how directly sunlight reaches each hemisphere during the year."),
+        ("Which desert is the driest?", "The Atacama Desert in Chile is the driest non-polar desert; some stations have never recorded rain."),
+        ("What is the Ring of Fire?", "It is a horseshoe of volcanoes and earthquake zones around the Pacific, where tectonic plates meet."),
+        ("Which country has the most islands?", "Sweden is often said to have the most, with over two hundred thousand, most of them small and uninhabited."),
+        ("What is a delta?", "A delta is the fan of sediment a river drops where it meets slower water, like the Nile delta in Egypt."),
+    ];
+    let mut messages = vec![Message { role: "system".into(), content: "You are a concise geography tutor.".into() }];
+    for (question, answer) in EXCHANGES {
+        messages.push(Message { role: "user".into(), content: question.into() });
+        messages.push(Message { role: "assistant".into(), content: answer.into() });
+    }
+    messages
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,6 +59,11 @@ fn main() -> ExitCode {
         ["stop", model, stop_at, prompt] => stop(model, stop_at, prompt),
         ["cancel", model, take, prompt] => cancel(model, take.parse().unwrap_or(1), prompt),
         ["errors", model] => errors(model),
+        ["fork", model] => fork(model),
+        ["tokens", model, text] => tokens(model, text),
+        ["rewind", model, prompt] => rewind(model, prompt),
+        ["sample", model, prompt] => sample(model, prompt),
+        ["chunks", model, prompt] => chunks(model, prompt),
         _ => {
             eprintln!("usage: probe generate|chat|chat-reprefill|compute|stop|cancel|errors MODEL ...");
             return ExitCode::from(2);
@@ -181,5 +217,169 @@ fn errors(model_name: &str) -> Result<(), Error> {
     session.append("The capital of France is")?;
     let (text, finish) = session.generate(&Params::greedy().max_tokens(8))?.collect_text()?;
     println!("{}", json!({ "case": "after-errors", "text": text, "finish": finish_json(&finish) }));
+    Ok(())
+}
+
+/// Greedy reply to `question` in `chat`, as one JSON value.
+fn turn(chat: &mut Chat, question: &str) -> Result<Value, Error> {
+    let mut reply = chat.send(question, &Params::greedy().max_tokens(64))?;
+    let mut tokens = Vec::new();
+    for chunk in &mut reply {
+        tokens.extend(chunk?.tokens);
+    }
+    let finish = reply.finish().map(finish_json).unwrap_or(Value::Null);
+    Ok(json!({ "text": reply.text(), "tokens": tokens, "appended": reply.appended(), "finish": finish }))
+}
+
+fn fork(model: &str) -> Result<(), Error> {
+    let model = Model::load(model)?;
+    let branches = ["What is the capital of France?", "Name a famous waterfall.", "What is the coldest place on Earth?"];
+    let mut parent = Chat::new(&model)?;
+    for m in history() {
+        parent.push(m);
+    }
+    let first = turn(&mut parent, "What is the deepest lake?")?;
+    println!("{}", json!({ "parent": first, "len": parent.session().len() }));
+    let mut forks = Vec::new();
+    for _ in branches {
+        forks.push(parent.fork()?);
+    }
+    for (i, (chat, q)) in forks.iter_mut().zip(branches).enumerate() {
+        println!("{}", json!({ "branch": i, "reply": turn(chat, q)? }));
+    }
+    for (i, q) in branches.iter().enumerate() {
+        // The parent's steps again, without a fork: what the branch must equal.
+        let mut replay = Chat::new(&model)?;
+        for m in history() {
+            replay.push(m);
+        }
+        turn(&mut replay, "What is the deepest lake?")?;
+        println!("{}", json!({ "replay": i, "reply": turn(&mut replay, q)? }));
+        // The whole history in one batch: equal only where llama.cpp's
+        // arithmetic does not depend on the batch shape.
+        let mut fresh = Chat::new(&model)?;
+        for m in parent.messages() {
+            fresh.push(m.clone());
+        }
+        println!("{}", json!({ "fresh": i, "reply": turn(&mut fresh, q)? }));
+    }
+    Ok(())
+}
+
+fn tokens(model_name: &str, text: &str) -> Result<(), Error> {
+    let model = Model::load(model_name)?;
+    let ids = model.tokenize(text, false, false)?;
+    let info = model.info()?;
+    println!(
+        "{}",
+        json!({
+            "ids": ids,
+            "detokenized": model.detokenize(&ids, false)?,
+            "count": model.count_tokens(text)?,
+            "special": model.tokenize("<|im_start|>", false, true)?,
+            "info": {
+                "name": info.name, "architecture": info.architecture, "trained-context": info.trained_context,
+                "max-session-context": info.max_session_context, "vocab-size": info.vocab_size,
+                "bos": info.bos, "eos": info.eos, "eot": info.eot, "parameters": info.parameters,
+                "size-bytes": info.size_bytes, "has-template": info.chat_template.is_some(),
+                "quantization": info.quantization,
+            },
+        })
+    );
+    let session = Session::open(&model)?;
+    let added = session.append_tokens(&ids)?;
+    println!("{}", json!({ "appended": added, "session-tokens": session.tokens(), "remaining": session.remaining() }));
+    report("invalid-token", session.append_tokens(&[ids[0], info.vocab_size]));
+    report("detokenize-invalid", model.detokenize(&[u32::MAX], false));
+    println!("{}", json!({ "after-invalid": session.tokens() }));
+    Ok(())
+}
+
+fn rewind(model: &str, prompt: &str) -> Result<(), Error> {
+    let model = Model::load(model)?;
+    let session = Session::open(&model)?;
+    session.append(prompt)?;
+    let before = session.len();
+    let (first, finish) = session.generate(&Params::greedy().max_tokens(16))?.collect_text()?;
+    let after = session.len();
+    let rewound = session.rewind(finish.usage.generated_tokens)?;
+    let (second, _) = session.generate(&Params::greedy().max_tokens(16))?.collect_text()?;
+    report("rewind-too-far", session.rewind(session.len() + 1));
+    session.reset()?;
+    println!(
+        "{}",
+        json!({ "before": before, "after": after, "rewound": rewound, "first": first, "second": second, "reset": session.len() })
+    );
+    Ok(())
+}
+
+fn sample(model: &str, prompt: &str) -> Result<(), Error> {
+    let model = Model::load(model)?;
+    let run = |params: Params| -> Result<(String, Vec<Value>), Error> {
+        let session = Session::open(&model)?;
+        session.append(prompt)?;
+        let mut stream = session.generate(&params)?;
+        let (mut text, mut logprobs) = (String::new(), Vec::new());
+        for chunk in &mut stream {
+            let chunk = chunk?;
+            text.push_str(&chunk.text);
+            for l in chunk.logprobs {
+                logprobs.push(json!({ "token": l.token, "logprob": l.logprob, "top": l.top }));
+            }
+        }
+        Ok((text, logprobs))
+    };
+    let sampled = |seed| Params::new().temperature(0.9).seed(seed).max_tokens(24);
+    let (greedy, logprobs) = run(Params::greedy().max_tokens(12).logprobs(3))?;
+    let first = model.tokenize(&greedy, false, false)?[0];
+    let schema = r#"{"type":"object","properties":{"city":{"type":"string"},"population":{"type":"integer"}},"required":["city","population"]}"#;
+    let grammar = r#"root ::= "yes" | "no""#;
+    println!(
+        "{}",
+        json!({
+            "greedy": greedy,
+            "logprobs": logprobs,
+            "seed-1": run(sampled(1))?.0,
+            "seed-1-again": run(sampled(1))?.0,
+            "seed-2": run(sampled(2))?.0,
+            "json": run(Params::greedy().json_schema(schema).max_tokens(48))?.0,
+            "grammar": run(Params::greedy().grammar(grammar).max_tokens(8))?.0,
+            "banned-first": run(Params::greedy().logit_bias(first, f32::NEG_INFINITY).max_tokens(12))?.0,
+            "penalised": run(Params::greedy().repeat_penalty(1.3, 64).presence_penalty(0.5).frequency_penalty(0.5).min_p(0.1).top_k(20).top_p(0.9).max_tokens(12))?.0,
+        })
+    );
+    report("invalid-grammar", run(Params::greedy().grammar("root ::= (")).map(|_| ()));
+    report("invalid-schema", run(Params::greedy().json_schema("{not json")).map(|_| ()));
+    report("nan-temperature", run(Params::new().temperature(f32::NAN)).map(|_| ()));
+    Ok(())
+}
+
+fn chunks(model: &str, prompt: &str) -> Result<(), Error> {
+    let model = Model::load(model)?;
+    let session = Session::open(&model)?;
+    session.append(prompt)?;
+    let mut stream = session.generate(&Params::greedy().max_tokens(32))?;
+    // Let the host run ahead of this reader, so there is something to batch.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut sizes = Vec::new();
+    while let Some(chunk) = stream.next_chunk(8) {
+        sizes.push(chunk?.tokens.len());
+    }
+    let total = stream.finish().map(finish_json).unwrap_or(Value::Null);
+    let generated = stream.finish().map_or(0, |f| f.usage.generated_tokens);
+    drop(stream);
+    // Regenerate the same reply, this time cancelling after its first chunk.
+    session.rewind(generated)?;
+    let len_before = session.len();
+    let mut stream = session.generate(&Params::greedy().max_tokens(32))?;
+    let first = stream.next().expect("a first chunk")?.tokens.len();
+    stream.cancel();
+    let cancelled = stream.finish().map(finish_json).unwrap_or(Value::Null);
+    drop(stream);
+    println!(
+        "{}",
+        json!({ "sizes": sizes, "finish": total, "first": first, "cancelled": cancelled,
+                "len-before": len_before, "len-after": session.len() })
+    );
     Ok(())
 }
