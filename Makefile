@@ -13,6 +13,7 @@ chat: guests
 
 ## The whole test suite, on the real model.
 test: guests
+	cargo build --release --quiet -p wasi-nn-llm-host
 	cargo test --release
 
 bootstrap:

@@ -106,6 +106,30 @@ impl Session {
         Ok(Session { raw: self.raw.fork()? })
     }
 
+    /// The session (tokens and KV cache) as a versioned blob bound to this
+    /// model, to [`restore`](Self::restore) later, in this or another host
+    /// process.
+    ///
+    /// ```no_run
+    /// # use wasi_nn_llm::{Model, Session};
+    /// let model = Model::load("smollm2")?;
+    /// let session = Session::open(&model)?;
+    /// session.append("A conversation worth keeping")?;
+    /// std::fs::write("chat.session", session.save()?).unwrap();
+    /// let again = Session::restore(&model, &std::fs::read("chat.session").unwrap())?;
+    /// assert_eq!(again.tokens(), session.tokens());
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
+    pub fn save(&self) -> Result<Vec<u8>, Error> {
+        Ok(self.raw.save()?)
+    }
+
+    /// A session from a [`save`](Self::save) blob; a truncated, corrupted or
+    /// foreign blob is refused with `invalid-snapshot`.
+    pub fn restore(model: &Model, snapshot: &[u8]) -> Result<Self, Error> {
+        Ok(Self { raw: raw::Session::restore(model.graph(), snapshot)? })
+    }
+
     /// The raw resource.
     pub fn as_raw(&self) -> &raw::Session {
         &self.raw

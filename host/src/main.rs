@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use wasi_nn_llm_host::engine::{EngineConfig, gpu_build};
 use wasi_nn_llm_host::registry::{ModelSpec, Models};
-use wasi_nn_llm_host::runner::{Runtime, Stdio};
+use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
 use wasi_nn_llm_host::catalog;
 
 #[derive(Parser)]
@@ -47,6 +47,10 @@ struct RunArgs {
     /// Sessions that may be open at once per model.
     #[arg(long, value_name = "N", default_value_t = EngineConfig::default().max_sessions)]
     max_sessions: u32,
+    /// A host directory the guest may use: HOST[::GUEST] (guest path
+    /// defaults to the host path). Repeatable.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    dirs: Vec<String>,
     /// The guest component.
     component: PathBuf,
     /// Arguments for the guest.
@@ -92,7 +96,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let component = runtime.load(&args.component)?;
             let name = args.component.file_name().map_or("guest".into(), |n| n.to_string_lossy().into_owned());
             let argv: Vec<String> = std::iter::once(name).chain(args.args).collect();
-            Ok(runtime.run(&component, &argv, Stdio::Inherit)?.exit_code)
+            let dirs: Vec<Preopen> = args.dirs.iter().map(|d| Preopen::parse(d)).collect();
+            Ok(runtime.run(&component, &argv, Stdio::Inherit, &dirs)?.exit_code)
         }
     }
 }

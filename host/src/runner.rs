@@ -15,7 +15,7 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
-use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
 
 use crate::backend::ggml;
@@ -43,6 +43,21 @@ pub enum Stdio {
     Inherit,
     /// Fixed stdin; stdout and stderr captured (tests).
     Captured { stdin: Vec<u8> },
+}
+
+/// A host directory the guest may use, and the path it sees it at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preopen {
+    pub host: std::path::PathBuf,
+    pub guest: String,
+}
+
+impl Preopen {
+    /// `HOST[::GUEST]`, as wasmtime's `--dir` (the guest path defaults to the host path).
+    pub fn parse(spec: &str) -> Self {
+        let (host, guest) = spec.split_once("::").unwrap_or((spec, spec));
+        Self { host: host.into(), guest: guest.to_owned() }
+    }
 }
 
 /// What a guest printed, when its output was captured.
@@ -83,9 +98,14 @@ impl Runtime {
     }
 
     /// Run a command component to completion in a fresh instance.
-    pub fn run(&self, component: &Component, args: &[String], stdio: Stdio) -> anyhow::Result<Output> {
+    pub fn run(&self, component: &Component, args: &[String], stdio: Stdio, dirs: &[Preopen]) -> anyhow::Result<Output> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(args);
+        for dir in dirs {
+            wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("opening {} for the guest", dir.host.display()))?;
+        }
         let captured = match stdio {
             Stdio::Inherit => {
                 wasi.inherit_stdio();

@@ -209,6 +209,20 @@ impl session::HostSession for LlmView<'_> {
         Ok(Ok(self.table.push(forked)?))
     }
 
+    fn save(&mut self, session: Resource<Session>) -> wasmtime::Result<Result<Vec<u8>, types::Error>> {
+        Ok(self.table.get(&session)?.save().map_err(Into::into))
+    }
+
+    fn restore(
+        &mut self,
+        graph: Resource<Graph>,
+        snapshot: Vec<u8>,
+    ) -> wasmtime::Result<Result<Resource<Session>, types::Error>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        let session = try_llm!(engine.restore_session(&snapshot));
+        Ok(Ok(self.table.push(session)?))
+    }
+
     fn drop(&mut self, session: Resource<Session>) -> wasmtime::Result<()> {
         self.table.delete(session)?;
         Ok(())

@@ -30,6 +30,13 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// The host CLI (`make test` builds it), for tests that need separate host processes.
+pub fn host_cli() -> PathBuf {
+    let path = workspace_root().join("target/release/wasi-nn-llm");
+    assert!(path.is_file(), "{} is missing: run the tests with `make test`", path.display());
+    path
+}
+
 pub fn smollm2_path() -> PathBuf {
     catalog::SMOLLM2.ensure().expect("fetching the default model")
 }
@@ -74,7 +81,7 @@ impl TestHost {
 
     fn run(&self, component: &Component, name: &str, args: &[&str]) -> String {
         let argv: Vec<String> = std::iter::once(name).chain(args.iter().copied()).map(String::from).collect();
-        let out = self.runtime.run(component, &argv, Stdio::Captured { stdin: Vec::new() }).expect("running the guest");
+        let out = self.runtime.run(component, &argv, Stdio::Captured { stdin: Vec::new() }, &[]).expect("running the guest");
         assert_eq!(out.exit_code, 0, "{name} {args:?} failed:\nstdout: {}\nstderr: {}", out.stdout, out.stderr);
         out.stdout
     }

@@ -14,12 +14,13 @@ mod params;
 mod sampler;
 mod scheduler;
 mod session;
+pub mod snapshot;
 mod stream;
 mod text;
 mod tokens;
 
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -90,6 +91,9 @@ struct Inner {
     /// Which llama.cpp sequence ids are taken by open sessions.
     slots: Mutex<Vec<bool>>,
     ctx_size: u32,
+    path: PathBuf,
+    /// SHA-256 of the GGUF, computed on first use (snapshots carry it).
+    identity: OnceLock<Result<[u8; 32], String>>,
 }
 
 impl Engine {
@@ -149,6 +153,8 @@ impl Engine {
             commands,
             slots: Mutex::new(vec![false; max_sessions as usize]),
             ctx_size,
+            path: path.to_owned(),
+            identity: OnceLock::new(),
         })))
     }
 
@@ -181,6 +187,37 @@ impl Engine {
         let session = Session::new(self.clone(), seq, limit);
         self.send(Command::Open { seq, limit, seed: options.seed })?;
         Ok(session)
+    }
+
+    /// A session from a blob [`Session::save`] wrote: checked in full
+    /// (format, checksum, model identity, token ids, limits) before any of
+    /// it reaches llama.cpp.
+    pub fn restore_session(&self, blob: &[u8]) -> Result<Session, LlmError> {
+        let snapshot = snapshot::Snapshot::decode(blob, &self.identity()?)?;
+        if snapshot.limit > self.0.ctx_size {
+            return Err(LlmError::LimitExceeded { name: "context-length".into(), max: self.0.ctx_size.into() });
+        }
+        let n_vocab = self.model().n_vocab();
+        for &t in &snapshot.tokens {
+            sampler::checked_token(t, n_vocab)?;
+        }
+        let seq = self.take_slot()?;
+        let session = Session::new(self.clone(), seq, snapshot.limit);
+        self.send(Command::Open { seq, limit: snapshot.limit, seed: snapshot.seed })?;
+        session.load(snapshot)?;
+        Ok(session)
+    }
+
+    /// SHA-256 of the model file: what binds a snapshot to its model.
+    pub fn identity(&self) -> Result<[u8; 32], LlmError> {
+        let id = self.0.identity.get_or_init(|| {
+            use sha2::{Digest, Sha256};
+            let mut file = std::fs::File::open(&self.0.path).map_err(|e| e.to_string())?;
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut file, &mut hasher).map_err(|e| e.to_string())?;
+            Ok(hasher.finalize().into())
+        });
+        id.clone().map_err(|e| LlmError::EngineFailure(format!("hashing the model file: {e}")))
     }
 
     /// Reserve a free sequence id; the session given it frees it on drop.

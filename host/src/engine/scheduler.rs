@@ -30,7 +30,8 @@ use super::sampler;
 use super::tokens::tokenize;
 use super::stream::{Finish, FinishReason, Item, Shared, Usage};
 use super::text::{Pushed, TextAssembler, TokenLogprob};
-use crate::error::{ContextOverflow, LlmError};
+use super::snapshot::Snapshot;
+use crate::error::{ContextOverflow, LlmError, SnapshotError};
 
 /// Tokens decoded per prefill batch; also the context's `n_batch`.
 pub(crate) const PREFILL_CHUNK: usize = 512;
@@ -48,6 +49,10 @@ pub(crate) enum Command {
     Reset { seq: i32, reply: Reply<()> },
     /// Copy `seq` into the free sequence `child`.
     Fork { seq: i32, child: i32, reply: Reply<()> },
+    /// The session's tokens and llama.cpp state.
+    Save { seq: i32, reply: Reply<Saved> },
+    /// Load a checked snapshot into the freshly opened `seq`.
+    Restore { seq: i32, snapshot: Snapshot, reply: Reply<()> },
     Generate { seq: i32, params: GenerateParams, reply: Reply<Arc<Shared>> },
     /// A reader dropped or cancelled its stream before the end; the reply,
     /// if asked for, is the usage of what was delivered.
@@ -60,6 +65,15 @@ pub(crate) enum Command {
 pub(crate) enum Input {
     Text(String),
     Tokens(Vec<LlamaToken>),
+}
+
+/// What a save reads out of the scheduler.
+pub(crate) struct Saved {
+    pub limit: u32,
+    pub seed: Option<u64>,
+    pub tokens: Vec<u32>,
+    pub n_past: u32,
+    pub state: Vec<u8>,
 }
 
 /// One session's state, mirrored token by token (llama.cpp has no API that
@@ -77,6 +91,8 @@ struct Sequence {
     generation: Option<Generation>,
     /// The last stream handed out, until its reader has drained it.
     stream: Option<Arc<Shared>>,
+    /// A fork's KV copy that llama.cpp applies only at the next decode.
+    copy_pending: bool,
 }
 
 /// An append waiting for its tokens to be evaluated.
@@ -158,6 +174,7 @@ impl<'m> Scheduler<'m> {
                     prefill: None,
                     generation: None,
                     stream: None,
+                    copy_pending: false,
                 });
             }
             Command::Close { seq } => {
@@ -188,6 +205,16 @@ impl<'m> Scheduler<'m> {
             }
             Command::Fork { seq, child, reply } => {
                 let _ = reply.send(self.fork(seq, child));
+            }
+            Command::Save { seq, reply } => {
+                let _ = reply.send(self.save(seq));
+            }
+            Command::Restore { seq, snapshot, reply } => {
+                let result = self.restore(seq, snapshot);
+                if result.is_err() {
+                    let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+                }
+                let _ = reply.send(result);
             }
             Command::Cancel { seq, stream, reply } => {
                 let usage = self.cancel(seq, stream);
@@ -266,6 +293,7 @@ impl<'m> Scheduler<'m> {
         if let Err(e) = self.ctx.decode(&mut self.batch) {
             return self.fail_prefill(seq, format!("prefill decode failed: {e}"));
         }
+        self.copies_applied();
         let s = self.seqs[seq as usize].as_mut().expect("checked above");
         s.n_past = end;
         if end + 1 >= s.tokens.len() {
@@ -353,6 +381,7 @@ impl<'m> Scheduler<'m> {
             }
             return;
         }
+        self.copies_applied();
         for (index, seq) in members.into_iter().enumerate() {
             self.sample(seq, index as i32);
         }
@@ -502,12 +531,107 @@ impl<'m> Scheduler<'m> {
             prefill: None,
             generation: None,
             stream: None,
+            copy_pending: true,
         };
         self.ctx
             .copy_kv_cache_seq(seq, child, None, None)
             .map_err(|e| LlmError::EngineFailure(format!("copying the KV cache: {e}")))?;
         self.seqs[child as usize] = Some(copy);
         Ok(())
+    }
+}
+
+impl Scheduler<'_> {
+    /// A decode ran, so llama.cpp has applied every queued KV copy.
+    fn copies_applied(&mut self) {
+        for s in self.seqs.iter_mut().flatten() {
+            s.copy_pending = false;
+        }
+    }
+
+    /// Make a forked sequence's KV copy real by decoding its last token
+    /// (llama.cpp copies between streams lazily, at the next decode).
+    fn settle(&mut self, seq: i32) -> Result<(), LlmError> {
+        let s = self.seqs[seq as usize].as_mut().expect("open sequence");
+        if s.tokens.is_empty() {
+            s.copy_pending = false;
+            return Ok(());
+        }
+        if s.n_past == s.tokens.len() {
+            s.n_past -= 1;
+            let at = s.n_past as u32;
+            let _ = self.ctx.kv_cache_seq_rm(seq, Some(at), None);
+        }
+        let s = self.seqs[seq as usize].as_mut().expect("open sequence");
+        self.batch.clear();
+        let failed = |e: &dyn std::fmt::Display| LlmError::EngineFailure(format!("settling a fork: {e}"));
+        self.batch.add(s.tokens[s.n_past], s.n_past as i32, &[seq], false).map_err(|e| failed(&e))?;
+        self.ctx.decode(&mut self.batch).map_err(|e| failed(&e))?;
+        self.copies_applied();
+        let s = self.seqs[seq as usize].as_mut().expect("open sequence");
+        s.n_past += 1;
+        Ok(())
+    }
+
+    fn save(&mut self, seq: i32) -> Result<Saved, LlmError> {
+        if self.sequence(seq)?.copy_pending {
+            self.settle(seq)?;
+        }
+        let s = self.seqs[seq as usize].as_ref().expect("checked above");
+        let file = StateFile::new(seq);
+        self.ctx
+            .state_seq_save_file(&file.0, seq, &s.tokens[..s.n_past])
+            .map_err(|e| LlmError::EngineFailure(format!("saving the KV state: {e}")))?;
+        let state = std::fs::read(&file.0).map_err(|e| LlmError::EngineFailure(format!("reading the KV state: {e}")))?;
+        Ok(Saved {
+            limit: s.limit as u32,
+            seed: s.seed,
+            tokens: s.tokens.iter().map(|t| t.0 as u32).collect(),
+            n_past: s.n_past as u32,
+            state,
+        })
+    }
+
+    /// Load a snapshot the caller has checked (format, checksum, model,
+    /// token ids, limit) into the empty sequence `seq`.
+    fn restore(&mut self, seq: i32, snapshot: Snapshot) -> Result<(), LlmError> {
+        let file = StateFile::new(seq);
+        std::fs::write(&file.0, &snapshot.state)
+            .map_err(|e| LlmError::EngineFailure(format!("writing the KV state: {e}")))?;
+        let n_past = snapshot.n_past as usize;
+        let tokens: Vec<LlamaToken> = snapshot.tokens.iter().map(|&t| LlamaToken(t as i32)).collect();
+        let (loaded, _) = self
+            .ctx
+            .state_seq_load_file(&file.0, seq, n_past)
+            .map_err(|_| LlmError::InvalidSnapshot(SnapshotError::Corrupted))?;
+        if loaded[..] != tokens[..n_past] {
+            return Err(LlmError::InvalidSnapshot(SnapshotError::Corrupted));
+        }
+        let s = self.seqs[seq as usize].as_mut().ok_or_else(|| LlmError::EngineFailure("session is closed".into()))?;
+        s.limit = snapshot.limit as usize;
+        s.seed = snapshot.seed;
+        s.tokens = tokens;
+        s.n_past = n_past;
+        s.turn_start = None;
+        Ok(())
+    }
+}
+
+/// A scratch file for llama.cpp's state API (the safe way to move a
+/// sequence's state in and out), removed when dropped.
+struct StateFile(std::path::PathBuf);
+
+impl StateFile {
+    fn new(seq: i32) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(std::env::temp_dir().join(format!("wasi-nn-llm-{}-{seq}-{n}.state", std::process::id())))
+    }
+}
+
+impl Drop for StateFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

@@ -6,7 +6,8 @@ use std::sync::mpsc;
 use llama_cpp_2::token::LlamaToken;
 
 use super::params::GenerateParams;
-use super::scheduler::{Command, Input, Reply};
+use super::scheduler::{Command, Input, Reply, Saved};
+use super::snapshot::Snapshot;
 use super::stream::TokenStream;
 use super::{Engine, sampler};
 use crate::error::LlmError;
@@ -77,6 +78,25 @@ impl Session {
         sampler::validate(params)?;
         let shared = self.request(|reply| Command::Generate { seq: self.seq, params: params.clone(), reply })?;
         Ok(TokenStream::new(shared, self.engine.0.commands.clone(), self.seq))
+    }
+
+    /// The session as a versioned blob bound to this model (see
+    /// [`snapshot`](super::snapshot)); [`Engine::restore_session`] reads it back.
+    pub fn save(&self) -> Result<Vec<u8>, LlmError> {
+        let saved: Saved = self.request(|reply| Command::Save { seq: self.seq, reply })?;
+        let snapshot = Snapshot {
+            model: self.engine.identity()?,
+            limit: saved.limit,
+            seed: saved.seed,
+            tokens: saved.tokens,
+            n_past: saved.n_past,
+            state: saved.state,
+        };
+        Ok(snapshot.encode())
+    }
+
+    pub(super) fn load(&self, snapshot: Snapshot) -> Result<(), LlmError> {
+        self.request(|reply| Command::Restore { seq: self.seq, snapshot, reply })
     }
 
     fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {

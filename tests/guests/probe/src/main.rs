@@ -16,6 +16,8 @@
 //! - `rewind MODEL PROMPT`: generate, rewind, generate again.
 //! - `sample MODEL PROMPT`: seeds, grammar, JSON schema, logprobs, biases.
 //! - `chunks MODEL PROMPT`: next-chunk batching and an explicit cancel.
+//! - `save MODEL FILE PROMPT`: generate, save to FILE, go on generating.
+//! - `restore MODEL FILE`: restore from FILE and go on generating.
 
 use std::process::ExitCode;
 
@@ -64,6 +66,8 @@ fn main() -> ExitCode {
         ["rewind", model, prompt] => rewind(model, prompt),
         ["sample", model, prompt] => sample(model, prompt),
         ["chunks", model, prompt] => chunks(model, prompt),
+        ["save", model, file, prompt] => save(model, file, prompt),
+        ["restore", model, file] => restore(model, file),
         _ => {
             eprintln!("usage: probe generate|chat|chat-reprefill|compute|stop|cancel|errors MODEL ...");
             return ExitCode::from(2);
@@ -381,5 +385,39 @@ fn chunks(model: &str, prompt: &str) -> Result<(), Error> {
         json!({ "sizes": sizes, "finish": total, "first": first, "cancelled": cancelled,
                 "len-before": len_before, "len-after": session.len() })
     );
+    Ok(())
+}
+
+fn save(model: &str, file: &str, prompt: &str) -> Result<(), Error> {
+    let model = Model::load(model)?;
+    let session = Session::open(&model)?;
+    session.append(prompt)?;
+    let (first, _) = session.generate(&Params::greedy().max_tokens(8))?.collect_text()?;
+    let blob = session.save()?;
+    std::fs::write(file, &blob).map_err(|e| Error::Nn { code: wasi_nn_llm::raw::wasi::nn::errors::ErrorCode::RuntimeError, message: e.to_string() })?;
+    // A fork saved at once (its KV copy still pending in llama.cpp), restored
+    // in this process, must continue like the original.
+    let forked = Session::restore(&model, &session.fork()?.save()?)?;
+    let (_, from_fork, _) = drain(&mut forked.generate(&Params::greedy().max_tokens(24))?, false)?;
+    let (_, tokens, finish) = drain(&mut session.generate(&Params::greedy().max_tokens(24))?, false)?;
+    println!(
+        "{}",
+        json!({ "first": first, "saved-bytes": blob.len(), "len": session.len(), "continued": tokens,
+                "finish": finish, "fork-restored": from_fork })
+    );
+    Ok(())
+}
+
+fn restore(model: &str, file: &str) -> Result<(), Error> {
+    let model = Model::load(model)?;
+    let blob = std::fs::read(file).map_err(|e| Error::Nn { code: wasi_nn_llm::raw::wasi::nn::errors::ErrorCode::RuntimeError, message: e.to_string() })?;
+    match Session::restore(&model, &blob) {
+        Ok(session) => {
+            let len = session.len();
+            let (_, tokens, finish) = drain(&mut session.generate(&Params::greedy().max_tokens(24))?, false)?;
+            println!("{}", json!({ "len": len, "continued": tokens, "finish": finish }));
+        }
+        Err(e) => report("restore", Err::<(), _>(e)),
+    }
     Ok(())
 }
