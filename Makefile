@@ -9,7 +9,7 @@ HOST := cargo run --release --quiet -p wasi-nn-llm-host --
 
 ## Streaming chat on the default model (fetched and cached on first use).
 chat: guests
-	@$(HOST) run --model smollm2 $(GUESTS)/chat.wasm
+	@$(HOST) run --model smollm2 --dir . $(GUESTS)/chat.wasm
 
 ## The whole test suite, on the real model.
 test: guests

@@ -6,7 +6,11 @@
 //! end-of-turn token is not kept; the template's closing tag re-adds it). So
 //! only the difference is appended, and only it is evaluated.
 
+use crate::raw::wasi_nn_llm::llm::types::{Error as LlmError, SnapshotError};
 use crate::{Chunk, Error, Finish, Message, Model, Params, Session, TokenStream};
+
+/// Marks a saved chat (version 1); the session snapshot follows the messages.
+const CHAT_MAGIC: &[u8; 8] = b"WNLLMCH1";
 
 /// A conversation with a model.
 pub struct Chat<'m> {
@@ -80,6 +84,47 @@ impl<'m> Chat<'m> {
         self.messages.truncate(turn.messages);
         self.transcript = turn.transcript;
         Ok(())
+    }
+
+    /// The conversation (messages and session) as bytes, for
+    /// [`Chat::restore`] in this or a later host process.
+    pub fn save(&self) -> Result<Vec<u8>, Error> {
+        let mut out = CHAT_MAGIC.to_vec();
+        out.extend_from_slice(&(self.messages.len() as u32).to_le_bytes());
+        let mut put = |bytes: &[u8]| {
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        };
+        for m in &self.messages {
+            put(m.role.as_bytes());
+            put(m.content.as_bytes());
+        }
+        put(self.transcript.as_bytes());
+        out.extend_from_slice(&self.session.save()?);
+        Ok(out)
+    }
+
+    /// A chat saved by [`Chat::save`]; the session part is checked by the
+    /// host (model, integrity), the rest here.
+    pub fn restore(model: &'m Model, bytes: &[u8]) -> Result<Self, Error> {
+        let corrupted = || Error::Llm(LlmError::InvalidSnapshot(SnapshotError::Corrupted));
+        let rest = bytes.strip_prefix(CHAT_MAGIC.as_slice()).ok_or_else(corrupted)?;
+        let (count, mut r) = rest.split_first_chunk::<4>().ok_or_else(corrupted)?;
+        let count = u32::from_le_bytes(*count);
+        let mut take = || -> Result<String, Error> {
+            let (len, tail) = r.split_first_chunk::<4>().ok_or_else(corrupted)?;
+            let len = u32::from_le_bytes(*len) as usize;
+            let field = tail.get(..len).ok_or_else(corrupted)?;
+            r = &tail[len..];
+            String::from_utf8(field.to_vec()).map_err(|_| corrupted())
+        };
+        let mut messages = Vec::new();
+        for _ in 0..count {
+            messages.push(Message { role: take()?, content: take()? });
+        }
+        let transcript = take()?;
+        let session = Session::restore(model, r)?;
+        Ok(Self { model, session, messages, transcript, turns: Vec::new() })
     }
 
     /// The messages so far.

@@ -4,15 +4,20 @@
 //! templated turn; the reply streams to stdout as it is generated. Only the
 //! new turn is evaluated: the history stays in the host's KV cache.
 //!
+//! Commands: `/fork` (continue in a copy of this conversation), `/switch N`,
+//! `/undo` (drop the last exchange), `/save FILE`, `/load FILE` (needs a
+//! directory the host shares, `--dir`), `/help`.
+//!
 //! Usage (inside the host): `chat [MODEL]` (default `smollm2`). Exits at EOF.
 
 use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use wasi_nn_llm::{Chat, FinishReason, Model, Params};
+use wasi_nn_llm::{Chat, Error, FinishReason, Model, Params};
 
 const SYSTEM: &str = "You are a helpful assistant. Answer briefly and accurately.";
+const HELP: &str = "commands: /fork, /switch N, /undo, /save FILE, /load FILE, /help";
 
 fn main() -> ExitCode {
     let name = std::env::args().nth(1).unwrap_or_else(|| "smollm2".into());
@@ -27,15 +32,16 @@ fn main() -> ExitCode {
 
 fn run(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let model = Model::load(name)?;
-    let mut chat = Chat::new(&model)?;
-    chat.system(SYSTEM);
+    let mut first = Chat::new(&model)?;
+    first.system(SYSTEM);
+    let mut branches = vec![first];
+    let mut current = 0;
     // Greedy with a repeat penalty over a long window: sampling makes this
     // 135M model ramble, and a short window lets it loop on long replies.
     let params = Params::greedy().repeat_penalty(1.1, 256).max_tokens(384);
 
-    eprintln!("chatting with {name:?}; one message per line, end with Ctrl-D");
+    eprintln!("chatting with {name:?}; one message per line, end with Ctrl-D ({HELP})");
     let stdin = io::stdin();
-    let mut stdout = io::stdout();
     loop {
         eprint!("> ");
         let mut line = String::new();
@@ -44,48 +50,94 @@ fn run(name: &str) -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
         let line = line.trim();
-        if line.is_empty() {
-            continue;
+        match line.split_once(' ').unwrap_or((line, "")) {
+            ("", _) => {}
+            ("/help", _) => eprintln!("{HELP}"),
+            ("/fork", _) => match branches[current].fork() {
+                Ok(chat) => {
+                    branches.push(chat);
+                    current = branches.len() - 1;
+                    eprintln!("[now in branch {current}; {} branches]", branches.len());
+                }
+                Err(e) => eprintln!("[{e}]"),
+            },
+            ("/switch", n) => match n.trim().parse::<usize>() {
+                Ok(n) if n < branches.len() => {
+                    current = n;
+                    eprintln!("[now in branch {n}]");
+                }
+                _ => eprintln!("[branches are numbered 0 to {}]", branches.len() - 1),
+            },
+            ("/undo", _) => report(branches[current].undo()),
+            ("/save", file) if !file.is_empty() => {
+                let saved = branches[current].save().map(|bytes| std::fs::write(file, bytes));
+                match saved {
+                    Ok(Ok(())) => eprintln!("[saved to {file}]"),
+                    Ok(Err(e)) => eprintln!("[{file}: {e}]"),
+                    Err(e) => eprintln!("[{e}]"),
+                }
+            }
+            ("/load", file) if !file.is_empty() => match std::fs::read(file) {
+                Ok(bytes) => match Chat::restore(&model, &bytes) {
+                    Ok(chat) => {
+                        branches.push(chat);
+                        current = branches.len() - 1;
+                        eprintln!("[loaded {file} as branch {current}]");
+                    }
+                    Err(e) => eprintln!("[{e}]"),
+                },
+                Err(e) => eprintln!("[{file}: {e}]"),
+            },
+            (command, _) if command.starts_with('/') => eprintln!("[unknown command; {HELP}]"),
+            _ => say(&mut branches[current], line, &params),
         }
-        let started = Instant::now();
-        let mut first_token = None;
-        let mut reply = match chat.send(line, &params) {
-            Ok(reply) => reply,
+    }
+}
+
+fn report(result: Result<(), Error>) {
+    if let Err(e) = result {
+        eprintln!("[{e}]");
+    }
+}
+
+/// One turn: stream the reply, then a line of statistics on stderr.
+fn say(chat: &mut Chat, line: &str, params: &Params) {
+    let started = Instant::now();
+    let mut first_token = None;
+    let mut reply = match chat.send(line, params) {
+        Ok(reply) => reply,
+        Err(e) => return eprintln!("[{e}]"),
+    };
+    let mut stdout = io::stdout();
+    for chunk in &mut reply {
+        match chunk {
+            Ok(chunk) => {
+                first_token.get_or_insert_with(|| started.elapsed());
+                print!("{}", chunk.text);
+                let _ = stdout.flush();
+            }
             Err(e) => {
-                eprintln!("[{e}]");
-                continue;
-            }
-        };
-        for chunk in &mut reply {
-            match chunk {
-                Ok(chunk) => {
-                    first_token.get_or_insert_with(|| started.elapsed());
-                    print!("{}", chunk.text);
-                    let _ = stdout.flush();
-                }
-                Err(e) => {
-                    eprintln!("\n[{e}]");
-                    break;
-                }
+                eprintln!("\n[{e}]");
+                break;
             }
         }
-        println!();
-        if let Some(finish) = reply.finish() {
-            let u = &finish.usage;
-            let total = started.elapsed();
-            let ttft = first_token.unwrap_or(total);
-            let decode = (total - ttft).as_secs_f64();
-            let rate = if decode > 0.0 { f64::from(u.generated_tokens.saturating_sub(1)) / decode } else { 0.0 };
-            eprintln!(
-                "[{}: {} tokens, first after {} ms, {:.0} tok/s; prompt {} tokens, {} reused from the cache]",
-                reason(&finish.reason),
-                u.generated_tokens,
-                ttft.as_millis(),
-                rate,
-                u.prompt_tokens,
-                u.cached_tokens
-            );
-        }
+    }
+    println!();
+    if let Some(finish) = reply.finish() {
+        let u = &finish.usage;
+        let total = started.elapsed();
+        let ttft = first_token.unwrap_or(total);
+        let decode = (total - ttft).as_secs_f64();
+        let rate = if decode > 0.0 { f64::from(u.generated_tokens.saturating_sub(1)) / decode } else { 0.0 };
+        eprintln!(
+            "[{}: {} tokens, first after {} ms, {:.0} tok/s; prompt {} tokens, {} reused from the cache]",
+            reason(&finish.reason),
+            u.generated_tokens,
+            ttft.as_millis(),
+            rate,
+            u.prompt_tokens,
+            u.cached_tokens
+        );
     }
 }
 
