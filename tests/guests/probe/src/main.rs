@@ -394,7 +394,7 @@ fn save(model: &str, file: &str, prompt: &str) -> Result<(), Error> {
     session.append(prompt)?;
     let (first, _) = session.generate(&Params::greedy().max_tokens(8))?.collect_text()?;
     let blob = session.save()?;
-    std::fs::write(file, &blob).map_err(|e| Error::Nn { code: wasi_nn_llm::raw::wasi::nn::errors::ErrorCode::RuntimeError, message: e.to_string() })?;
+    std::fs::write(file, &blob).map_err(io)?;
     // A fork saved at once (its KV copy still pending in llama.cpp), restored
     // in this process, must continue like the original.
     let forked = Session::restore(&model, &session.fork()?.save()?)?;
@@ -410,7 +410,7 @@ fn save(model: &str, file: &str, prompt: &str) -> Result<(), Error> {
 
 fn restore(model: &str, file: &str) -> Result<(), Error> {
     let model = Model::load(model)?;
-    let blob = std::fs::read(file).map_err(|e| Error::Nn { code: wasi_nn_llm::raw::wasi::nn::errors::ErrorCode::RuntimeError, message: e.to_string() })?;
+    let blob = std::fs::read(file).map_err(io)?;
     match Session::restore(&model, &blob) {
         Ok(session) => {
             let len = session.len();
@@ -420,4 +420,9 @@ fn restore(model: &str, file: &str) -> Result<(), Error> {
         Err(e) => report("restore", Err::<(), _>(e)),
     }
     Ok(())
+}
+
+/// A file error, reported like the others.
+fn io(e: std::io::Error) -> Error {
+    Error::Nn { code: wasi_nn_llm::raw::wasi::nn::errors::ErrorCode::RuntimeError, message: e.to_string() }
 }
