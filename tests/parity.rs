@@ -9,16 +9,16 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
 use wasi_nn_llm_host::engine::backend;
-use wasi_nn_llm_tests::{CTX_SIZE, MODEL, Streamed, THREADS, chatml, host, serial, smollm2_path};
+use wasi_nn_llm_tests::{CTX_SIZE, MODEL, MODELS, Streamed, THREADS, chatml, host, model_path, serial};
 
 const MAX_TOKENS: u32 = 40;
 
 /// Greedy generation with llama-cpp-2 driven directly: the prompt minus its
 /// last token in one batch, then one token per decode (the batch shapes the
 /// engine uses, so bit-identical results are expected).
-fn llama_greedy(prompt: &str, max: u32) -> Vec<u32> {
+fn llama_greedy(name: &str, prompt: &str, max: u32) -> Vec<u32> {
     let backend = backend().unwrap();
-    let model = LlamaModel::load_from_file(backend, smollm2_path(), &LlamaModelParams::default().with_n_gpu_layers(0))
+    let model = LlamaModel::load_from_file(backend, model_path(name), &LlamaModelParams::default().with_n_gpu_layers(0))
         .expect("loading the model");
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(CTX_SIZE))
@@ -55,14 +55,16 @@ fn llama_greedy(prompt: &str, max: u32) -> Vec<u32> {
 #[test]
 fn extension_greedy_tokens_equal_llama_cpp_driven_directly() {
     let _serial = serial();
-    let prompt = chatml("Give me three tips for staying focused while studying.");
-    let lines = host().probe(&["generate", MODEL, &MAX_TOKENS.to_string(), &prompt]);
-    let streamed = Streamed::parse(&lines);
-    let expected = llama_greedy(&prompt, MAX_TOKENS);
-    assert_eq!(expected.len(), MAX_TOKENS as usize, "the reference should run to max-tokens");
-    assert_eq!(streamed.tokens(), expected);
-    assert_eq!(streamed.finish["reason"], "FinishReason::MaxTokens");
-    assert_eq!(streamed.finish["generated"], MAX_TOKENS);
+    for model in MODELS {
+        let prompt = host().user_prompt(model, "Give me three tips for staying focused while studying.");
+        let lines = host().probe(&["generate", model, &MAX_TOKENS.to_string(), &prompt]);
+        let streamed = Streamed::parse(&lines);
+        let expected = llama_greedy(model, &prompt, MAX_TOKENS);
+        assert_eq!(expected.len(), MAX_TOKENS as usize, "{model}: the reference should run to max-tokens");
+        assert_eq!(streamed.tokens(), expected, "{model}");
+        assert_eq!(streamed.finish["reason"], "FinishReason::MaxTokens");
+        assert_eq!(streamed.finish["generated"], MAX_TOKENS);
+    }
 }
 
 #[test]
@@ -74,4 +76,10 @@ fn base_wasi_nn_compute_gives_the_extensions_greedy_text() {
     let text = streamed.text();
     assert!(text.contains("Paris"), "a sensible answer was expected, got {text:?}");
     assert_eq!(computed[0]["text"], text);
+
+    let gemma_prompt = host().user_prompt(wasi_nn_llm_tests::GEMMA, "What is the capital of France?");
+    let streamed = Streamed::parse(&host().probe(&["generate", wasi_nn_llm_tests::GEMMA, "32", &gemma_prompt]));
+    let computed = host().probe(&["compute", wasi_nn_llm_tests::GEMMA, "32", &gemma_prompt]);
+    assert!(!streamed.text().is_empty());
+    assert_eq!(computed[0]["text"], streamed.text(), "gemma3");
 }

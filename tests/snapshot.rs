@@ -6,13 +6,15 @@ use std::process::Command;
 
 use serde_json::Value;
 use wasi_nn_llm_host::engine::snapshot::Snapshot;
-use wasi_nn_llm_tests::{CTX_SIZE, MODEL, chatml, guest, host, host_cli, smollm2_path};
+use wasi_nn_llm_tests::{CTX_SIZE, MODEL, MODELS, chatml, guest, host, host_cli, model_path};
 
-/// Run the probe in a fresh host process with `dir` visible to it as /data.
+/// Run the probe in a fresh host process with both test models and `dir`
+/// visible to it as /data.
 fn probe_process(dir: &Path, args: &[&str]) -> Vec<Value> {
-    let model = format!("{MODEL}={}", smollm2_path().display());
+    let models: Vec<String> = MODELS.iter().map(|m| format!("{m}={}", model_path(m).display())).collect();
     let out = Command::new(host_cli())
-        .args(["run", "--threads", "2", "--ctx-size", &CTX_SIZE.to_string(), "--model", &model])
+        .args(["run", "--threads", "2", "--ctx-size", &CTX_SIZE.to_string()])
+        .args(models.iter().flat_map(|m| ["--model", m.as_str()]))
         .arg("--dir")
         .arg(format!("{}::/data", dir.display()))
         .arg(guest("probe"))
@@ -33,15 +35,21 @@ fn scratch(name: &str) -> std::path::PathBuf {
 #[test]
 fn save_then_restore_in_a_new_process_continues_with_the_same_tokens() {
     let dir = scratch("roundtrip");
-    let prompt = chatml("Tell me a story about a brave knight.");
-    let saved = probe_process(&dir, &["save", MODEL, "/data/s.bin", &prompt]);
-    let restored = probe_process(&dir, &["restore", MODEL, "/data/s.bin"]);
-    let (saved, restored) = (&saved[0], &restored[0]);
-    assert_eq!(saved["continued"].as_array().unwrap().len(), 24);
-    assert_eq!(restored["continued"], saved["continued"], "restored {restored}\nsaved {saved}");
-    // Restoring reuses the whole KV cache: only the pending last token is evaluated.
-    assert_eq!(restored["finish"]["cached"], saved["finish"]["cached"]);
-    assert_eq!(saved["fork-restored"], saved["continued"], "a fork saved before its KV copy settled");
+    for model in MODELS {
+        let prompt = host().user_prompt(model, "Tell me a story about a brave knight.");
+        let file = format!("/data/{model}.bin");
+        let saved = probe_process(&dir, &["save", model, &file, &prompt]);
+        let restored = probe_process(&dir, &["restore", model, &file]);
+        let (saved, restored) = (&saved[0], &restored[0]);
+        assert_eq!(saved["continued"].as_array().unwrap().len(), 24, "{model}");
+        assert_eq!(restored["continued"], saved["continued"], "{model}: restored {restored}\nsaved {saved}");
+        // Restoring reuses the whole KV cache: only the pending last token is evaluated.
+        assert_eq!(restored["finish"]["cached"], saved["finish"]["cached"]);
+        assert_eq!(saved["fork-restored"], saved["continued"], "{model}: a fork saved before its KV copy settled");
+    }
+    // A snapshot is bound to its model.
+    let lines = probe_process(&dir, &["restore", wasi_nn_llm_tests::GEMMA, &format!("/data/{MODEL}.bin")]);
+    assert_eq!(lines[0]["llm-error"], "Error::InvalidSnapshot(SnapshotError::WrongModel)");
     std::fs::remove_dir_all(dir).ok();
 }
 

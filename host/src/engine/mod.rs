@@ -264,10 +264,25 @@ impl Engine {
             .map_err(|e| LlmError::Unsupported(format!("llama.cpp cannot render this model's chat template: {e}")))
     }
 
+    /// The GGUF's template; for a model without one (a base model), the
+    /// built-in template of its architecture family, where llama.cpp has one.
     fn chat_template(&self) -> Result<LlamaChatTemplate, LlmError> {
-        self.model()
-            .chat_template(None)
-            .map_err(|e| LlmError::Unsupported(format!("model {:?} has no usable chat template: {e}", self.name())))
+        if let Ok(template) = self.model().chat_template(None) {
+            return Ok(template);
+        }
+        let architecture = self.model().meta_val_str("general.architecture").unwrap_or_default();
+        let builtin = match architecture.as_str() {
+            a if a.starts_with("gemma") => "gemma",
+            a if a.starts_with("llama") => "llama3",
+            a if a.starts_with("phi3") => "phi3",
+            _ => {
+                return Err(LlmError::Unsupported(format!(
+                    "model {:?} ({architecture}) has no chat template and no built-in one is known for it",
+                    self.name()
+                )));
+            }
+        };
+        LlamaChatTemplate::new(builtin).map_err(|e| LlmError::EngineFailure(e.to_string()))
     }
 
     fn send(&self, command: Command) -> Result<(), LlmError> {
