@@ -68,3 +68,21 @@ fn rewind_regenerates_and_reset_empties() {
     let too_far = lines.iter().find(|l| l["case"] == "rewind-too-far").unwrap();
     assert!(too_far["llm-error"].as_str().unwrap().starts_with("Error::InvalidArgument"), "{too_far}");
 }
+
+#[test]
+fn one_guest_thread_reads_two_streams_through_wasi_io_poll() {
+    let _serial = serial();
+    let (a, b) = (chatml("Write a haiku about the sea."), chatml("List the planets."));
+    let r = &host().probe(&["poll", MODEL, &a, &b])[0];
+    let order: Vec<u32> = r["order"].as_array().unwrap().iter().map(as_u32).collect();
+    // Both streams made progress before either finished: they ran together.
+    let first_done = order.iter().rposition(|&i| i == 0).unwrap().min(order.iter().rposition(|&i| i == 1).unwrap());
+    assert!(order[..first_done].contains(&0) && order[..first_done].contains(&1), "{order:?}");
+    // poll blocked between chunks instead of spinning.
+    assert!(as_u32(&r["polls"]) as usize <= order.len() + 2, "{} polls for {} chunks", r["polls"], order.len());
+    // And each stream carried what that prompt generates on its own.
+    for (i, prompt) in [a, b].iter().enumerate() {
+        let alone = Streamed::parse(&host().probe(&["generate", MODEL, "32", prompt]));
+        assert_eq!(r["tokens"][i], serde_json::json!(alone.tokens()), "stream {i}");
+    }
+}

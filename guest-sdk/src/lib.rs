@@ -40,3 +40,6 @@ pub use raw::wasi_nn_llm::llm::types::{
     Chunk, Finish, FinishReason, Message, ModelMetadata, OverflowPolicy, SessionOptions, TokenLogprob, Usage,
 };
 pub use session::{Session, TokenStream};
+/// Wait on several pollables (e.g. [`TokenStream::subscribe`]); returns the
+/// indices of those that are ready.
+pub use raw::wasi::io::poll::{Pollable, poll};

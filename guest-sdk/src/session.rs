@@ -1,5 +1,6 @@
 //! Sessions and their token streams.
 
+use crate::raw::wasi::io::poll::Pollable;
 use crate::raw::wasi_nn_llm::llm::session as raw;
 use crate::{Chunk, Error, Finish, Model, Params, SessionOptions};
 
@@ -173,6 +174,43 @@ impl TokenStream {
             self.raw.cancel();
             self.finish = self.raw.finish();
         }
+    }
+
+    /// A pollable that is ready when [`try_next`](Self::try_next) has
+    /// something, so one guest can wait on several streams (and timers) at
+    /// once with [`poll`](crate::poll). Drop it before the stream.
+    ///
+    /// ```no_run
+    /// # use wasi_nn_llm::{poll, Model, Params, Session};
+    /// # let model = Model::load("smollm2")?;
+    /// # let (a, b) = (Session::open(&model)?, Session::open(&model)?);
+    /// # a.append("One")?; b.append("Two")?;
+    /// let mut streams = [a.generate(&Params::greedy())?, b.generate(&Params::greedy())?];
+    /// let pollables: Vec<_> = streams.iter().map(|s| s.subscribe()).collect();
+    /// while streams.iter().any(|s| s.finish().is_none()) {
+    ///     for i in poll(&pollables.iter().collect::<Vec<_>>()) {
+    ///         while let Some(chunk) = streams[i as usize].try_next()? {
+    ///             print!("[{i}] {}", chunk.text);
+    ///         }
+    ///     }
+    /// }
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
+    pub fn subscribe(&self) -> Pollable {
+        self.raw.subscribe()
+    }
+
+    /// The next chunk if one is ready, without waiting. `None` means nothing
+    /// is ready yet, or the end ([`finish`](Self::finish) is then `Some`).
+    pub fn try_next(&mut self) -> Result<Option<Chunk>, Error> {
+        if self.finish.is_some() {
+            return Ok(None);
+        }
+        let chunk = self.raw.try_next()?;
+        if chunk.is_none() {
+            self.finish = self.raw.finish();
+        }
+        Ok(chunk)
     }
 
     /// Read to the end; returns the whole text and how it finished.

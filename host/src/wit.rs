@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Resource, ResourceTable};
+use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi_nn::Graph;
 
 use crate::engine::{self, Engine, Session, TokenStream};
@@ -25,6 +26,8 @@ pub mod bindings {
             "wasi:nn/graph.graph": wasmtime_wasi_nn::Graph,
             "wasi-nn-llm:llm/session.session": crate::engine::Session,
             "wasi-nn-llm:llm/session.token-stream": crate::engine::TokenStream,
+            // Pollables are wasmtime-wasi's, so wasi:io/poll can wait on them.
+            "wasi:io": wasmtime_wasi::p2::bindings::sync::io,
         },
         imports: { default: trappable },
         require_store_data_send: true,
@@ -255,6 +258,15 @@ impl session::HostTokenStream for LlmView<'_> {
         // Only a stopped scheduler fails a cancel; then there is nothing left to stop.
         let _ = self.table.get_mut(&stream)?.cancel();
         Ok(())
+    }
+
+    fn subscribe(&mut self, stream: Resource<TokenStream>) -> wasmtime::Result<Resource<DynPollable>> {
+        wasmtime_wasi::p2::subscribe(self.table, stream)
+    }
+
+    fn try_next(&mut self, stream: Resource<TokenStream>) -> wasmtime::Result<Result<Option<types::Chunk>, types::Error>> {
+        let chunk = try_llm!(self.table.get_mut(&stream)?.try_read(1));
+        Ok(Ok(chunk.map(Into::into)))
     }
 
     fn drop(&mut self, stream: Resource<TokenStream>) -> wasmtime::Result<()> {

@@ -89,7 +89,10 @@ pub(crate) struct Shared {
     /// Tells this stream from later ones on the same session.
     pub id: u64,
     buffer: Mutex<Buffer>,
+    /// Wakes a reader blocked in `read`.
     ready: Condvar,
+    /// Wakes a guest waiting in `wasi:io/poll` (an async wait on wasmtime-wasi's runtime).
+    polled: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -99,6 +102,7 @@ impl Shared {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             buffer: Mutex::default(),
             ready: Condvar::new(),
+            polled: tokio::sync::Notify::new(),
         })
     }
 
@@ -111,6 +115,7 @@ impl Shared {
     pub fn push(&self, item: Item) {
         self.lock().items.push_back(item);
         self.ready.notify_all();
+        self.polled.notify_waiters();
     }
 }
 
@@ -138,6 +143,16 @@ impl TokenStream {
     /// generated, up to `max_tokens` tokens in all (the first chunk is
     /// always returned whole). `Ok(None)` once the generation has finished.
     pub fn read(&mut self, max_tokens: usize) -> Result<Option<Chunk>, LlmError> {
+        self.take(max_tokens, true)
+    }
+
+    /// Like [`read`](Self::read), but `Ok(None)` at once when nothing is
+    /// ready yet ([`finish`](Self::finish) tells that apart from the end).
+    pub fn try_read(&mut self, max_tokens: usize) -> Result<Option<Chunk>, LlmError> {
+        self.take(max_tokens, false)
+    }
+
+    fn take(&mut self, max_tokens: usize, wait: bool) -> Result<Option<Chunk>, LlmError> {
         if self.done {
             return Ok(None);
         }
@@ -147,6 +162,9 @@ impl TokenStream {
             woke |= !buffer.has_room();
             if let Some(item) = buffer.items.pop_front() {
                 break item;
+            }
+            if !wait {
+                return Ok(None);
             }
             buffer = self.shared.ready.wait(buffer).unwrap_or_else(|e| e.into_inner());
         };
@@ -204,6 +222,21 @@ impl TokenStream {
     /// How the generation ended; `None` until [`next_chunk`](Self::next_chunk) returned `None`.
     pub fn finish(&self) -> Option<&Finish> {
         self.finish.as_ref()
+    }
+}
+
+/// Ready when a read would not wait: a chunk or the end is buffered.
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for TokenStream {
+    async fn ready(&mut self) {
+        loop {
+            // Registered before the check, so a push in between still wakes us.
+            let notified = self.shared.polled.notified();
+            if self.done || !self.shared.lock().items.is_empty() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 

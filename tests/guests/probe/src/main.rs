@@ -18,6 +18,7 @@
 //! - `chunks MODEL PROMPT`: next-chunk batching and an explicit cancel.
 //! - `save MODEL FILE PROMPT`: generate, save to FILE, go on generating.
 //! - `restore MODEL FILE`: restore from FILE and go on generating.
+//! - `poll MODEL A B`: two streams read from one thread via wasi:io/poll.
 
 use std::process::ExitCode;
 
@@ -68,6 +69,7 @@ fn main() -> ExitCode {
         ["chunks", model, prompt] => chunks(model, prompt),
         ["save", model, file, prompt] => save(model, file, prompt),
         ["restore", model, file] => restore(model, file),
+        ["poll", model, a, b] => poll_two(model, a, b),
         _ => {
             eprintln!("usage: probe generate|chat|chat-reprefill|compute|stop|cancel|errors MODEL ...");
             return ExitCode::from(2);
@@ -425,4 +427,38 @@ fn restore(model: &str, file: &str) -> Result<(), Error> {
 /// A file error, reported like the others.
 fn io(e: std::io::Error) -> Error {
     Error::Nn { code: wasi_nn_llm::raw::wasi::nn::errors::ErrorCode::RuntimeError, message: e.to_string() }
+}
+
+fn poll_two(model: &str, a: &str, b: &str) -> Result<(), Error> {
+    let model = Model::load(model)?;
+    let sessions = [Session::open(&model)?, Session::open(&model)?];
+    sessions[0].append(a)?;
+    sessions[1].append(b)?;
+    let params = Params::greedy().max_tokens(32);
+    let mut streams = [sessions[0].generate(&params)?, sessions[1].generate(&params)?];
+    let pollables: Vec<_> = streams.iter().map(|s| s.subscribe()).collect();
+    let mut tokens: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
+    // The order in which chunks arrived: both streams progress together.
+    let mut order = Vec::new();
+    let mut polls = 0;
+    loop {
+        // Wait only on streams still running: a finished stream stays ready.
+        let running: Vec<usize> = (0..2).filter(|&i| streams[i].finish().is_none()).collect();
+        if running.is_empty() {
+            break;
+        }
+        polls += 1;
+        let waiting: Vec<&wasi_nn_llm::Pollable> = running.iter().map(|&i| &pollables[i]).collect();
+        for ready in wasi_nn_llm::poll(&waiting) {
+            let i = running[ready as usize];
+            while let Some(chunk) = streams[i].try_next()? {
+                tokens[i].extend(chunk.tokens);
+                order.push(i);
+            }
+        }
+    }
+    drop(pollables);
+    let finishes: Vec<Value> = streams.iter().map(|s| s.finish().map(finish_json).unwrap_or(Value::Null)).collect();
+    println!("{}", json!({ "tokens": tokens, "order": order, "polls": polls, "finish": finishes }));
+    Ok(())
 }
