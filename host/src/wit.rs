@@ -162,10 +162,11 @@ impl session::HostSession for LlmView<'_> {
         options: types::SessionOptions,
     ) -> wasmtime::Result<Result<Resource<Session>, types::Error>> {
         let engine = try_llm!(self.engine(&graph)?);
-        if let Some(types::OverflowPolicy::Shift(_)) = options.overflow {
-            return Ok(Err(types::Error::Unsupported("the shift overflow policy is not implemented yet".into())));
-        }
-        let options = engine::SessionOptions { context_length: options.context_length, seed: options.seed };
+        let shift_keep = match options.overflow {
+            Some(types::OverflowPolicy::Shift(keep)) => Some(keep),
+            Some(types::OverflowPolicy::Refuse) | None => None,
+        };
+        let options = engine::SessionOptions { context_length: options.context_length, seed: options.seed, shift_keep };
         let session = try_llm!(engine.open_session(&options));
         Ok(Ok(self.table.push(session)?))
     }

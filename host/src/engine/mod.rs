@@ -29,7 +29,7 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel, RopeType};
 
 pub use info::ModelInfo;
 pub use params::{Constraint, GenerateParams, SessionOptions};
@@ -183,10 +183,31 @@ impl Engine {
             }
             Some(n) => n,
         };
+        if let Some(keep) = options.shift_keep {
+            if keep >= limit {
+                return Err(LlmError::invalid(format!("shift must keep fewer than the {limit}-token context, not {keep}")));
+            }
+            self.check_shiftable()?;
+        }
         let seq = self.take_slot()?;
         let session = Session::new(self.clone(), seq, limit);
-        self.send(Command::Open { seq, limit, seed: options.seed })?;
+        self.send(Command::Open { seq, limit, seed: options.seed, shift: options.shift_keep })?;
         Ok(session)
+    }
+
+    /// Context shift moves KV positions, which recurrent state and
+    /// multi-axis RoPE cannot do (llama.cpp asserts rather than refuses).
+    fn check_shiftable(&self) -> Result<(), LlmError> {
+        let model = self.model();
+        let rope = model.rope_type();
+        let shiftable = !model.is_recurrent()
+            && !model.is_hybrid()
+            && !matches!(rope, Some(RopeType::MRope | RopeType::IMRope | RopeType::Vision));
+        if shiftable {
+            Ok(())
+        } else {
+            Err(LlmError::Unsupported(format!("model {:?} cannot shift its context ({rope:?} positions)", self.name())))
+        }
     }
 
     /// A session from a blob [`Session::save`] wrote: checked in full
@@ -203,7 +224,7 @@ impl Engine {
         }
         let seq = self.take_slot()?;
         let session = Session::new(self.clone(), seq, snapshot.limit);
-        self.send(Command::Open { seq, limit: snapshot.limit, seed: snapshot.seed })?;
+        self.send(Command::Open { seq, limit: snapshot.limit, seed: snapshot.seed, shift: None })?;
         session.load(snapshot)?;
         Ok(session)
     }

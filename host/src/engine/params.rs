@@ -11,6 +11,9 @@ pub struct SessionOptions {
     pub context_length: Option<u32>,
     /// Default seed for generations that give none.
     pub seed: Option<u64>,
+    /// When the context fills, keep this many first tokens and drop the
+    /// oldest after them (llama-server's context shift); refuse if absent.
+    pub shift_keep: Option<u32>,
 }
 
 /// What constrains sampling to a language.

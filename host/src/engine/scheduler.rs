@@ -40,7 +40,9 @@ pub(crate) type Reply<T> = SyncSender<Result<T, LlmError>>;
 
 /// What session handles and streams ask of the scheduler.
 pub(crate) enum Command {
-    Open { seq: i32, limit: u32, seed: Option<u64> },
+    /// `shift`: keep this many first tokens and drop the oldest after them
+    /// when the context fills (else refuse).
+    Open { seq: i32, limit: u32, seed: Option<u64>, shift: Option<u32> },
     Close { seq: i32 },
     Append { seq: i32, input: Input, reply: Reply<u32> },
     /// The session's tokens.
@@ -81,6 +83,8 @@ pub(crate) struct Saved {
 struct Sequence {
     limit: usize,
     seed: Option<u64>,
+    /// Context shift: the first tokens always kept; `None` refuses instead.
+    shift: Option<usize>,
     tokens: Vec<LlamaToken>,
     /// `tokens[..n_past]` are in the KV cache.
     n_past: usize,
@@ -164,10 +168,11 @@ impl<'m> Scheduler<'m> {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Open { seq, limit, seed } => {
+            Command::Open { seq, limit, seed, shift } => {
                 self.seqs[seq as usize] = Some(Sequence {
                     limit: limit as usize,
                     seed,
+                    shift: shift.map(|n| n as usize),
                     tokens: Vec::new(),
                     n_past: 0,
                     turn_start: None,
@@ -258,12 +263,18 @@ impl<'m> Scheduler<'m> {
         }
         let used = s.tokens.len();
         if used + new.len() > s.limit {
-            return Some(Err(LlmError::PromptTooLong(ContextOverflow {
+            let too_long = LlmError::PromptTooLong(ContextOverflow {
                 requested: (used + new.len()).min(u32::MAX as usize) as u32,
                 used: used as u32,
                 limit: s.limit as u32,
-            })));
+            });
+            let needed = used + new.len() - s.limit;
+            if s.shift.is_none_or(|keep| new.len() > s.limit - keep) || self.shift(seq, needed).is_err() {
+                return Some(Err(too_long));
+            }
         }
+        let s = self.seqs[seq as usize].as_mut().expect("checked above");
+        let used = s.tokens.len();
         let added = new.len() as u32;
         s.turn_start.get_or_insert(s.n_past);
         s.tokens.extend(new);
@@ -361,10 +372,11 @@ impl<'m> Scheduler<'m> {
             if !g.shared.lock().has_room() {
                 continue;
             }
-            if s.tokens.len() >= s.limit {
+            if s.tokens.len() >= s.limit && (s.shift.is_none() || self.shift(seq as i32, 1).is_err()) {
                 self.finish(seq, FinishReason::ContextFull);
                 continue;
             }
+            let s = self.seqs[seq].as_mut().expect("open sequence");
             let pos = s.tokens.len() - 1;
             if let Err(e) = self.batch.add(s.tokens[pos], pos as i32, &[seq as i32], true) {
                 self.fail_generation(seq, format!("batch: {e}"));
@@ -525,6 +537,7 @@ impl<'m> Scheduler<'m> {
         let copy = Sequence {
             limit: parent.limit,
             seed: parent.seed,
+            shift: parent.shift,
             tokens: parent.tokens.clone(),
             n_past: parent.n_past,
             turn_start: parent.turn_start,
@@ -542,6 +555,36 @@ impl<'m> Scheduler<'m> {
 }
 
 impl Scheduler<'_> {
+    /// Context shift (llama-server's): drop at least `needed` tokens, and
+    /// half of what may go, from just after the first `n_keep`, and move the
+    /// rest down in the KV cache. Tokens a stream has not delivered yet never
+    /// go.
+    fn shift(&mut self, seq: i32, needed: usize) -> Result<(), LlmError> {
+        let s = self.seqs[seq as usize].as_mut().expect("open sequence");
+        let keep = s.shift.unwrap_or(s.limit);
+        let undelivered = s.generation.as_ref().map_or(0, |g| g.text.undelivered_tokens() + g.shared.lock().undelivered_tokens());
+        // Only evaluated tokens can move, and never the undelivered tail.
+        let movable = s.n_past.min(s.tokens.len() - undelivered).saturating_sub(keep);
+        let drop = needed.max(movable / 2).min(movable);
+        if drop < needed || drop == 0 {
+            return Err(LlmError::ContextFull(ContextOverflow {
+                requested: (s.tokens.len() + needed) as u32,
+                used: s.tokens.len() as u32,
+                limit: s.limit as u32,
+            }));
+        }
+        let failed = |e: &dyn std::fmt::Display| LlmError::EngineFailure(format!("context shift: {e}"));
+        self.ctx.kv_cache_seq_rm(seq, Some(keep as u32), Some((keep + drop) as u32)).map_err(|e| failed(&e))?;
+        self.ctx
+            .kv_cache_seq_add(seq, Some((keep + drop) as u32), None, -(drop as i32))
+            .map_err(|e| failed(&e))?;
+        let s = self.seqs[seq as usize].as_mut().expect("open sequence");
+        s.tokens.drain(keep..keep + drop);
+        s.n_past -= drop;
+        s.turn_start = s.turn_start.map(|t| if t > keep { t.saturating_sub(drop).max(keep) } else { t });
+        Ok(())
+    }
+
     /// A decode ran, so llama.cpp has applied every queued KV copy.
     fn copies_applied(&mut self) {
         for s in self.seqs.iter_mut().flatten() {

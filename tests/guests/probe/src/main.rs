@@ -19,13 +19,14 @@
 //! - `save MODEL FILE PROMPT`: generate, save to FILE, go on generating.
 //! - `restore MODEL FILE`: restore from FILE and go on generating.
 //! - `poll MODEL A B`: two streams read from one thread via wasi:io/poll.
+//! - `overflow MODEL PROMPT`: a 64-token session under each overflow policy.
 
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
 use wasi_nn_llm::raw::wasi::nn::graph::{self, ExecutionTarget, GraphEncoding};
 use wasi_nn_llm::raw::wasi::nn::tensor::{Tensor, TensorType};
-use wasi_nn_llm::{Chat, Error, Finish, Message, Model, Params, Session, SessionOptions, TokenStream};
+use wasi_nn_llm::{Chat, Error, Finish, Message, Model, OverflowPolicy, Params, Session, SessionOptions, TokenStream};
 
 /// A conversation of about 500 tokens to fork from.
 fn history() -> Vec<Message> {
@@ -70,6 +71,7 @@ fn main() -> ExitCode {
         ["save", model, file, prompt] => save(model, file, prompt),
         ["restore", model, file] => restore(model, file),
         ["poll", model, a, b] => poll_two(model, a, b),
+        ["overflow", model, prompt] => overflow(model, prompt),
         _ => {
             eprintln!("usage: probe generate|chat|chat-reprefill|compute|stop|cancel|errors MODEL ...");
             return ExitCode::from(2);
@@ -460,5 +462,27 @@ fn poll_two(model: &str, a: &str, b: &str) -> Result<(), Error> {
     drop(pollables);
     let finishes: Vec<Value> = streams.iter().map(|s| s.finish().map(finish_json).unwrap_or(Value::Null)).collect();
     println!("{}", json!({ "tokens": tokens, "order": order, "polls": polls, "finish": finishes }));
+    Ok(())
+}
+
+fn overflow(model: &str, prompt: &str) -> Result<(), Error> {
+    let model = Model::load(model)?;
+    for (name, policy) in [("refuse", OverflowPolicy::Refuse), ("shift", OverflowPolicy::Shift(8))] {
+        let options = SessionOptions { context_length: Some(64), seed: None, overflow: Some(policy) };
+        let session = Session::open_with(&model, options)?;
+        session.append(prompt)?;
+        let mut stream = session.generate(&Params::greedy().max_tokens(100))?;
+        let (text, tokens, finish) = drain(&mut stream, false)?;
+        drop(stream);
+        let len_after_generate = session.len();
+        let long = session.append(&"The quick brown fox jumps over the lazy dog. ".repeat(4));
+        println!(
+            "{}",
+            json!({ "policy": name, "generated": tokens.len(), "text": text, "finish": finish,
+                    "len": len_after_generate, "long-append": format!("{long:?}"), "len-after-append": session.len() })
+        );
+    }
+    let bad = SessionOptions { context_length: Some(64), seed: None, overflow: Some(OverflowPolicy::Shift(64)) };
+    report("keep-everything", Session::open_with(&model, bad).map(|_| ()));
     Ok(())
 }
