@@ -29,6 +29,7 @@ pub mod raw {
         path: "../wit",
         world: "wasi-nn-llm:llm/llm",
         generate_all,
+        additional_derives: [PartialEq],
     });
 }
 

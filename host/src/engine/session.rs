@@ -1,7 +1,7 @@
 //! A session handle: one llama.cpp sequence of a model's context, owned by one
 //! guest resource. Its calls block the calling guest's thread only.
 
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use llama_cpp_2::token::LlamaToken;
 
@@ -12,16 +12,34 @@ use super::stream::TokenStream;
 use super::{Engine, sampler};
 use crate::error::LlmError;
 
-/// A conversation in the model's KV cache. Dropping it frees its sequence.
+/// A conversation in the model's KV cache. Its sequence is freed when the
+/// session and every stream it started are dropped.
 pub struct Session {
+    slot: Arc<Slot>,
     engine: Engine,
     seq: i32,
     limit: u32,
 }
 
+/// Ownership of one sequence id, shared by a session and its streams: a
+/// stream stays readable to its end even after its session is dropped.
+pub(crate) struct Slot {
+    engine: Engine,
+    seq: i32,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // The scheduler handles commands in order, so the id can be reused
+        // at once: a later Open of this sequence comes after this Close.
+        let _ = self.engine.send(Command::Close { seq: self.seq });
+        self.engine.release_slot(self.seq);
+    }
+}
+
 impl Session {
     pub(super) fn new(engine: Engine, seq: i32, limit: u32) -> Self {
-        Self { engine, seq, limit }
+        Self { slot: Arc::new(Slot { engine: engine.clone(), seq }), engine, seq, limit }
     }
 
     /// Most tokens this session may hold.
@@ -77,7 +95,7 @@ impl Session {
     pub fn generate(&self, params: &GenerateParams) -> Result<TokenStream, LlmError> {
         sampler::validate(params)?;
         let shared = self.request(|reply| Command::Generate { seq: self.seq, params: params.clone(), reply })?;
-        Ok(TokenStream::new(shared, self.engine.0.commands.clone(), self.seq))
+        Ok(TokenStream::new(shared, self.engine.0.commands.clone(), self.slot.clone(), self.seq))
     }
 
     /// The session as a versioned blob bound to this model (see
@@ -106,11 +124,3 @@ impl Session {
     }
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        // The scheduler handles commands in order, so the slot can be reused
-        // at once: a later Open of this sequence comes after this Close.
-        let _ = self.engine.send(Command::Close { seq: self.seq });
-        self.engine.release_slot(self.seq);
-    }
-}

@@ -12,6 +12,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::scheduler::Command;
+use super::session::Slot;
 use super::text::Chunk;
 use crate::error::LlmError;
 
@@ -124,14 +125,16 @@ impl Shared {
 pub struct TokenStream {
     shared: Arc<Shared>,
     commands: Sender<Command>,
+    /// Keeps the session's sequence open while the stream is read.
+    _slot: Arc<Slot>,
     seq: i32,
     finish: Option<Finish>,
     done: bool,
 }
 
 impl TokenStream {
-    pub(crate) fn new(shared: Arc<Shared>, commands: Sender<Command>, seq: i32) -> Self {
-        Self { shared, commands, seq, finish: None, done: false }
+    pub(crate) fn new(shared: Arc<Shared>, commands: Sender<Command>, slot: Arc<Slot>, seq: i32) -> Self {
+        Self { shared, commands, _slot: slot, seq, finish: None, done: false }
     }
 
     /// The next chunk; `Ok(None)` once the generation has finished.

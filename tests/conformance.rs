@@ -1,0 +1,57 @@
+//! The conformance suite (`tests/conformance/`, a guest component) run
+//! against a host, on each test model.
+//!
+//! By default the host is this project's CLI. To check another host, set
+//! `CONFORMANCE_HOST` to its command line, with `{model}` for the GGUF path
+//! and `{component}` for the suite's component; the host must register the
+//! model under the name `conformance` and pass `conformance` as the
+//! component's argument:
+//!
+//! ```sh
+//! CONFORMANCE_HOST='my-host run --model conformance={model} {component} conformance' \
+//!     cargo test --release --test conformance
+//! ```
+
+use std::process::Command;
+
+use serde_json::Value;
+use wasi_nn_llm_tests::{MODELS, guest, host_cli, model_path};
+
+fn host_command(model: &str, component: &str) -> Command {
+    let template = std::env::var("CONFORMANCE_HOST").unwrap_or_else(|_| {
+        format!("{} run --threads 2 --model conformance={{model}} {{component}} conformance", host_cli().display())
+    });
+    let mut words = template.split_whitespace().map(|w| w.replace("{model}", model).replace("{component}", component));
+    let mut command = Command::new(words.next().expect("CONFORMANCE_HOST is empty"));
+    command.args(words);
+    command
+}
+
+#[test]
+fn the_host_meets_every_normative_statement_on_each_model() {
+    let component = guest("conformance");
+    for model in MODELS {
+        let path = model_path(model);
+        let out = host_command(&path.display().to_string(), &component.display().to_string())
+            .output()
+            .expect("running the host under test");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let results: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let checks: Vec<&Value> = results.iter().filter(|r| r.get("id").is_some()).collect();
+        assert!(checks.len() >= 25, "{model}: only {} checks ran\n{stdout}\n{}", checks.len(), String::from_utf8_lossy(&out.stderr));
+
+        let failed = |level: &str| -> Vec<String> {
+            checks
+                .iter()
+                .filter(|c| c["level"] == level && c["pass"] == false)
+                .map(|c| format!("{}: {} ({})", c["id"], c["statement"], c["detail"]))
+                .collect()
+        };
+        for should in failed("SHOULD") {
+            eprintln!("{model}: SHOULD not met: {should}");
+        }
+        let musts = failed("MUST");
+        assert!(musts.is_empty(), "{model}: MUST not met:\n{}", musts.join("\n"));
+        assert!(out.status.success(), "{model}: the suite exited with {}", out.status);
+    }
+}
