@@ -33,22 +33,53 @@ struct TurnStart {
 
 impl<'m> Chat<'m> {
     /// A new chat in a fresh session.
+    ///
+    /// ```no_run
+    /// # use wasi_nn_llm::{Chat, Model};
+    /// let model = Model::load("smollm2")?;
+    /// let chat = Chat::new(&model)?;
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn new(model: &'m Model) -> Result<Self, Error> {
         Ok(Self::with_session(model, Session::open(model)?))
     }
 
     /// A new chat in an empty session opened by the caller (for options).
+    ///
+    /// ```no_run
+    /// # use wasi_nn_llm::{Chat, Model, Session, SessionOptions};
+    /// let model = Model::load("smollm2")?;
+    /// let session = Session::open_with(&model, SessionOptions { context_length: Some(2048), seed: None, overflow: None })?;
+    /// let chat = Chat::with_session(&model, session);
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn with_session(model: &'m Model, session: Session) -> Self {
         Self { model, session, messages: Vec::new(), transcript: String::new(), turns: Vec::new() }
     }
 
     /// Add a system message; it is sent with the next turn.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// let mut chat = wasi_nn_llm::Chat::new(&model)?;
+    /// chat.system("You answer in one sentence.");
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn system(&mut self, content: &str) {
         self.push(Message { role: "system".into(), content: content.into() });
     }
 
     /// Add any message to the history without generating (to seed a chat
     /// with an earlier conversation); it is sent with the next turn.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// use wasi_nn_llm::Message;
+    /// let mut chat = wasi_nn_llm::Chat::new(&model)?;
+    /// chat.push(Message { role: "user".into(), content: "Hi".into() });
+    /// chat.push(Message { role: "assistant".into(), content: "Hello!".into() });
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn push(&mut self, message: Message) {
         self.messages.push(message);
     }
@@ -77,6 +108,15 @@ impl<'m> Chat<'m> {
 
     /// Forget the last exchange (the last user turn and the reply to it):
     /// the session is rewound to exactly where it was before that turn.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// let mut chat = wasi_nn_llm::Chat::new(&model)?;
+    /// drop(chat.send("Tell me a joke.", &wasi_nn_llm::Params::greedy())?);
+    /// chat.undo()?; // as if it was never asked
+    /// assert!(chat.messages().is_empty());
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn undo(&mut self) -> Result<(), Error> {
         let Some(turn) = self.turns.last() else { return Ok(()) };
         self.session.rewind(self.session.len().saturating_sub(turn.session_len))?;
@@ -88,6 +128,13 @@ impl<'m> Chat<'m> {
 
     /// The conversation (messages and session) as bytes, for
     /// [`Chat::restore`] in this or a later host process.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let chat = wasi_nn_llm::Chat::new(&model)?;
+    /// std::fs::write("chat.saved", chat.save()?).unwrap();
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn save(&self) -> Result<Vec<u8>, Error> {
         let mut out = CHAT_MAGIC.to_vec();
         out.extend_from_slice(&(self.messages.len() as u32).to_le_bytes());
@@ -106,6 +153,12 @@ impl<'m> Chat<'m> {
 
     /// A chat saved by [`Chat::save`]; the session part is checked by the
     /// host (model, integrity), the rest here.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// let chat = wasi_nn_llm::Chat::restore(&model, &std::fs::read("chat.saved").unwrap())?;
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn restore(model: &'m Model, bytes: &[u8]) -> Result<Self, Error> {
         let corrupted = || Error::Llm(LlmError::InvalidSnapshot(SnapshotError::Corrupted));
         let rest = bytes.strip_prefix(CHAT_MAGIC.as_slice()).ok_or_else(corrupted)?;
@@ -128,17 +181,43 @@ impl<'m> Chat<'m> {
     }
 
     /// The messages so far.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let chat = wasi_nn_llm::Chat::new(&model)?;
+    /// for m in chat.messages() {
+    ///     println!("{}: {}", m.role, m.content);
+    /// }
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn messages(&self) -> &[Message] {
         &self.messages
     }
 
     /// The session the chat runs in.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let chat = wasi_nn_llm::Chat::new(&model)?;
+    /// eprintln!("{} tokens in the KV cache", chat.session().len());
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn session(&self) -> &Session {
         &self.session
     }
 
     /// Send a user turn and start the assistant's reply. The reply joins the
     /// history when the returned [`Reply`] is dropped, with whatever was read.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// let mut chat = wasi_nn_llm::Chat::new(&model)?;
+    /// let mut reply = chat.send("Hello!", &wasi_nn_llm::Params::greedy().max_tokens(64))?;
+    /// for chunk in &mut reply {
+    ///     print!("{}", chunk?.text);
+    /// }
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn send(&mut self, user: &str, params: &Params) -> Result<Reply<'_, 'm>, Error> {
         let start = TurnStart {
             messages: self.messages.len(),
@@ -181,16 +260,42 @@ pub struct Reply<'c, 'm> {
 
 impl Reply<'_, '_> {
     /// Tokens this turn added before generating (the templated user turn).
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let mut chat = wasi_nn_llm::Chat::new(&model)?;
+    /// let reply = chat.send("Hello!", &wasi_nn_llm::Params::greedy())?;
+    /// eprintln!("this turn evaluated {} new tokens", reply.appended());
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn appended(&self) -> u32 {
         self.appended
     }
 
     /// How the reply ended, once the iterator is exhausted.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let mut chat = wasi_nn_llm::Chat::new(&model)?;
+    /// let mut reply = chat.send("Hello!", &wasi_nn_llm::Params::greedy())?;
+    /// for chunk in &mut reply { chunk?; }
+    /// eprintln!("{:?}", reply.finish().map(|f| &f.reason));
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn finish(&self) -> Option<&Finish> {
         self.stream.finish()
     }
 
     /// The reply text read so far.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let mut chat = wasi_nn_llm::Chat::new(&model)?;
+    /// let mut reply = chat.send("Hello!", &wasi_nn_llm::Params::greedy())?;
+    /// for chunk in &mut reply { chunk?; }
+    /// println!("{}", reply.text());
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn text(&self) -> &str {
         &self.text
     }

@@ -6,12 +6,28 @@ use crate::raw::wasi::nn::errors::{Error as NnError, ErrorCode};
 use crate::raw::wasi_nn_llm::llm::types::Error as LlmError;
 
 /// An error from the extension (typed) or from base wasi-nn (a code and text).
+///
+/// ```no_run
+/// use wasi_nn_llm::{Error, Model, Session};
+/// use wasi_nn_llm::raw::wasi_nn_llm::llm::types::Error as LlmError;
+/// let session = Session::open(&Model::load("smollm2")?)?;
+/// match session.append(&"word ".repeat(100_000)) {
+///     Err(Error::Llm(LlmError::PromptTooLong(o))) => eprintln!("{} tokens do not fit in {}", o.requested, o.limit),
+///     other => { other?; }
+/// }
+/// # Ok::<(), Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub enum Error {
     /// The extension's typed error.
     Llm(LlmError),
-    /// A base wasi-nn error: its code and the host's explanation.
-    Nn { code: ErrorCode, message: String },
+    /// A base wasi-nn error.
+    Nn {
+        /// The wasi-nn error code.
+        code: ErrorCode,
+        /// The host's explanation.
+        message: String,
+    },
     /// The model's chat template re-renders earlier turns differently, so the
     /// new turn cannot be sent as an append.
     TemplateNotIncremental,

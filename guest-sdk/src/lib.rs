@@ -17,13 +17,18 @@
 //! # Ok::<(), wasi_nn_llm::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod chat;
 mod error;
 mod model;
 mod params;
 mod session;
 
-/// The raw bindings of the `wasi-nn-llm:llm/llm` world (base wasi-nn included).
+/// The raw bindings of the `wasi-nn-llm:llm/llm` world (base wasi-nn and
+/// `wasi:io` included), for what the idiomatic types do not cover; the WIT
+/// (`wit/llm.wit`) documents every item.
+#[allow(missing_docs)]
 pub mod raw {
     wit_bindgen::generate!({
         path: "../wit",

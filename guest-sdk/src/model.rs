@@ -21,6 +21,12 @@ impl Model {
     }
 
     /// The underlying wasi:nn graph, for base wasi-nn calls.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// let exec = model.graph().init_execution_context()?; // base wasi-nn
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn graph(&self) -> &Graph {
         &self.graph
     }
@@ -41,11 +47,25 @@ impl Model {
 
     /// Text for token ids (a character cut between tokens becomes U+FFFD);
     /// `render_special` renders control tokens as their marker text.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// let ids = model.tokenize("<|im_start|>user", false, true)?;
+    /// assert_eq!(model.detokenize(&ids, true)?, "<|im_start|>user");
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn detokenize(&self, tokens: &[u32], render_special: bool) -> Result<String, Error> {
         Ok(llm_model::detokenize(&self.graph, tokens, render_special)?)
     }
 
     /// How many tokens appending `text` to an empty session adds.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// let n = model.count_tokens("How long is this prompt?")?;
+    /// assert!(n > 0);
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn count_tokens(&self, text: &str) -> Result<u32, Error> {
         Ok(llm_model::count_tokens(&self.graph, text)?)
     }
@@ -62,6 +82,13 @@ impl Model {
     }
 
     /// Render messages with the model's own chat template.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// use wasi_nn_llm::Message;
+    /// let prompt = model.apply_chat_template(&[Message { role: "user".into(), content: "Hi!".into() }], true)?;
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn apply_chat_template(&self, messages: &[Message], add_assistant_turn: bool) -> Result<String, Error> {
         Ok(llm_model::apply_chat_template(&self.graph, messages, add_assistant_turn)?)
     }

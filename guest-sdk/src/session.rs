@@ -11,17 +11,40 @@ pub struct Session {
 
 impl Session {
     /// Open an empty session with the host's defaults.
+    ///
+    /// ```no_run
+    /// # use wasi_nn_llm::{Model, Session};
+    /// let session = Session::open(&Model::load("smollm2")?)?;
+    /// assert!(session.is_empty());
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn open(model: &Model) -> Result<Self, Error> {
         Self::open_with(model, SessionOptions { context_length: None, seed: None, overflow: None })
     }
 
     /// Open an empty session with options (context length, default seed).
+    ///
+    /// ```no_run
+    /// # use wasi_nn_llm::{Model, OverflowPolicy, Session, SessionOptions};
+    /// let options = SessionOptions { context_length: Some(1024), seed: Some(7), overflow: Some(OverflowPolicy::Shift(64)) };
+    /// let session = Session::open_with(&Model::load("smollm2")?, options)?;
+    /// assert_eq!(session.context_limit(), 1024);
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn open_with(model: &Model, options: SessionOptions) -> Result<Self, Error> {
         Ok(Self { raw: raw::Session::open(model.graph(), options)? })
     }
 
     /// Evaluate `text` into the session (special tokens such as `<|im_start|>`
     /// are parsed); returns how many tokens were added.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let session = wasi_nn_llm::Session::open(&model)?;
+    /// let added = session.append("<|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n")?;
+    /// assert_eq!(session.len(), added);
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn append(&self, text: &str) -> Result<u32, Error> {
         Ok(self.raw.append(text)?)
     }
@@ -41,31 +64,78 @@ impl Session {
 
     /// Evaluate token ids into the session (each is checked against the
     /// vocabulary); returns how many were added.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let session = wasi_nn_llm::Session::open(&model)?;
+    /// let ids = model.tokenize("Hello", false, false)?;
+    /// session.append_tokens(&ids)?;
+    /// assert_eq!(session.tokens(), ids);
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn append_tokens(&self, tokens: &[u32]) -> Result<u32, Error> {
         Ok(self.raw.append_tokens(tokens)?)
     }
 
     /// Tokens the session holds.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let session = wasi_nn_llm::Session::open(&model)?;
+    /// session.append("Hello")?;
+    /// assert!(session.len() > 0);
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn len(&self) -> u32 {
         self.raw.len()
     }
 
     /// Whether the session holds no tokens.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let session = wasi_nn_llm::Session::open(&model)?;
+    /// assert!(session.is_empty());
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The tokens the session holds.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let session = wasi_nn_llm::Session::open(&model)?;
+    /// session.append("Hello")?;
+    /// assert_eq!(session.tokens().len() as u32, session.len());
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn tokens(&self) -> Vec<u32> {
         self.raw.tokens()
     }
 
     /// Most tokens the session may hold.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let session = wasi_nn_llm::Session::open(&model)?;
+    /// assert_eq!(session.context_limit(), model.info()?.max_session_context);
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn context_limit(&self) -> u32 {
         self.raw.context_limit()
     }
 
     /// Tokens that still fit.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let session = wasi_nn_llm::Session::open(&model)?;
+    /// session.append("Hello")?;
+    /// assert_eq!(session.remaining(), session.context_limit() - session.len());
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn remaining(&self) -> u32 {
         self.context_limit().saturating_sub(self.len())
     }
@@ -87,6 +157,15 @@ impl Session {
     }
 
     /// Drop every token.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let session = wasi_nn_llm::Session::open(&model)?;
+    /// session.append("Hello")?;
+    /// session.reset()?;
+    /// assert!(session.is_empty());
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn reset(&self) -> Result<(), Error> {
         Ok(self.raw.reset()?)
     }
@@ -127,11 +206,26 @@ impl Session {
 
     /// A session from a [`save`](Self::save) blob; a truncated, corrupted or
     /// foreign blob is refused with `invalid-snapshot`.
+    ///
+    /// ```no_run
+    /// # use wasi_nn_llm::{Model, Session};
+    /// # let model = Model::load("smollm2")?;
+    /// let bytes = std::fs::read("chat.session").unwrap();
+    /// let session = Session::restore(&model, &bytes)?;
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn restore(model: &Model, snapshot: &[u8]) -> Result<Self, Error> {
         Ok(Self { raw: raw::Session::restore(model.graph(), snapshot)? })
     }
 
     /// The raw resource.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let session = wasi_nn_llm::Session::open(&model)?;
+    /// let n = session.as_raw().len();
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn as_raw(&self) -> &raw::Session {
         &self.raw
     }
@@ -146,6 +240,17 @@ pub struct TokenStream {
 
 impl TokenStream {
     /// Why and how the generation ended, once the iterator is exhausted.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let session = wasi_nn_llm::Session::open(&model)?;
+    /// # session.append("Hi")?;
+    /// let mut stream = session.generate(&wasi_nn_llm::Params::greedy().max_tokens(8))?;
+    /// for chunk in &mut stream { print!("{}", chunk?.text); }
+    /// let finish = stream.finish().expect("finished");
+    /// eprintln!("{:?}, {} tokens", finish.reason, finish.usage.generated_tokens);
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn finish(&self) -> Option<&Finish> {
         self.finish.as_ref()
     }
@@ -153,6 +258,17 @@ impl TokenStream {
     /// Wait for the next token, then take everything already generated, up
     /// to `max_tokens` tokens, as one chunk: fewer host calls for a guest
     /// that does not need each token as it comes. `None` at the end.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let session = wasi_nn_llm::Session::open(&model)?;
+    /// # session.append("Hi")?;
+    /// let mut stream = session.generate(&wasi_nn_llm::Params::greedy())?;
+    /// while let Some(chunk) = stream.next_chunk(16) {
+    ///     print!("{}", chunk?.text);
+    /// }
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn next_chunk(&mut self, max_tokens: u32) -> Option<Result<Chunk, Error>> {
         if self.finish.is_some() {
             return None;
@@ -169,6 +285,16 @@ impl TokenStream {
 
     /// Stop generating now; the session keeps the chunks already read, and
     /// [`finish`](Self::finish) reports `cancelled` with their usage.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let session = wasi_nn_llm::Session::open(&model)?;
+    /// # session.append("Hi")?;
+    /// let mut stream = session.generate(&wasi_nn_llm::Params::greedy())?;
+    /// let first = stream.next();
+    /// stream.cancel(); // the session keeps only the first chunk
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn cancel(&mut self) {
         if self.finish.is_none() {
             self.raw.cancel();
@@ -202,6 +328,17 @@ impl TokenStream {
 
     /// The next chunk if one is ready, without waiting. `None` means nothing
     /// is ready yet, or the end ([`finish`](Self::finish) is then `Some`).
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let session = wasi_nn_llm::Session::open(&model)?;
+    /// # session.append("Hi")?;
+    /// let mut stream = session.generate(&wasi_nn_llm::Params::greedy())?;
+    /// if let Some(chunk) = stream.try_next()? {
+    ///     print!("{}", chunk.text);
+    /// }
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn try_next(&mut self) -> Result<Option<Chunk>, Error> {
         if self.finish.is_some() {
             return Ok(None);
@@ -214,6 +351,14 @@ impl TokenStream {
     }
 
     /// Read to the end; returns the whole text and how it finished.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// # let session = wasi_nn_llm::Session::open(&model)?;
+    /// session.append("The capital of France is")?;
+    /// let (text, finish) = session.generate(&wasi_nn_llm::Params::greedy().max_tokens(8))?.collect_text()?;
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
     pub fn collect_text(mut self) -> Result<(String, Finish), Error> {
         let mut text = String::new();
         for chunk in &mut self {

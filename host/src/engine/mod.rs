@@ -4,10 +4,10 @@
 //! measure the interface and nothing else).
 //!
 //! A token's way: a guest's [`Session::append`] or [`TokenStream`] read sends
-//! a [`scheduler::Command`] to the model's scheduler thread, which batches
+//! a command to the model's scheduler thread (`scheduler.rs`), which batches
 //! the work of all sessions into `llama_decode` calls, samples
-//! ([`sampler`]), turns token bytes into whole-character chunks ([`text`]),
-//! and pushes them into the stream's buffer ([`stream`]).
+//! (`sampler.rs`), turns token bytes into whole-character chunks
+//! (`text.rs`), and pushes them into the stream's buffer (`stream.rs`).
 
 mod info;
 mod params;
@@ -252,7 +252,8 @@ impl Engine {
         Ok(free as i32)
     }
 
-    /// Token ids for `text` (see [`tokens::tokenize_with`]).
+    /// Token ids for `text`; `add_special` adds BOS where the model uses one,
+    /// `parse_special` turns marker text into special tokens.
     pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>, LlmError> {
         let tokens = tokens::tokenize_with(self.model(), text, add_special, parse_special)?;
         Ok(tokens.into_iter().map(|t| t.0 as u32).collect())
