@@ -47,7 +47,7 @@ struct RunArgs {
     /// Sessions that may be open at once per model.
     #[arg(long, value_name = "N", default_value_t = EngineConfig::default().max_sessions)]
     max_sessions: u32,
-    /// A host directory the guest may use: HOST[::GUEST] (guest path
+    /// A host directory the guest may use: `HOST[::GUEST]` (guest path
     /// defaults to the host path). Repeatable.
     #[arg(long = "dir", value_name = "HOST[::GUEST]")]
     dirs: Vec<String>,
