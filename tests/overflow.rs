@@ -11,7 +11,12 @@ fn refuse_stops_at_the_limit_and_shift_keeps_going_within_it() {
     let refuse = policy("refuse");
     assert_eq!(refuse["finish"]["reason"], "FinishReason::ContextFull");
     assert_eq!(as_u32(&refuse["len"]), 64, "a refusing session fills up exactly");
-    assert!(refuse["long-append"].as_str().unwrap().contains("PromptTooLong(ContextOverflow { requested: 105, used: 64, limit: 64 })"));
+    assert!(
+        refuse["long-append"]
+            .as_str()
+            .unwrap()
+            .contains("PromptTooLong(ContextOverflow { requested: 105, used: 64, limit: 64 })")
+    );
     assert_eq!(refuse["len-after-append"], 64, "the refused append changed nothing");
 
     let shift = policy("shift");

@@ -18,8 +18,9 @@ const MAX_TOKENS: u32 = 40;
 /// engine uses, so bit-identical results are expected).
 fn llama_greedy(name: &str, prompt: &str, max: u32) -> Vec<u32> {
     let backend = backend().unwrap();
-    let model = LlamaModel::load_from_file(backend, model_path(name), &LlamaModelParams::default().with_n_gpu_layers(0))
-        .expect("loading the model");
+    let model =
+        LlamaModel::load_from_file(backend, model_path(name), &LlamaModelParams::default().with_n_gpu_layers(0))
+            .expect("loading the model");
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(CTX_SIZE))
         .with_n_batch(512)

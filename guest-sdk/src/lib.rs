@@ -42,10 +42,10 @@ pub use chat::{Chat, Reply};
 pub use error::Error;
 pub use model::Model;
 pub use params::Params;
+/// Wait on several pollables (e.g. [`TokenStream::subscribe`]); returns the
+/// indices of those that are ready.
+pub use raw::wasi::io::poll::{Pollable, poll};
 pub use raw::wasi_nn_llm::llm::types::{
     Chunk, Finish, FinishReason, Message, ModelMetadata, OverflowPolicy, SessionOptions, TokenLogprob, Usage,
 };
 pub use session::{Session, TokenStream};
-/// Wait on several pollables (e.g. [`TokenStream::subscribe`]); returns the
-/// indices of those that are ready.
-pub use raw::wasi::io::poll::{Pollable, poll};

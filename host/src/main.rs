@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use wasi_nn_llm_host::catalog;
 use wasi_nn_llm_host::engine::{EngineConfig, gpu_build};
 use wasi_nn_llm_host::registry::{ModelSpec, Models};
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
-use wasi_nn_llm_host::catalog;
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -76,7 +76,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Run(args) => {
-            let mut config = EngineConfig { ctx_size: args.ctx_size, max_sessions: args.max_sessions, ..EngineConfig::default() };
+            let mut config =
+                EngineConfig { ctx_size: args.ctx_size, max_sessions: args.max_sessions, ..EngineConfig::default() };
             config.gpu_layers = args.gpu_layers;
             if let Some(t) = args.threads {
                 config.threads = t;
@@ -88,7 +89,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     spec.name,
                     spec.path.display(),
                     config.threads,
-                    config.gpu_layers.map_or_else(|| if gpu_build() { "all".into() } else { "0".into() }, |n| n.to_string()),
+                    config
+                        .gpu_layers
+                        .map_or_else(|| if gpu_build() { "all".into() } else { "0".into() }, |n| n.to_string()),
                 );
             }
             let models = Models::load(&specs, &config)?;

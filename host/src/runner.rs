@@ -83,7 +83,9 @@ impl Runtime {
         let engine = Engine::new(&Config::new())?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut HostState| WasiNnView::new(&mut s.table, &mut s.nn))?;
+        wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut HostState| {
+            WasiNnView::new(&mut s.table, &mut s.nn)
+        })?;
         crate::wit::add_to_linker(&mut linker, |s: &mut HostState| LlmView::new(&mut s.table, &mut s.llm))?;
         Ok(Self { engine, linker, models })
     }
@@ -94,11 +96,19 @@ impl Runtime {
 
     /// Compile a guest component (a `wasm32-wasip2` command).
     pub fn load(&self, path: &Path) -> anyhow::Result<Component> {
-        Component::from_file(&self.engine, path).map_err(anyhow::Error::from).with_context(|| format!("compiling {}", path.display()))
+        Component::from_file(&self.engine, path)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("compiling {}", path.display()))
     }
 
     /// Run a command component to completion in a fresh instance.
-    pub fn run(&self, component: &Component, args: &[String], stdio: Stdio, dirs: &[Preopen]) -> anyhow::Result<Output> {
+    pub fn run(
+        &self,
+        component: &Component,
+        args: &[String],
+        stdio: Stdio,
+        dirs: &[Preopen],
+    ) -> anyhow::Result<Output> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(args);
         for dir in dirs {

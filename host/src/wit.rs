@@ -61,9 +61,12 @@ impl<'a> LlmView<'a> {
     /// The engine behind a graph the guest holds.
     fn engine(&self, graph: &Resource<Graph>) -> wasmtime::Result<Result<Engine, types::Error>> {
         let graph = self.table.get(graph)?;
-        Ok(self.ctx.models.engine_for(graph).cloned().ok_or_else(|| {
-            types::Error::UnsupportedGraph("this graph was not loaded by the host's LLM engine".into())
-        }))
+        Ok(self
+            .ctx
+            .models
+            .engine_for(graph)
+            .cloned()
+            .ok_or_else(|| types::Error::UnsupportedGraph("this graph was not loaded by the host's LLM engine".into())))
     }
 }
 
@@ -184,7 +187,11 @@ impl session::HostSession for LlmView<'_> {
         Ok(Ok(self.table.push(stream)?))
     }
 
-    fn append_tokens(&mut self, session: Resource<Session>, tokens: Vec<u32>) -> wasmtime::Result<Result<u32, types::Error>> {
+    fn append_tokens(
+        &mut self,
+        session: Resource<Session>,
+        tokens: Vec<u32>,
+    ) -> wasmtime::Result<Result<u32, types::Error>> {
         Ok(self.table.get(&session)?.append_tokens(&tokens).map_err(Into::into))
     }
 
@@ -265,7 +272,10 @@ impl session::HostTokenStream for LlmView<'_> {
         wasmtime_wasi::p2::subscribe(self.table, stream)
     }
 
-    fn try_next(&mut self, stream: Resource<TokenStream>) -> wasmtime::Result<Result<Option<types::Chunk>, types::Error>> {
+    fn try_next(
+        &mut self,
+        stream: Resource<TokenStream>,
+    ) -> wasmtime::Result<Result<Option<types::Chunk>, types::Error>> {
         let chunk = try_llm!(self.table.get_mut(&stream)?.try_read(1));
         Ok(Ok(chunk.map(Into::into)))
     }
@@ -337,13 +347,18 @@ impl From<engine::Finish> for types::Finish {
 
 impl From<LlmError> for types::Error {
     fn from(e: LlmError) -> Self {
-        let overflow =
-            |o: crate::error::ContextOverflow| types::ContextOverflow { requested: o.requested, used: o.used, limit: o.limit };
+        let overflow = |o: crate::error::ContextOverflow| types::ContextOverflow {
+            requested: o.requested,
+            used: o.used,
+            limit: o.limit,
+        };
         match e {
             LlmError::UnsupportedGraph(s) => Self::UnsupportedGraph(s),
             LlmError::NotPermitted(s) => Self::NotPermitted(s),
             LlmError::InvalidArgument(s) => Self::InvalidArgument(s),
-            LlmError::InvalidToken { token, vocab_size } => Self::InvalidToken(types::InvalidToken { token, vocab_size }),
+            LlmError::InvalidToken { token, vocab_size } => {
+                Self::InvalidToken(types::InvalidToken { token, vocab_size })
+            }
             LlmError::PromptTooLong(o) => Self::PromptTooLong(overflow(o)),
             LlmError::ContextFull(o) => Self::ContextFull(overflow(o)),
             LlmError::InvalidGrammar(s) => Self::InvalidGrammar(s),

@@ -101,7 +101,8 @@ impl TestHost {
 
     fn run(&self, component: &Component, name: &str, args: &[&str]) -> String {
         let argv: Vec<String> = std::iter::once(name).chain(args.iter().copied()).map(String::from).collect();
-        let out = self.runtime.run(component, &argv, Stdio::Captured { stdin: Vec::new() }, &[]).expect("running the guest");
+        let out =
+            self.runtime.run(component, &argv, Stdio::Captured { stdin: Vec::new() }, &[]).expect("running the guest");
         assert_eq!(out.exit_code, 0, "{name} {args:?} failed:\nstdout: {}\nstderr: {}", out.stdout, out.stderr);
         out.stdout
     }

@@ -139,9 +139,8 @@ impl BackendExecutionContext for LlmExecution {
     }
 
     fn compute(&mut self, inputs: Option<Vec<NamedTensor>>) -> Result<Option<Vec<NamedTensor>>, BackendError> {
-        let inputs = inputs.ok_or_else(|| {
-            fail(LlmError::Unsupported("compute without named inputs (witx) is not served".into()))
-        })?;
+        let inputs = inputs
+            .ok_or_else(|| fail(LlmError::Unsupported("compute without named inputs (witx) is not served".into())))?;
         self.run(inputs).map(Some).map_err(fail)
     }
 }

@@ -185,7 +185,9 @@ impl Engine {
         };
         if let Some(keep) = options.shift_keep {
             if keep >= limit {
-                return Err(LlmError::invalid(format!("shift must keep fewer than the {limit}-token context, not {keep}")));
+                return Err(LlmError::invalid(format!(
+                    "shift must keep fewer than the {limit}-token context, not {keep}"
+                )));
             }
             self.check_shiftable()?;
         }

@@ -27,10 +27,10 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::params::GenerateParams;
 use super::sampler;
-use super::tokens::tokenize;
+use super::snapshot::Snapshot;
 use super::stream::{Finish, FinishReason, Item, Shared, Usage};
 use super::text::{Pushed, TextAssembler, TokenLogprob};
-use super::snapshot::Snapshot;
+use super::tokens::tokenize;
 use crate::error::{ContextOverflow, LlmError, SnapshotError};
 
 /// Tokens decoded per prefill batch; also the context's `n_batch`.
@@ -42,23 +42,63 @@ pub(crate) type Reply<T> = SyncSender<Result<T, LlmError>>;
 pub(crate) enum Command {
     /// `shift`: keep this many first tokens and drop the oldest after them
     /// when the context fills (else refuse).
-    Open { seq: i32, limit: u32, seed: Option<u64>, shift: Option<u32> },
-    Close { seq: i32 },
-    Append { seq: i32, input: Input, reply: Reply<u32> },
+    Open {
+        seq: i32,
+        limit: u32,
+        seed: Option<u64>,
+        shift: Option<u32>,
+    },
+    Close {
+        seq: i32,
+    },
+    Append {
+        seq: i32,
+        input: Input,
+        reply: Reply<u32>,
+    },
     /// The session's tokens.
-    Tokens { seq: i32, reply: Reply<Vec<LlamaToken>> },
-    Rewind { seq: i32, n: u32, reply: Reply<u32> },
-    Reset { seq: i32, reply: Reply<()> },
+    Tokens {
+        seq: i32,
+        reply: Reply<Vec<LlamaToken>>,
+    },
+    Rewind {
+        seq: i32,
+        n: u32,
+        reply: Reply<u32>,
+    },
+    Reset {
+        seq: i32,
+        reply: Reply<()>,
+    },
     /// Copy `seq` into the free sequence `child`.
-    Fork { seq: i32, child: i32, reply: Reply<()> },
+    Fork {
+        seq: i32,
+        child: i32,
+        reply: Reply<()>,
+    },
     /// The session's tokens and llama.cpp state.
-    Save { seq: i32, reply: Reply<Saved> },
+    Save {
+        seq: i32,
+        reply: Reply<Saved>,
+    },
     /// Load a checked snapshot into the freshly opened `seq`.
-    Restore { seq: i32, snapshot: Snapshot, reply: Reply<()> },
-    Generate { seq: i32, params: GenerateParams, reply: Reply<Arc<Shared>> },
+    Restore {
+        seq: i32,
+        snapshot: Snapshot,
+        reply: Reply<()>,
+    },
+    Generate {
+        seq: i32,
+        params: GenerateParams,
+        reply: Reply<Arc<Shared>>,
+    },
     /// A reader dropped or cancelled its stream before the end; the reply,
     /// if asked for, is the usage of what was delivered.
-    Cancel { seq: i32, stream: u64, reply: Option<Reply<Usage>> },
+    Cancel {
+        seq: i32,
+        stream: u64,
+        reply: Option<Reply<Usage>>,
+    },
     /// A reader made room in a full buffer.
     Wake,
 }
@@ -562,7 +602,8 @@ impl Scheduler<'_> {
     fn shift(&mut self, seq: i32, needed: usize) -> Result<(), LlmError> {
         let s = self.seqs[seq as usize].as_mut().expect("open sequence");
         let keep = s.shift.unwrap_or(s.limit);
-        let undelivered = s.generation.as_ref().map_or(0, |g| g.text.undelivered_tokens() + g.shared.lock().undelivered_tokens());
+        let undelivered =
+            s.generation.as_ref().map_or(0, |g| g.text.undelivered_tokens() + g.shared.lock().undelivered_tokens());
         // Only evaluated tokens can move, and never the undelivered tail.
         let movable = s.n_past.min(s.tokens.len() - undelivered).saturating_sub(keep);
         let drop = needed.max(movable / 2).min(movable);
@@ -575,9 +616,7 @@ impl Scheduler<'_> {
         }
         let failed = |e: &dyn std::fmt::Display| LlmError::EngineFailure(format!("context shift: {e}"));
         self.ctx.kv_cache_seq_rm(seq, Some(keep as u32), Some((keep + drop) as u32)).map_err(|e| failed(&e))?;
-        self.ctx
-            .kv_cache_seq_add(seq, Some((keep + drop) as u32), None, -(drop as i32))
-            .map_err(|e| failed(&e))?;
+        self.ctx.kv_cache_seq_add(seq, Some((keep + drop) as u32), None, -(drop as i32)).map_err(|e| failed(&e))?;
         let s = self.seqs[seq as usize].as_mut().expect("open sequence");
         s.tokens.drain(keep..keep + drop);
         s.n_past -= drop;
@@ -625,7 +664,8 @@ impl Scheduler<'_> {
         self.ctx
             .state_seq_save_file(&file.0, seq, &s.tokens[..s.n_past])
             .map_err(|e| LlmError::EngineFailure(format!("saving the KV state: {e}")))?;
-        let state = std::fs::read(&file.0).map_err(|e| LlmError::EngineFailure(format!("reading the KV state: {e}")))?;
+        let state =
+            std::fs::read(&file.0).map_err(|e| LlmError::EngineFailure(format!("reading the KV state: {e}")))?;
         Ok(Saved {
             limit: s.limit as u32,
             seed: s.seed,

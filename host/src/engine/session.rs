@@ -123,4 +123,3 @@ impl Session {
         answer.recv().map_err(|_| LlmError::EngineFailure("the model's scheduler has stopped".into()))?
     }
 }
-

@@ -139,10 +139,7 @@ impl TextAssembler {
             .iter()
             .map(|s| {
                 let s = s.as_bytes();
-                (1..s.len().min(unsent.len() + 1))
-                    .rev()
-                    .find(|&k| unsent.ends_with(&s[..k]))
-                    .unwrap_or(0)
+                (1..s.len().min(unsent.len() + 1)).rev().find(|&k| unsent.ends_with(&s[..k])).unwrap_or(0)
             })
             .max()
             .unwrap_or(0)

@@ -9,9 +9,7 @@
 
 use serde_json::json;
 use wasi_nn_llm::raw::wasi_nn_llm::llm::types::{Error as LlmError, SnapshotError};
-use wasi_nn_llm::{
-    Error, FinishReason, Model, OverflowPolicy, Params, Session, SessionOptions, TokenStream, poll,
-};
+use wasi_nn_llm::{Error, FinishReason, Model, OverflowPolicy, Params, Session, SessionOptions, TokenStream, poll};
 
 /// Requirement levels of RFC 2119.
 #[derive(Clone, Copy)]
@@ -20,13 +18,34 @@ enum Level {
     Should,
 }
 
+/// Why a check failed; `?` turns any extension error into one.
+struct Fail(String);
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<String> for Fail {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for Fail {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
 struct Suite {
     failed_musts: usize,
 }
 
 impl Suite {
     /// Record one check: `ok` is the outcome, `detail` what was seen.
-    fn check(&mut self, id: &str, level: Level, statement: &str, outcome: Result<(), String>) {
+    fn check(&mut self, id: &str, level: Level, statement: &str, outcome: Result<(), Fail>) {
         let level = match level {
             Level::Must => "MUST",
             Level::Should => "SHOULD",
@@ -34,7 +53,7 @@ impl Suite {
         if outcome.is_err() && level == "MUST" {
             self.failed_musts += 1;
         }
-        let detail = outcome.as_ref().err().cloned().unwrap_or_default();
+        let detail = outcome.as_ref().err().map(|f| f.0.clone()).unwrap_or_default();
         println!(
             "{}",
             json!({ "id": id, "level": level, "statement": statement, "pass": outcome.is_ok(), "detail": detail })
@@ -42,8 +61,8 @@ impl Suite {
     }
 }
 
-fn expect(cond: bool, detail: impl FnOnce() -> String) -> Result<(), String> {
-    if cond { Ok(()) } else { Err(detail()) }
+fn expect(cond: bool, detail: impl FnOnce() -> String) -> Result<(), Fail> {
+    if cond { Ok(()) } else { Err(Fail(detail())) }
 }
 
 fn greedy(max: u32) -> Params {
@@ -71,10 +90,10 @@ fn session(model: &Model, prompt: &str) -> Result<Session, Error> {
 const PROMPT: &str = "The quick brown fox";
 const ABCD: &str = r#"root ::= "ab" "cd""#;
 
-fn llm_error(result: Result<impl std::fmt::Debug, Error>, matches: impl Fn(&LlmError) -> bool) -> Result<(), String> {
+fn llm_error(result: Result<impl std::fmt::Debug, Error>, matches: impl Fn(&LlmError) -> bool) -> Result<(), Fail> {
     match result {
         Err(Error::Llm(e)) if matches(&e) => Ok(()),
-        other => Err(format!("got {other:?}")),
+        other => Err(Fail(format!("got {other:?}"))),
     }
 }
 
@@ -83,7 +102,10 @@ fn main() {
     let model = match Model::load(&name) {
         Ok(m) => m,
         Err(e) => {
-            println!("{}", json!({ "id": "setup", "level": "MUST", "statement": "load-by-name finds the model", "pass": false, "detail": e.to_string() }));
+            println!(
+                "{}",
+                json!({ "id": "setup", "level": "MUST", "statement": "load-by-name finds the model", "pass": false, "detail": e.to_string() })
+            );
             std::process::exit(1);
         }
     };
@@ -92,240 +114,347 @@ fn main() {
     let m = &model;
 
     // --- generation ---------------------------------------------------
-    s.check("generate.greedy-determinism", Level::Must,
+    s.check(
+        "generate.greedy-determinism",
+        Level::Must,
         "generate with temperature 0 MUST produce the same tokens for sessions holding the same tokens",
-        (|| -> Result<(), String> {
-            let a = drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16))).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            let b = drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16))).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let a = drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16)))?)?;
+            let b = drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16)))?)?;
             expect(!a.1.is_empty() && a.1 == b.1, || format!("{:?} vs {:?}", a.1, b.1))
-        })());
-    s.check("generate.seed-determinism", Level::Must,
+        })(),
+    );
+    s.check(
+        "generate.seed-determinism",
+        Level::Must,
         "generate with the same seed and sampling parameters MUST produce the same tokens",
-        (|| -> Result<(), String> {
+        (|| -> Result<(), Fail> {
             let p = Params::new().temperature(1.0).seed(7).max_tokens(16);
-            let a = drain(session(m, PROMPT).and_then(|s| s.generate(&p)).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            let b = drain(session(m, PROMPT).and_then(|s| s.generate(&p)).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            let a = drain(session(m, PROMPT).and_then(|s| s.generate(&p))?)?;
+            let b = drain(session(m, PROMPT).and_then(|s| s.generate(&p))?)?;
             expect(!a.1.is_empty() && a.1 == b.1, || format!("{:?} vs {:?}", a.1, b.1))
-        })());
-    s.check("stream.utf8", Level::Must,
+        })(),
+    );
+    s.check(
+        "stream.utf8",
+        Level::Must,
         "the concatenated chunk texts MUST equal detokenize of the chunk tokens",
-        (|| -> Result<(), String> {
-            let (text, tokens, ..) = drain(session(m, "Écris une phrase en japonais : 日本語").and_then(|s| s.generate(&greedy(32))).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            let detok = m.detokenize(&tokens, false).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let (text, tokens, ..) =
+                drain(session(m, "Écris une phrase en japonais : 日本語").and_then(|s| s.generate(&greedy(32)))?)?;
+            let detok = m.detokenize(&tokens, false)?;
             expect(text == detok, || format!("{text:?} vs {detok:?}"))
-        })());
-    s.check("finish.max-tokens", Level::Must,
+        })(),
+    );
+    s.check(
+        "finish.max-tokens",
+        Level::Must,
         "a generation that produces max-tokens tokens MUST finish with max-tokens and report them as generated",
-        (|| -> Result<(), String> {
-            let (_, tokens, reason, generated) = drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(5).grammar(r#"root ::= [a-z]+"#))).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            expect(reason == FinishReason::MaxTokens && tokens.len() == 5 && generated == 5, || format!("{reason:?}, {} tokens, generated {generated}", tokens.len()))
-        })());
+        (|| -> Result<(), Fail> {
+            let (_, tokens, reason, generated) =
+                drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(5).grammar(r#"root ::= [a-z]+"#)))?)?;
+            expect(reason == FinishReason::MaxTokens && tokens.len() == 5 && generated == 5, || {
+                format!("{reason:?}, {} tokens, generated {generated}", tokens.len())
+            })
+        })(),
+    );
     s.check("finish.end-of-sequence", Level::Must,
         "a generation that ends with an end-of-generation token MUST finish with end-of-sequence, not an error, and MUST NOT deliver that token's text",
-        (|| -> Result<(), String> {
-            let (text, _, reason, _) = drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16).grammar(ABCD))).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let (text, _, reason, _) = drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16).grammar(ABCD)))?)?;
             expect(reason == FinishReason::EndOfSequence && text == "abcd", || format!("{reason:?}, {text:?}"))
         })());
     s.check("finish.stop", Level::Must,
         "a generation that produces a stop string MUST finish with stop(that string) and MUST NOT deliver the stop string or anything after it",
-        (|| -> Result<(), String> {
-            let (text, _, reason, _) = drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16).grammar(ABCD).stop("c"))).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let (text, _, reason, _) = drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16).grammar(ABCD).stop("c")))?)?;
             expect(reason == FinishReason::Stop("c".into()) && text == "ab", || format!("{reason:?}, {text:?}"))
         })());
-    s.check("finish.cancelled", Level::Must,
+    s.check(
+        "finish.cancelled",
+        Level::Must,
         "cancel MUST end the stream with finish cancelled, and the session MUST keep exactly the delivered tokens",
-        (|| -> Result<(), String> {
-            let sess = session(m, PROMPT).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let sess = session(m, PROMPT)?;
             let before = sess.len();
-            let mut stream = sess.generate(&greedy(32)).map_err(|e| e.to_string())?;
-            let first = stream.next().ok_or("no first chunk")?.map_err(|e| e.to_string())?;
+            let mut stream = sess.generate(&greedy(32))?;
+            let first = stream.next().ok_or("no first chunk")??;
             stream.cancel();
             let finish = stream.finish().cloned().ok_or("no finish after cancel")?;
             drop(stream);
             let delivered = first.tokens.len() as u32;
-            expect(finish.reason == FinishReason::Cancelled && finish.usage.generated_tokens == delivered && sess.len() == before + delivered,
-                || format!("{:?}, generated {}, len {} (was {before}, delivered {delivered})", finish.reason, finish.usage.generated_tokens, sess.len()))
-        })());
+            expect(
+                finish.reason == FinishReason::Cancelled
+                    && finish.usage.generated_tokens == delivered
+                    && sess.len() == before + delivered,
+                || {
+                    format!(
+                        "{:?}, generated {}, len {} (was {before}, delivered {delivered})",
+                        finish.reason,
+                        finish.usage.generated_tokens,
+                        sess.len()
+                    )
+                },
+            )
+        })(),
+    );
     s.check("finish.context-full", Level::Must,
         "under the refuse policy a generation that fills the context MUST finish with context-full and leave the session at its limit",
-        (|| -> Result<(), String> {
-            let sess = Session::open_with(m, SessionOptions { context_length: Some(16), seed: None, overflow: None }).map_err(|e| e.to_string())?;
-            sess.append(PROMPT).map_err(|e| e.to_string())?;
-            let (_, _, reason, _) = drain(sess.generate(&greedy(64).grammar(r#"root ::= [a-z ]+"#)).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let sess = Session::open_with(m, SessionOptions { context_length: Some(16), seed: None, overflow: None })?;
+            sess.append(PROMPT)?;
+            let (_, _, reason, _) = drain(sess.generate(&greedy(64).grammar(r#"root ::= [a-z ]+"#))?)?;
             expect(reason == FinishReason::ContextFull && sess.len() == 16, || format!("{reason:?}, len {}", sess.len()))
         })());
-    s.check("usage.cached", Level::Must,
+    s.check(
+        "usage.cached",
+        Level::Must,
         "usage cached-tokens MUST count the prompt tokens that were already in the KV cache before the turn's appends",
-        (|| -> Result<(), String> {
-            let sess = session(m, PROMPT).map_err(|e| e.to_string())?;
-            drain(sess.generate(&greedy(4).grammar(ABCD)).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let sess = session(m, PROMPT)?;
+            drain(sess.generate(&greedy(4).grammar(ABCD))?)?;
             let held = sess.len();
-            sess.append(" and more").map_err(|e| e.to_string())?;
-            let mut stream = sess.generate(&greedy(1)).map_err(|e| e.to_string())?;
-            for chunk in &mut stream { chunk.map_err(|e| e.to_string())?; }
+            sess.append(" and more")?;
+            let mut stream = sess.generate(&greedy(1))?;
+            for chunk in &mut stream {
+                chunk?;
+            }
             let usage = stream.finish().ok_or("no finish")?.usage;
             // The last token of the earlier reply may be pending (sampled, not
             // yet evaluated), so one token of slack is allowed.
-            expect(usage.cached_tokens + 1 >= held && usage.cached_tokens <= held && usage.prompt_tokens > held,
-                || format!("cached {} prompt {} for {held} held", usage.cached_tokens, usage.prompt_tokens))
-        })());
-    s.check("stream.next-chunk", Level::Must,
+            expect(usage.cached_tokens + 1 >= held && usage.cached_tokens <= held && usage.prompt_tokens > held, || {
+                format!("cached {} prompt {} for {held} held", usage.cached_tokens, usage.prompt_tokens)
+            })
+        })(),
+    );
+    s.check(
+        "stream.next-chunk",
+        Level::Must,
         "next-chunk(max) MUST return at most max tokens per chunk once the first chunk is taken",
-        (|| -> Result<(), String> {
-            let mut stream = session(m, PROMPT).and_then(|s| s.generate(&greedy(12))).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let mut stream = session(m, PROMPT).and_then(|s| s.generate(&greedy(12)))?;
             let mut total = 0;
             while let Some(chunk) = stream.next_chunk(3) {
-                let n = chunk.map_err(|e| e.to_string())?.tokens.len();
-                if n > 3 { return Err(format!("a chunk of {n} tokens")); }
+                let n = chunk?.tokens.len();
+                if n > 3 {
+                    return Err(format!("a chunk of {n} tokens").into());
+                }
                 total += n;
             }
-            expect(total as u32 == stream.finish().ok_or("no finish")?.usage.generated_tokens, || "token count mismatch".into())
-        })());
-    s.check("stream.pollable", Level::Must,
+            expect(total as u32 == stream.finish().ok_or("no finish")?.usage.generated_tokens, || {
+                "token count mismatch".into()
+            })
+        })(),
+    );
+    s.check(
+        "stream.pollable",
+        Level::Must,
         "a stream's pollable MUST become ready when try-next has a chunk or the end, and try-next MUST NOT block",
-        (|| -> Result<(), String> {
-            let mut stream = session(m, PROMPT).and_then(|s| s.generate(&greedy(6))).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let mut stream = session(m, PROMPT).and_then(|s| s.generate(&greedy(6)))?;
             let pollable = stream.subscribe();
             let mut n = 0;
             while stream.finish().is_none() {
                 poll(&[&pollable]);
-                while let Some(chunk) = stream.try_next().map_err(|e| e.to_string())? {
+                while let Some(chunk) = stream.try_next()? {
                     n += chunk.tokens.len();
                 }
             }
             drop(pollable);
             expect(n > 0, || "no tokens arrived".into())
-        })());
+        })(),
+    );
 
-    s.check("stream.outlives-session", Level::Must,
+    s.check(
+        "stream.outlives-session",
+        Level::Must,
         "a stream MUST stay readable to its end after its session is dropped",
-        (|| -> Result<(), String> {
-            let stream = session(m, PROMPT).and_then(|s| s.generate(&greedy(6))).map_err(|e| e.to_string())?;
-            let (_, tokens, reason, _) = drain(stream).map_err(|e| e.to_string())?;
-            expect(tokens.len() == 6 && reason == FinishReason::MaxTokens, || format!("{reason:?} after {} tokens", tokens.len()))
-        })());
+        (|| -> Result<(), Fail> {
+            let stream = session(m, PROMPT).and_then(|s| s.generate(&greedy(6)))?;
+            let (_, tokens, reason, _) = drain(stream)?;
+            expect(tokens.len() == 6 && reason == FinishReason::MaxTokens, || {
+                format!("{reason:?} after {} tokens", tokens.len())
+            })
+        })(),
+    );
 
     // --- session state --------------------------------------------------
-    s.check("session.fork-isolation", Level::Must,
+    s.check(
+        "session.fork-isolation",
+        Level::Must,
         "a fork and its parent MUST each produce what they would alone: generating in one MUST NOT change the other",
-        (|| -> Result<(), String> {
-            let parent = session(m, PROMPT).map_err(|e| e.to_string())?;
-            let fork = parent.fork().map_err(|e| e.to_string())?;
-            let alone = session(m, PROMPT).map_err(|e| e.to_string())?;
-            fork.append(" jumps").map_err(|e| e.to_string())?;
-            let f = drain(fork.generate(&greedy(8)).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            let p = drain(parent.generate(&greedy(8)).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            let a = drain(alone.generate(&greedy(8)).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            alone.rewind(a.1.len() as u32).map_err(|e| e.to_string())?;
-            alone.append(" jumps").map_err(|e| e.to_string())?;
-            let a2 = drain(alone.generate(&greedy(8)).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let parent = session(m, PROMPT)?;
+            let fork = parent.fork()?;
+            let alone = session(m, PROMPT)?;
+            fork.append(" jumps")?;
+            let f = drain(fork.generate(&greedy(8))?)?;
+            let p = drain(parent.generate(&greedy(8))?)?;
+            let a = drain(alone.generate(&greedy(8))?)?;
+            alone.rewind(a.1.len() as u32)?;
+            alone.append(" jumps")?;
+            let a2 = drain(alone.generate(&greedy(8))?)?;
             expect(p.1 == a.1 && f.1 == a2.1, || format!("parent {:?} vs {:?}; fork {:?} vs {:?}", p.1, a.1, f.1, a2.1))
-        })());
-    s.check("session.rewind", Level::Must,
+        })(),
+    );
+    s.check(
+        "session.rewind",
+        Level::Must,
         "rewind(n) MUST drop exactly the last n tokens, and generation afterwards MUST equal generation before",
-        (|| -> Result<(), String> {
-            let sess = session(m, PROMPT).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let sess = session(m, PROMPT)?;
             let tokens = sess.tokens();
-            let first = drain(sess.generate(&greedy(8)).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            sess.rewind(first.1.len() as u32).map_err(|e| e.to_string())?;
-            let second = drain(sess.generate(&greedy(8)).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            sess.rewind(second.1.len() as u32).map_err(|e| e.to_string())?;
+            let first = drain(sess.generate(&greedy(8))?)?;
+            sess.rewind(first.1.len() as u32)?;
+            let second = drain(sess.generate(&greedy(8))?)?;
+            sess.rewind(second.1.len() as u32)?;
             expect(sess.tokens() == tokens && first.1 == second.1, || format!("{:?} vs {:?}", first.1, second.1))
-        })());
-    s.check("session.save-restore", Level::Must,
+        })(),
+    );
+    s.check(
+        "session.save-restore",
+        Level::Must,
         "a restored session MUST hold the saved tokens and continue exactly as the saved one would have",
-        (|| -> Result<(), String> {
-            let sess = session(m, PROMPT).map_err(|e| e.to_string())?;
-            let blob = sess.save().map_err(|e| e.to_string())?;
-            let restored = Session::restore(m, &blob).map_err(|e| e.to_string())?;
-            let a = drain(sess.generate(&greedy(8)).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            let b = drain(restored.generate(&greedy(8)).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let sess = session(m, PROMPT)?;
+            let blob = sess.save()?;
+            let restored = Session::restore(m, &blob)?;
+            let a = drain(sess.generate(&greedy(8))?)?;
+            let b = drain(restored.generate(&greedy(8))?)?;
             expect(a.1 == b.1, || format!("{:?} vs {:?}", a.1, b.1))
-        })());
+        })(),
+    );
     s.check("session.exactly-what-was-seen", Level::Should,
         "after a generation that ended at end-of-sequence, the session SHOULD hold the prompt plus the delivered tokens only",
-        (|| -> Result<(), String> {
-            let sess = session(m, PROMPT).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let sess = session(m, PROMPT)?;
             let before = sess.len();
-            let (_, tokens, ..) = drain(sess.generate(&greedy(8).grammar(ABCD)).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            let (_, tokens, ..) = drain(sess.generate(&greedy(8).grammar(ABCD))?)?;
             expect(sess.len() == before + tokens.len() as u32, || format!("len {} for {before} + {}", sess.len(), tokens.len()))
         })());
 
     // --- model operations ---------------------------------------------
     s.check("model.tokenize-roundtrip", Level::Must,
         "detokenize(tokenize(text)) MUST return text for plain text, and count-tokens MUST equal what append adds to an empty session",
-        (|| -> Result<(), String> {
-            let ids = m.tokenize(PROMPT, false, false).map_err(|e| e.to_string())?;
-            let back = m.detokenize(&ids, false).map_err(|e| e.to_string())?;
-            let count = m.count_tokens(PROMPT).map_err(|e| e.to_string())?;
-            let added = Session::open(m).and_then(|s| s.append(PROMPT)).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let ids = m.tokenize(PROMPT, false, false)?;
+            let back = m.detokenize(&ids, false)?;
+            let count = m.count_tokens(PROMPT)?;
+            let added = Session::open(m).and_then(|s| s.append(PROMPT))?;
             expect(back == PROMPT && count == added, || format!("{back:?}, count {count}, appended {added}"))
         })());
-    s.check("model.info", Level::Must,
+    s.check(
+        "model.info",
+        Level::Must,
         "model-info MUST report a non-empty vocabulary and a per-session context no larger than the trained one",
-        (|| -> Result<(), String> {
-            let info = m.info().map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let info = m.info()?;
             expect(info.vocab_size > 0 && info.max_session_context > 0, || format!("{info:?}"))
-        })());
+        })(),
+    );
 
     // --- errors ---------------------------------------------------------
-    s.check("error.invalid-argument", Level::Must,
+    s.check(
+        "error.invalid-argument",
+        Level::Must,
         "max-tokens 0 and a NaN temperature MUST be refused with invalid-argument",
-        llm_error(session(m, PROMPT).and_then(|s| s.generate(&Params::greedy().max_tokens(0)).map(|_| ())), |e| matches!(e, LlmError::InvalidArgument(_)))
-            .and_then(|_| llm_error(session(m, PROMPT).and_then(|s| s.generate(&Params::new().temperature(f32::NAN)).map(|_| ())), |e| matches!(e, LlmError::InvalidArgument(_)))));
-    s.check("error.invalid-token", Level::Must,
+        llm_error(session(m, PROMPT).and_then(|s| s.generate(&Params::greedy().max_tokens(0)).map(|_| ())), |e| {
+            matches!(e, LlmError::InvalidArgument(_))
+        })
+        .and_then(|_| {
+            llm_error(
+                session(m, PROMPT).and_then(|s| s.generate(&Params::new().temperature(f32::NAN)).map(|_| ())),
+                |e| matches!(e, LlmError::InvalidArgument(_)),
+            )
+        }),
+    );
+    s.check(
+        "error.invalid-token",
+        Level::Must,
         "append-tokens with an id outside the vocabulary MUST be refused with invalid-token and change nothing",
-        (|| -> Result<(), String> {
-            let sess = session(m, PROMPT).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let sess = session(m, PROMPT)?;
             let before = sess.tokens();
-            let vocab = m.info().map_err(|e| e.to_string())?.vocab_size;
+            let vocab = m.info()?.vocab_size;
             llm_error(sess.append_tokens(&[0, vocab]), |e| matches!(e, LlmError::InvalidToken(t) if t.token == vocab))?;
             expect(sess.tokens() == before, || "the session changed".into())
-        })());
-    s.check("error.prompt-too-long", Level::Must,
+        })(),
+    );
+    s.check(
+        "error.prompt-too-long",
+        Level::Must,
         "an append that does not fit MUST be refused with prompt-too-long{requested, used, limit} and change nothing",
-        (|| -> Result<(), String> {
-            let sess = Session::open_with(m, SessionOptions { context_length: Some(8), seed: None, overflow: None }).map_err(|e| e.to_string())?;
-            llm_error(sess.append(&"word ".repeat(50)), |e| matches!(e, LlmError::PromptTooLong(o) if o.used == 0 && o.limit == 8 && o.requested > 8))?;
+        (|| -> Result<(), Fail> {
+            let sess = Session::open_with(m, SessionOptions { context_length: Some(8), seed: None, overflow: None })?;
+            llm_error(
+                sess.append(&"word ".repeat(50)),
+                |e| matches!(e, LlmError::PromptTooLong(o) if o.used == 0 && o.limit == 8 && o.requested > 8),
+            )?;
             expect(sess.is_empty(), || "the session changed".into())
-        })());
-    s.check("error.context-full", Level::Must,
+        })(),
+    );
+    s.check(
+        "error.context-full",
+        Level::Must,
         "generate on a full session under the refuse policy MUST be refused with context-full",
-        (|| -> Result<(), String> {
-            let sess = Session::open_with(m, SessionOptions { context_length: Some(4), seed: None, overflow: Some(OverflowPolicy::Refuse) }).map_err(|e| e.to_string())?;
-            let ids = m.tokenize("one two three four five six", false, false).map_err(|e| e.to_string())?;
-            sess.append_tokens(&ids[..4]).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let sess = Session::open_with(
+                m,
+                SessionOptions { context_length: Some(4), seed: None, overflow: Some(OverflowPolicy::Refuse) },
+            )?;
+            let ids = m.tokenize("one two three four five six", false, false)?;
+            sess.append_tokens(&ids[..4])?;
             llm_error(sess.generate(&greedy(4)).map(|_| ()), |e| matches!(e, LlmError::ContextFull(_)))
-        })());
-    s.check("error.invalid-grammar", Level::Must,
+        })(),
+    );
+    s.check(
+        "error.invalid-grammar",
+        Level::Must,
         "a malformed grammar or JSON schema MUST be refused with invalid-grammar",
-        llm_error(session(m, PROMPT).and_then(|s| s.generate(&greedy(4).grammar("root ::= (")).map(|_| ())), |e| matches!(e, LlmError::InvalidGrammar(_)))
-            .and_then(|_| llm_error(session(m, PROMPT).and_then(|s| s.generate(&greedy(4).json_schema("{nope")).map(|_| ())), |e| matches!(e, LlmError::InvalidGrammar(_)))));
+        llm_error(session(m, PROMPT).and_then(|s| s.generate(&greedy(4).grammar("root ::= (")).map(|_| ())), |e| {
+            matches!(e, LlmError::InvalidGrammar(_))
+        })
+        .and_then(|_| {
+            llm_error(session(m, PROMPT).and_then(|s| s.generate(&greedy(4).json_schema("{nope")).map(|_| ())), |e| {
+                matches!(e, LlmError::InvalidGrammar(_))
+            })
+        }),
+    );
     s.check("error.invalid-snapshot", Level::Must,
         "restore MUST refuse a truncated blob (truncated) and a modified one (corrupted or wrong-version) without loading it",
-        (|| -> Result<(), String> {
-            let blob = session(m, PROMPT).and_then(|s| s.save()).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let blob = session(m, PROMPT).and_then(|s| s.save())?;
             llm_error(Session::restore(m, &blob[..blob.len() / 2]).map(|_| ()), |e| matches!(e, LlmError::InvalidSnapshot(SnapshotError::Truncated)))?;
             let mut flipped = blob.clone();
             let last = flipped.len() - 40;
             flipped[last] ^= 1;
             llm_error(Session::restore(m, &flipped).map(|_| ()), |e| matches!(e, LlmError::InvalidSnapshot(SnapshotError::Corrupted | SnapshotError::WrongVersion)))
         })());
-    s.check("error.limit-exceeded", Level::Must,
+    s.check(
+        "error.limit-exceeded",
+        Level::Must,
         "a context-length above the host's maximum MUST be refused with limit-exceeded",
-        (|| -> Result<(), String> {
-            let max = m.info().map_err(|e| e.to_string())?.max_session_context;
-            llm_error(Session::open_with(m, SessionOptions { context_length: Some(max + 1), seed: None, overflow: None }).map(|_| ()), |e| matches!(e, LlmError::LimitExceeded(_)))
-        })());
-    s.check("error.session-busy", Level::Must,
+        (|| -> Result<(), Fail> {
+            let max = m.info()?.max_session_context;
+            llm_error(
+                Session::open_with(m, SessionOptions { context_length: Some(max + 1), seed: None, overflow: None })
+                    .map(|_| ()),
+                |e| matches!(e, LlmError::LimitExceeded(_)),
+            )
+        })(),
+    );
+    s.check(
+        "error.session-busy",
+        Level::Must,
         "append on a session whose stream is still running MUST be refused with session-busy",
-        (|| -> Result<(), String> {
-            let sess = session(m, PROMPT).map_err(|e| e.to_string())?;
-            let stream = sess.generate(&greedy(16)).map_err(|e| e.to_string())?;
+        (|| -> Result<(), Fail> {
+            let sess = session(m, PROMPT)?;
+            let stream = sess.generate(&greedy(16))?;
             let busy = sess.append("more");
             drop(stream);
             llm_error(busy, |e| matches!(e, LlmError::SessionBusy))
-        })());
+        })(),
+    );
 
     println!("{}", json!({ "summary": true, "failed-musts": suite.failed_musts }));
     std::process::exit(i32::from(suite.failed_musts > 0));

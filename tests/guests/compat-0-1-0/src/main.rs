@@ -13,8 +13,8 @@ fn main() {
     let model = std::env::args().nth(1).unwrap_or_else(|| "smollm2".into());
     let prompt = std::env::args().nth(2).unwrap_or_default();
     let graph = graph::load_by_name(&model).expect("load-by-name");
-    let session = Session::open(&graph, SessionOptions { context_length: None, seed: None, overflow: None })
-        .expect("open");
+    let session =
+        Session::open(&graph, SessionOptions { context_length: None, seed: None, overflow: None }).expect("open");
     session.append(&prompt).expect("append");
     let params = GenerateParams {
         max_tokens: Some(16),

@@ -31,19 +31,55 @@ use wasi_nn_llm::{Chat, Error, Finish, Message, Model, OverflowPolicy, Params, S
 /// A conversation of about 500 tokens to fork from.
 fn history() -> Vec<Message> {
     const EXCHANGES: [(&str, &str); 13] = [
-        ("What is the largest ocean?", "The Pacific Ocean is the largest, covering about a third of the surface of the Earth."),
-        ("How high is Mount Everest?", "Mount Everest rises about 8,849 metres above sea level, on the border of Nepal and China."),
-        ("Which river is the longest?", "The Nile and the Amazon are both about 6,600 to 7,000 kilometres long; sources disagree."),
+        (
+            "What is the largest ocean?",
+            "The Pacific Ocean is the largest, covering about a third of the surface of the Earth.",
+        ),
+        (
+            "How high is Mount Everest?",
+            "Mount Everest rises about 8,849 metres above sea level, on the border of Nepal and China.",
+        ),
+        (
+            "Which river is the longest?",
+            "The Nile and the Amazon are both about 6,600 to 7,000 kilometres long; sources disagree.",
+        ),
         ("Where is the Sahara?", "The Sahara covers most of North Africa, from the Atlantic coast to the Red Sea."),
-        ("What is a fjord?", "A fjord is a long, narrow inlet with steep sides, carved by a glacier and then flooded by the sea."),
-        ("Why do volcanoes erupt?", "Magma rises because it is lighter than the rock around it, and gas pressure pushes it out."),
-        ("What is the capital of Australia?", "Canberra is the capital of Australia, although Sydney and Melbourne are larger cities."),
-        ("How many continents are there?", "Most people count seven: Africa, Antarctica, Asia, Australia, Europe, North and South America."),
-        ("What causes the seasons?", "The tilt of the Earth's axis changes how directly sunlight reaches each hemisphere during the year."),
-        ("Which desert is the driest?", "The Atacama Desert in Chile is the driest non-polar desert; some stations have never recorded rain."),
-        ("What is the Ring of Fire?", "It is a horseshoe of volcanoes and earthquake zones around the Pacific, where tectonic plates meet."),
-        ("Which country has the most islands?", "Sweden is often said to have the most, with over two hundred thousand, most of them small and uninhabited."),
-        ("What is a delta?", "A delta is the fan of sediment a river drops where it meets slower water, like the Nile delta in Egypt."),
+        (
+            "What is a fjord?",
+            "A fjord is a long, narrow inlet with steep sides, carved by a glacier and then flooded by the sea.",
+        ),
+        (
+            "Why do volcanoes erupt?",
+            "Magma rises because it is lighter than the rock around it, and gas pressure pushes it out.",
+        ),
+        (
+            "What is the capital of Australia?",
+            "Canberra is the capital of Australia, although Sydney and Melbourne are larger cities.",
+        ),
+        (
+            "How many continents are there?",
+            "Most people count seven: Africa, Antarctica, Asia, Australia, Europe, North and South America.",
+        ),
+        (
+            "What causes the seasons?",
+            "The tilt of the Earth's axis changes how directly sunlight reaches each hemisphere during the year.",
+        ),
+        (
+            "Which desert is the driest?",
+            "The Atacama Desert in Chile is the driest non-polar desert; some stations have never recorded rain.",
+        ),
+        (
+            "What is the Ring of Fire?",
+            "It is a horseshoe of volcanoes and earthquake zones around the Pacific, where tectonic plates meet.",
+        ),
+        (
+            "Which country has the most islands?",
+            "Sweden is often said to have the most, with over two hundred thousand, most of them small and uninhabited.",
+        ),
+        (
+            "What is a delta?",
+            "A delta is the fan of sediment a river drops where it meets slower water, like the Nile delta in Egypt.",
+        ),
     ];
     let mut messages = vec![Message { role: "system".into(), content: "You are a concise geography tutor.".into() }];
     for (question, answer) in EXCHANGES {
@@ -158,7 +194,8 @@ fn compute(model: &str, max: u32, prompt: &str) -> Result<(), Error> {
     let graph = graph::load_by_name(model)?;
     let exec = graph.init_execution_context()?;
     let params = json!({ "temperature": 0, "max-tokens": max }).to_string();
-    let outputs = exec.compute(vec![("prompt".into(), text_tensor(prompt)), ("params".into(), text_tensor(&params))])?;
+    let outputs =
+        exec.compute(vec![("prompt".into(), text_tensor(prompt)), ("params".into(), text_tensor(&params))])?;
     let text = outputs
         .into_iter()
         .find(|(name, _)| name == "text")
@@ -201,7 +238,9 @@ fn report(case: &str, result: Result<impl std::fmt::Debug, Error>) {
     let line = match result {
         Ok(v) => json!({ "case": case, "ok": format!("{v:?}") }),
         Err(Error::Llm(e)) => json!({ "case": case, "llm-error": format!("{e:?}") }),
-        Err(Error::Nn { code, message }) => json!({ "case": case, "nn-error": format!("{code:?}"), "message": message }),
+        Err(Error::Nn { code, message }) => {
+            json!({ "case": case, "nn-error": format!("{code:?}"), "message": message })
+        }
         Err(e) => json!({ "case": case, "error": e.to_string() }),
     };
     println!("{line}");
@@ -219,7 +258,10 @@ fn errors(model_name: &str) -> Result<(), Error> {
     report("prompt-too-long", session.append(&long));
     let exec = model.graph().init_execution_context()?;
     let huge = "word ".repeat(20_000);
-    report("base-prompt-too-long", exec.compute(vec![("prompt".into(), text_tensor(&huge))]).map(|_| ()).map_err(Error::from));
+    report(
+        "base-prompt-too-long",
+        exec.compute(vec![("prompt".into(), text_tensor(&huge))]).map(|_| ()).map_err(Error::from),
+    );
 
     // The same host still serves a normal request, on the same session too.
     session.append("The capital of France is")?;
@@ -241,7 +283,8 @@ fn turn(chat: &mut Chat, question: &str) -> Result<Value, Error> {
 
 fn fork(model: &str) -> Result<(), Error> {
     let model = Model::load(model)?;
-    let branches = ["What is the capital of France?", "Name a famous waterfall.", "What is the coldest place on Earth?"];
+    let branches =
+        ["What is the capital of France?", "Name a famous waterfall.", "What is the coldest place on Earth?"];
     let mut parent = Chat::new(&model)?;
     for m in history() {
         parent.push(m);
