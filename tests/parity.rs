@@ -84,3 +84,19 @@ fn base_wasi_nn_compute_gives_the_extensions_greedy_text() {
     assert!(!streamed.text().is_empty());
     assert_eq!(computed[0]["text"], streamed.text(), "gemma3");
 }
+
+#[test]
+fn base_wasi_nn_tensor_mode_argmax_gives_the_extensions_greedy_tokens() {
+    let _serial = serial();
+    for model in MODELS {
+        let prompt = host().user_prompt(model, "Write a long essay about the history of Rome.");
+        let streamed = Streamed::parse(&host().probe(&["generate", model, "24", &prompt]));
+        assert_eq!(streamed.finish["reason"], "FinishReason::MaxTokens", "{model}: need 24 tokens to compare");
+        let tensor = &host().probe(&["tensor", model, "24", &prompt])[0];
+        let tokens: Vec<u32> = tensor["tokens"].as_array().unwrap().iter().map(wasi_nn_llm_tests::as_u32).collect();
+        assert_eq!(tokens, streamed.tokens(), "{model}: one compute per token, argmax in the guest");
+        let vocab = host().engine_of(model).model().n_vocab() as u64;
+        assert_eq!(tensor["vocab"], vocab, "one logit per vocabulary entry");
+        assert!(tensor["negative-id"].as_str().unwrap().starts_with("Err(Nn"), "{}", tensor["negative-id"]);
+    }
+}

@@ -1,11 +1,21 @@
 //! The `ggml` encoding of base wasi-nn, served by the shared llama.cpp engine.
 //!
-//! The spec is tensor-only, so an LLM is run by convention: `compute` takes a
-//! `prompt` tensor (u8, UTF-8 text) and an optional `params` tensor (u8, JSON
-//! object of [`GenerateParams`] fields, unknown keys refused) and returns a
-//! `text` tensor (u8, UTF-8). Every compute is stateless, as the spec forces:
-//! it opens a session, prefills the whole prompt, generates, and closes it,
-//! so a chat re-sends and re-evaluates its whole history every turn.
+//! The spec is tensor-only, so an LLM is run by one of two conventions:
+//!
+//! - **text**: `compute` takes a `prompt` tensor (u8, UTF-8 text) and an
+//!   optional `params` tensor (u8, JSON object of [`GenerateParams`] fields,
+//!   unknown keys refused) and returns a `text` tensor (u8, UTF-8). Every
+//!   compute is stateless: it opens a session, prefills the whole prompt,
+//!   generates, and closes it, so a chat re-sends and re-evaluates its whole
+//!   history every turn.
+//! - **tensor** (the spec's own way): `compute` takes a `tokens` tensor (i32,
+//!   the whole sequence so far) and returns a `logits` tensor (f32, one per
+//!   vocabulary entry) for the next token; the guest tokenizes and samples
+//!   itself, one compute per token. The result depends only on the input,
+//!   but the execution context keeps the sequence it evaluated last and
+//!   reuses the longest common prefix, so re-sending the sequence costs a
+//!   transfer, not a re-evaluation. Such a context holds one of the model's
+//!   session slots until it is dropped.
 //!
 //! wasmtime-wasi-nn gives a backend no way to choose the wasi:nn error code,
 //! nor to explain itself: every backend failure reaches the guest as
@@ -20,13 +30,16 @@ use wasmtime_wasi_nn::backend::{
 use wasmtime_wasi_nn::wit::{ExecutionTarget, GraphEncoding, TensorType};
 use wasmtime_wasi_nn::{Backend, ExecutionContext, Graph, Tensor};
 
-use crate::engine::{Engine, GenerateParams, SessionOptions};
+use crate::engine::{Engine, GenerateParams, Session, SessionOptions};
 use crate::error::LlmError;
 
 /// The input tensor names of the text convention, and the output's.
 pub const PROMPT: &str = "prompt";
 pub const PARAMS: &str = "params";
 pub const TEXT: &str = "text";
+/// The tensor convention's input and output.
+pub const TOKENS: &str = "tokens";
+pub const LOGITS: &str = "logits";
 
 /// The backend registered for `graph-encoding::ggml`.
 pub fn backend() -> Backend {
@@ -68,17 +81,25 @@ struct LlmGraph {
 
 impl BackendGraph for LlmGraph {
     fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
-        let exec = LlmExecution { engine: self.engine.clone() };
+        let exec = LlmExecution { engine: self.engine.clone(), tensor_session: None };
         Ok(ExecutionContext::from(Box::new(exec) as Box<dyn BackendExecutionContext>))
     }
 }
 
 struct LlmExecution {
     engine: Engine,
+    /// The tensor convention's sequence, kept for prefix reuse.
+    tensor_session: Option<Session>,
 }
 
 impl LlmExecution {
-    fn run(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, LlmError> {
+    fn run(&mut self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, LlmError> {
+        if let [NamedTensor { name, .. }] = inputs.as_slice()
+            && name == TOKENS
+        {
+            let tensor = inputs.into_iter().next().expect("one input").tensor;
+            return self.logits(tensor);
+        }
         let mut prompt = None;
         let mut params = GenerateParams::default();
         for NamedTensor { name, tensor } in inputs {
@@ -91,7 +112,7 @@ impl LlmExecution {
                 }
                 other => {
                     return Err(LlmError::invalid(format!(
-                        "unknown input tensor {other:?}; expected {PROMPT:?} and optionally {PARAMS:?}"
+                        "unknown input tensor {other:?}; expected {PROMPT:?} and optionally {PARAMS:?}, or {TOKENS:?} alone"
                     )));
                 }
             }
@@ -111,6 +132,40 @@ impl LlmExecution {
         let bytes = text.into_bytes();
         let tensor = Tensor::new(vec![bytes.len() as u32], TensorType::U8, bytes);
         Ok(vec![NamedTensor { name: TEXT.into(), tensor }])
+    }
+}
+
+impl LlmExecution {
+    /// Tensor convention: logits for the token after `tokens`.
+    fn logits(&mut self, tokens: Tensor) -> Result<Vec<NamedTensor>, LlmError> {
+        if tokens.ty != TensorType::I32 {
+            return Err(LlmError::invalid(format!("tensor {TOKENS:?} must be i32 token ids, got {:?}", tokens.ty)));
+        }
+        let n = tokens.data.len() / 4;
+        if tokens.data.len() % 4 != 0 || tokens.dimensions != [n as u32] || n == 0 {
+            return Err(LlmError::invalid(format!(
+                "tensor {TOKENS:?} must be a non-empty 1-D list of i32 with dimensions [{n}], got {:?} over {} bytes",
+                tokens.dimensions,
+                tokens.data.len()
+            )));
+        }
+        // Negative ids become huge u32s, which the vocabulary check refuses.
+        let ids: Vec<u32> =
+            tokens.data.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as u32).collect();
+        let session = match &mut self.tensor_session {
+            Some(s) => s,
+            none => none.insert(self.engine.open_session(&SessionOptions::default())?),
+        };
+        // Keep the common prefix, evaluate the rest; the last token is always
+        // evaluated anew, since its logits are what is asked for.
+        let held = session.tokens()?;
+        let common = held.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(n - 1);
+        session.rewind((held.len() - common) as u32)?;
+        session.append_tokens(&ids[common..])?;
+        let logits = session.logits()?;
+        let bytes: Vec<u8> = logits.iter().flat_map(|l| l.to_le_bytes()).collect();
+        let tensor = Tensor::new(vec![logits.len() as u32], TensorType::Fp32, bytes);
+        Ok(vec![NamedTensor { name: LOGITS.into(), tensor }])
     }
 }
 

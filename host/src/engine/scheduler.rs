@@ -92,6 +92,12 @@ pub(crate) enum Command {
         params: GenerateParams,
         reply: Reply<Arc<Shared>>,
     },
+    /// Evaluate the session's last token and return its raw logits (base
+    /// wasi-nn's tensor mode).
+    Logits {
+        seq: i32,
+        reply: Reply<Vec<f32>>,
+    },
     /// A reader dropped or cancelled its stream before the end; the reply,
     /// if asked for, is the usage of what was delivered.
     Cancel {
@@ -237,6 +243,9 @@ impl<'m> Scheduler<'m> {
             }
             Command::Generate { seq, params, reply } => {
                 let _ = reply.send(self.start_generation(seq, &params));
+            }
+            Command::Logits { seq, reply } => {
+                let _ = reply.send(self.logits(seq));
             }
             Command::Tokens { seq, reply } => {
                 let tokens = self.seqs[seq as usize].as_ref().map(|s| s.tokens.clone()).unwrap_or_default();
@@ -653,6 +662,26 @@ impl Scheduler<'_> {
         let s = self.seqs[seq as usize].as_mut().expect("open sequence");
         s.n_past += 1;
         Ok(())
+    }
+
+    fn logits(&mut self, seq: i32) -> Result<Vec<f32>, LlmError> {
+        let s = self.sequence(seq)?;
+        let Some(&last) = s.tokens.last() else {
+            return Err(LlmError::invalid("the session is empty: there are no logits to compute"));
+        };
+        let pos = s.tokens.len() - 1;
+        if s.n_past > pos {
+            // Cached, but its logits are long gone: evaluate it again.
+            let _ = self.ctx.kv_cache_seq_rm(seq, Some(pos as u32), None);
+        }
+        let failed = |e: &dyn std::fmt::Display| LlmError::EngineFailure(format!("computing logits: {e}"));
+        self.batch.clear();
+        self.batch.add(last, pos as i32, &[seq], true).map_err(|e| failed(&e))?;
+        self.ctx.decode(&mut self.batch).map_err(|e| failed(&e))?;
+        self.copies_applied();
+        let s = self.seqs[seq as usize].as_mut().expect("checked above");
+        s.n_past = pos + 1;
+        Ok(self.ctx.get_logits_ith(0).to_vec())
     }
 
     fn save(&mut self, seq: i32) -> Result<Saved, LlmError> {

@@ -72,6 +72,12 @@ impl Session {
         Ok(tokens.into_iter().map(|t| t.0 as u32).collect())
     }
 
+    /// Raw logits (one per vocabulary entry) for the next token, computed
+    /// from the session's last token: what a tensor-only API returns.
+    pub fn logits(&self) -> Result<Vec<f32>, LlmError> {
+        self.request(|reply| Command::Logits { seq: self.seq, reply })
+    }
+
     /// Drop the last `n` tokens; returns the new length.
     pub fn rewind(&self, n: u32) -> Result<u32, LlmError> {
         self.request(|reply| Command::Rewind { seq: self.seq, n, reply })

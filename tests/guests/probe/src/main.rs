@@ -20,6 +20,8 @@
 //! - `restore MODEL FILE`: restore from FILE and go on generating.
 //! - `poll MODEL A B`: two streams read from one thread via wasi:io/poll.
 //! - `overflow MODEL PROMPT`: a 64-token session under each overflow policy.
+//! - `tensor MODEL N PROMPT`: N greedy tokens through base wasi-nn's tensor
+//!   convention (tokens in, logits out, argmax in the guest).
 
 use std::process::ExitCode;
 
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
         ["restore", model, file] => restore(model, file),
         ["poll", model, a, b] => poll_two(model, a, b),
         ["overflow", model, prompt] => overflow(model, prompt),
+        ["tensor", model, n, prompt] => tensor(model, n.parse().unwrap_or(8), prompt),
         _ => {
             eprintln!("usage: probe generate|chat|chat-reprefill|compute|stop|cancel|errors MODEL ...");
             return ExitCode::from(2);
@@ -527,5 +530,29 @@ fn overflow(model: &str, prompt: &str) -> Result<(), Error> {
     }
     let bad = SessionOptions { context_length: Some(64), seed: None, overflow: Some(OverflowPolicy::Shift(64)) };
     report("keep-everything", Session::open_with(&model, bad).map(|_| ()));
+    Ok(())
+}
+
+fn tensor(model_name: &str, n: usize, prompt: &str) -> Result<(), Error> {
+    // Tokenized as `append` would on an empty session (BOS, special markers).
+    let mut tokens = Model::load(model_name)?.tokenize(prompt, true, true)?;
+    let graph = graph::load_by_name(model_name)?;
+    let exec = graph.init_execution_context()?;
+    let (mut generated, mut vocab) = (Vec::new(), 0);
+    for _ in 0..n {
+        let bytes: Vec<u8> = tokens.iter().flat_map(|&t| (t as i32).to_le_bytes()).collect();
+        let input = Tensor::new(&[tokens.len() as u32], TensorType::I32, &bytes);
+        let outputs = exec.compute(vec![("tokens".into(), input)])?;
+        let (_, logits) = outputs.into_iter().find(|(name, _)| name == "logits").expect("a logits output");
+        let logits: Vec<f32> =
+            logits.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        vocab = logits.len();
+        let best = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap_or(0) as u32;
+        generated.push(best);
+        tokens.push(best);
+    }
+    let bad = Tensor::new(&[1], TensorType::I32, &(-5i32).to_le_bytes());
+    let refused = exec.compute(vec![("tokens".into(), bad)]).map(|_| ()).map_err(Error::from);
+    println!("{}", json!({ "tokens": generated, "vocab": vocab, "negative-id": format!("{refused:?}") }));
     Ok(())
 }
