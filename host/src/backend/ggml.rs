@@ -142,7 +142,7 @@ impl LlmExecution {
             return Err(LlmError::invalid(format!("tensor {TOKENS:?} must be i32 token ids, got {:?}", tokens.ty)));
         }
         let n = tokens.data.len() / 4;
-        if tokens.data.len() % 4 != 0 || tokens.dimensions != [n as u32] || n == 0 {
+        if !tokens.data.len().is_multiple_of(4) || tokens.dimensions != [n as u32] || n == 0 {
             return Err(LlmError::invalid(format!(
                 "tensor {TOKENS:?} must be a non-empty 1-D list of i32 with dimensions [{n}], got {:?} over {} bytes",
                 tokens.dimensions,
