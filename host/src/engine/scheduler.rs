@@ -145,6 +145,14 @@ struct Sequence {
     copy_pending: bool,
 }
 
+impl Sequence {
+    /// Tokens generated but not yet taken by the stream's reader.
+    fn undelivered(&self) -> usize {
+        self.generation.as_ref().map_or(0, |g| g.text.undelivered_tokens())
+            + self.stream.as_ref().map_or(0, |st| st.lock().undelivered_tokens())
+    }
+}
+
 /// An append waiting for its tokens to be evaluated.
 struct Prefill {
     added: u32,
@@ -387,16 +395,8 @@ impl<'m> Scheduler<'m> {
         }
         let history_start = s.tokens.len().saturating_sub(1024);
         let sampler = sampler::build(model, params, s.seed, &s.tokens[history_start..])?;
-        if s.n_past == s.tokens.len() {
-            // Everything is cached, but the logits of the last token are long
-            // gone: evaluate it again.
-            let last = s.n_past - 1;
-            self.ctx
-                .kv_cache_seq_rm(seq, Some(last as u32), None)
-                .map_err(|e| LlmError::EngineFailure(format!("cannot rewind the KV cache: {e}")))?;
-        }
+        self.uncache_last(seq)?;
         let s = self.seqs[seq as usize].as_mut().expect("checked above");
-        s.n_past = s.n_past.min(s.tokens.len() - 1);
         let cached = s.turn_start.take().unwrap_or(s.n_past);
         let shared = Shared::new();
         s.generation = Some(Generation {
@@ -519,17 +519,12 @@ impl<'m> Scheduler<'m> {
 
     fn fail_generation(&mut self, seq: usize, why: String) {
         let Some(s) = self.seqs[seq].as_mut() else { return };
-        if let Some(g) = s.generation.take() {
-            // Keep what was delivered; the undelivered tail leaves the session.
-            let undelivered = g.text.undelivered_tokens() + g.shared.lock().undelivered_tokens();
-            let keep = s.tokens.len() - undelivered;
-            s.tokens.truncate(keep);
-            g.shared.push(Item::Failed(LlmError::EngineFailure(why)));
-            let n_past = s.n_past;
-            let _ = self.ctx.kv_cache_seq_rm(seq as i32, Some(keep.min(n_past) as u32), None);
-            let s = self.seqs[seq].as_mut().expect("open sequence");
-            s.n_past = keep.min(n_past);
-        }
+        // Keep what was delivered; the undelivered tail leaves the session.
+        let keep = s.tokens.len() - s.undelivered();
+        let Some(g) = s.generation.take() else { return };
+        g.shared.push(Item::Failed(LlmError::EngineFailure(why)));
+        s.tokens.truncate(keep);
+        self.rewind_kv(seq, keep);
     }
 
     /// The reader is gone or gave up: the session keeps exactly the chunks it
@@ -539,15 +534,13 @@ impl<'m> Scheduler<'m> {
         if s.stream.as_ref().is_none_or(|st| st.id != stream) {
             return Usage::default();
         }
+        let undelivered = s.undelivered();
         let shared = s.stream.take().expect("checked above");
-        let buffer = shared.lock();
-        let mut undelivered = buffer.undelivered_tokens();
-        let mut usage = buffer.finished_usage().unwrap_or_default();
-        drop(buffer);
-        if let Some(g) = s.generation.take() {
-            undelivered += g.text.undelivered_tokens();
-            usage = g.usage;
-        }
+        let finished = shared.lock().finished_usage();
+        let mut usage = match s.generation.take() {
+            Some(g) => g.usage,
+            None => finished.unwrap_or_default(),
+        };
         usage.generated_tokens = usage.generated_tokens.saturating_sub(undelivered as u32);
         let keep = s.tokens.len() - undelivered;
         s.tokens.truncate(keep);
@@ -611,10 +604,8 @@ impl Scheduler<'_> {
     fn shift(&mut self, seq: i32, needed: usize) -> Result<(), LlmError> {
         let s = self.seqs[seq as usize].as_mut().expect("open sequence");
         let keep = s.shift.unwrap_or(s.limit);
-        let undelivered =
-            s.generation.as_ref().map_or(0, |g| g.text.undelivered_tokens() + g.shared.lock().undelivered_tokens());
         // Only evaluated tokens can move, and never the undelivered tail.
-        let movable = s.n_past.min(s.tokens.len() - undelivered).saturating_sub(keep);
+        let movable = s.n_past.min(s.tokens.len() - s.undelivered()).saturating_sub(keep);
         let drop = needed.max(movable / 2).min(movable);
         if drop < needed || drop == 0 {
             return Err(LlmError::ContextFull(ContextOverflow {
@@ -640,23 +631,31 @@ impl Scheduler<'_> {
         }
     }
 
-    /// Make a forked sequence's KV copy real by decoding its last token
-    /// (llama.cpp copies between streams lazily, at the next decode).
-    fn settle(&mut self, seq: i32) -> Result<(), LlmError> {
+    /// Make the last token uncached, so that decoding it again yields its
+    /// logits (they are gone once anything else was decoded).
+    fn uncache_last(&mut self, seq: i32) -> Result<(), LlmError> {
         let s = self.seqs[seq as usize].as_mut().expect("open sequence");
-        if s.tokens.is_empty() {
-            s.copy_pending = false;
-            return Ok(());
+        let last = s.tokens.len() - 1;
+        if s.n_past < last {
+            // Only after a model that cannot drop a tail was rewound.
+            return Err(LlmError::Unsupported("this model cannot rewind its state; reset the session".into()));
         }
-        if s.n_past == s.tokens.len() {
-            s.n_past -= 1;
-            let at = s.n_past as u32;
-            let _ = self.ctx.kv_cache_seq_rm(seq, Some(at), None);
+        if s.n_past > last {
+            self.ctx
+                .kv_cache_seq_rm(seq, Some(last as u32), None)
+                .map_err(|e| LlmError::EngineFailure(format!("cannot rewind the KV cache: {e}")))?;
+            s.n_past = last;
         }
+        Ok(())
+    }
+
+    /// Decode the last token alone, so the KV cache holds every token.
+    fn decode_last(&mut self, seq: i32, logits: bool) -> Result<(), LlmError> {
+        self.uncache_last(seq)?;
         let s = self.seqs[seq as usize].as_mut().expect("open sequence");
+        let failed = |e: &dyn std::fmt::Display| LlmError::EngineFailure(format!("decoding the last token: {e}"));
         self.batch.clear();
-        let failed = |e: &dyn std::fmt::Display| LlmError::EngineFailure(format!("settling a fork: {e}"));
-        self.batch.add(s.tokens[s.n_past], s.n_past as i32, &[seq], false).map_err(|e| failed(&e))?;
+        self.batch.add(s.tokens[s.n_past], s.n_past as i32, &[seq], logits).map_err(|e| failed(&e))?;
         self.ctx.decode(&mut self.batch).map_err(|e| failed(&e))?;
         self.copies_applied();
         let s = self.seqs[seq as usize].as_mut().expect("open sequence");
@@ -664,23 +663,22 @@ impl Scheduler<'_> {
         Ok(())
     }
 
-    fn logits(&mut self, seq: i32) -> Result<Vec<f32>, LlmError> {
-        let s = self.sequence(seq)?;
-        let Some(&last) = s.tokens.last() else {
-            return Err(LlmError::invalid("the session is empty: there are no logits to compute"));
-        };
-        let pos = s.tokens.len() - 1;
-        if s.n_past > pos {
-            // Cached, but its logits are long gone: evaluate it again.
-            let _ = self.ctx.kv_cache_seq_rm(seq, Some(pos as u32), None);
+    /// Make a forked sequence's KV copy real (llama.cpp copies between
+    /// streams lazily, at the next decode) by decoding its last token.
+    fn settle(&mut self, seq: i32) -> Result<(), LlmError> {
+        let s = self.seqs[seq as usize].as_mut().expect("open sequence");
+        if s.tokens.is_empty() {
+            s.copy_pending = false;
+            return Ok(());
         }
-        let failed = |e: &dyn std::fmt::Display| LlmError::EngineFailure(format!("computing logits: {e}"));
-        self.batch.clear();
-        self.batch.add(last, pos as i32, &[seq], true).map_err(|e| failed(&e))?;
-        self.ctx.decode(&mut self.batch).map_err(|e| failed(&e))?;
-        self.copies_applied();
-        let s = self.seqs[seq as usize].as_mut().expect("checked above");
-        s.n_past = pos + 1;
+        self.decode_last(seq, false)
+    }
+
+    fn logits(&mut self, seq: i32) -> Result<Vec<f32>, LlmError> {
+        if self.sequence(seq)?.tokens.is_empty() {
+            return Err(LlmError::invalid("the session is empty: there are no logits to compute"));
+        }
+        self.decode_last(seq, true)?;
         Ok(self.ctx.get_logits_ith(0).to_vec())
     }
 
@@ -719,7 +717,7 @@ impl Scheduler<'_> {
         if loaded[..] != tokens[..n_past] {
             return Err(LlmError::InvalidSnapshot(SnapshotError::Corrupted));
         }
-        let s = self.seqs[seq as usize].as_mut().ok_or_else(|| LlmError::EngineFailure("session is closed".into()))?;
+        let s = self.sequence(seq)?;
         s.limit = snapshot.limit as usize;
         s.seed = snapshot.seed;
         s.tokens = tokens;
