@@ -38,7 +38,11 @@ pub use stream::{Finish, FinishReason, TokenStream, Usage};
 pub use text::{Chunk, TokenLogprob};
 
 use crate::error::LlmError;
-use scheduler::{Command, Scheduler};
+use scheduler::{Command, Reply, Scheduler};
+
+fn scheduler_stopped() -> LlmError {
+    LlmError::EngineFailure("the model's scheduler has stopped".into())
+}
 
 /// How the operator runs a model.
 #[derive(Debug, Clone)]
@@ -309,8 +313,15 @@ impl Engine {
         LlamaChatTemplate::new(builtin).map_err(|e| LlmError::EngineFailure(e.to_string()))
     }
 
-    fn send(&self, command: Command) -> Result<(), LlmError> {
-        self.0.commands.send(command).map_err(|_| LlmError::EngineFailure("the model's scheduler has stopped".into()))
+    pub(crate) fn send(&self, command: Command) -> Result<(), LlmError> {
+        self.0.commands.send(command).map_err(|_| scheduler_stopped())
+    }
+
+    /// Send a command and wait for the scheduler's answer.
+    pub(crate) fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(command(reply))?;
+        answer.recv().map_err(|_| scheduler_stopped())?
     }
 
     fn release_slot(&self, seq: i32) {

@@ -1,7 +1,7 @@
 //! A session handle: one llama.cpp sequence of a model's context, owned by one
 //! guest resource. Its calls block the calling guest's thread only.
 
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 
 use llama_cpp_2::token::LlamaToken;
 
@@ -16,8 +16,6 @@ use crate::error::LlmError;
 /// session and every stream it started are dropped.
 pub struct Session {
     slot: Arc<Slot>,
-    engine: Engine,
-    seq: i32,
     limit: u32,
 }
 
@@ -37,9 +35,19 @@ impl Drop for Slot {
     }
 }
 
+impl Slot {
+    pub(super) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(super) fn seq(&self) -> i32 {
+        self.seq
+    }
+}
+
 impl Session {
     pub(super) fn new(engine: Engine, seq: i32, limit: u32) -> Self {
-        Self { slot: Arc::new(Slot { engine: engine.clone(), seq }), engine, seq, limit }
+        Self { slot: Arc::new(Slot { engine, seq }), limit }
     }
 
     /// Most tokens this session may hold.
@@ -49,67 +57,67 @@ impl Session {
 
     /// The model this session runs on.
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        self.slot.engine()
     }
 
     /// Tokenize `text` and evaluate it into the KV cache; returns how many
     /// tokens were added. Blocks until the prefill is done.
     pub fn append(&self, text: &str) -> Result<u32, LlmError> {
-        self.request(|reply| Command::Append { seq: self.seq, input: Input::Text(text.to_owned()), reply })
+        self.request(|reply| Command::Append { seq: self.slot.seq(), input: Input::Text(text.to_owned()), reply })
     }
 
     /// Evaluate token ids into the KV cache, each checked against the
     /// vocabulary first; returns how many were added.
     pub fn append_tokens(&self, tokens: &[u32]) -> Result<u32, LlmError> {
-        let n_vocab = self.engine.model().n_vocab();
+        let n_vocab = self.engine().model().n_vocab();
         let tokens = tokens.iter().map(|&t| sampler::checked_token(t, n_vocab)).collect::<Result<Vec<_>, _>>()?;
-        self.request(|reply| Command::Append { seq: self.seq, input: Input::Tokens(tokens), reply })
+        self.request(|reply| Command::Append { seq: self.slot.seq(), input: Input::Tokens(tokens), reply })
     }
 
     /// The tokens the session holds.
     pub fn tokens(&self) -> Result<Vec<u32>, LlmError> {
-        let tokens: Vec<LlamaToken> = self.request(|reply| Command::Tokens { seq: self.seq, reply })?;
+        let tokens: Vec<LlamaToken> = self.request(|reply| Command::Tokens { seq: self.slot.seq(), reply })?;
         Ok(tokens.into_iter().map(|t| t.0 as u32).collect())
     }
 
     /// Raw logits (one per vocabulary entry) for the next token, computed
     /// from the session's last token: what a tensor-only API returns.
     pub fn logits(&self) -> Result<Vec<f32>, LlmError> {
-        self.request(|reply| Command::Logits { seq: self.seq, reply })
+        self.request(|reply| Command::Logits { seq: self.slot.seq(), reply })
     }
 
     /// Drop the last `n` tokens; returns the new length.
     pub fn rewind(&self, n: u32) -> Result<u32, LlmError> {
-        self.request(|reply| Command::Rewind { seq: self.seq, n, reply })
+        self.request(|reply| Command::Rewind { seq: self.slot.seq(), n, reply })
     }
 
     /// Drop every token.
     pub fn reset(&self) -> Result<(), LlmError> {
-        self.request(|reply| Command::Reset { seq: self.seq, reply })
+        self.request(|reply| Command::Reset { seq: self.slot.seq(), reply })
     }
 
     /// A new session with the same tokens and a copy of the KV cache.
     pub fn fork(&self) -> Result<Session, LlmError> {
-        let child = self.engine.take_slot()?;
+        let child = self.engine().take_slot()?;
         // From here the child owns its slot: dropping it on failure frees it.
-        let forked = Session::new(self.engine.clone(), child, self.limit);
-        self.request(|reply| Command::Fork { seq: self.seq, child, reply })?;
+        let forked = Session::new(self.engine().clone(), child, self.limit);
+        self.request(|reply| Command::Fork { seq: self.slot.seq(), child, reply })?;
         Ok(forked)
     }
 
     /// Start generating from the end of the session.
     pub fn generate(&self, params: &GenerateParams) -> Result<TokenStream, LlmError> {
         sampler::validate(params)?;
-        let shared = self.request(|reply| Command::Generate { seq: self.seq, params: params.clone(), reply })?;
-        Ok(TokenStream::new(shared, self.engine.0.commands.clone(), self.slot.clone(), self.seq))
+        let shared = self.request(|reply| Command::Generate { seq: self.slot.seq(), params: params.clone(), reply })?;
+        Ok(TokenStream::new(shared, self.slot.clone()))
     }
 
     /// The session as a versioned blob bound to this model (see
     /// [`snapshot`](super::snapshot)); [`Engine::restore_session`] reads it back.
     pub fn save(&self) -> Result<Vec<u8>, LlmError> {
-        let saved: Saved = self.request(|reply| Command::Save { seq: self.seq, reply })?;
+        let saved: Saved = self.request(|reply| Command::Save { seq: self.slot.seq(), reply })?;
         let snapshot = Snapshot {
-            model: self.engine.identity()?,
+            model: self.engine().identity()?,
             limit: saved.limit,
             seed: saved.seed,
             tokens: saved.tokens,
@@ -120,12 +128,10 @@ impl Session {
     }
 
     pub(super) fn load(&self, snapshot: Snapshot) -> Result<(), LlmError> {
-        self.request(|reply| Command::Restore { seq: self.seq, snapshot, reply })
+        self.request(|reply| Command::Restore { seq: self.slot.seq(), snapshot, reply })
     }
 
     fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.engine.send(command(reply))?;
-        answer.recv().map_err(|_| LlmError::EngineFailure("the model's scheduler has stopped".into()))?
+        self.engine().request(command)
     }
 }

@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::scheduler::Command;
@@ -124,17 +123,15 @@ impl Shared {
 /// generation; the session keeps exactly the chunks that were taken.
 pub struct TokenStream {
     shared: Arc<Shared>,
-    commands: Sender<Command>,
     /// Keeps the session's sequence open while the stream is read.
-    _slot: Arc<Slot>,
-    seq: i32,
+    slot: Arc<Slot>,
     finish: Option<Finish>,
     done: bool,
 }
 
 impl TokenStream {
-    pub(crate) fn new(shared: Arc<Shared>, commands: Sender<Command>, slot: Arc<Slot>, seq: i32) -> Self {
-        Self { shared, commands, _slot: slot, seq, finish: None, done: false }
+    pub(crate) fn new(shared: Arc<Shared>, slot: Arc<Slot>) -> Self {
+        Self { shared, slot, finish: None, done: false }
     }
 
     /// The next chunk; `Ok(None)` once the generation has finished.
@@ -200,7 +197,7 @@ impl TokenStream {
         drop(buffer);
         if woke {
             // The scheduler may be idle waiting for room in this buffer.
-            let _ = self.commands.send(Command::Wake);
+            let _ = self.slot.engine().send(Command::Wake);
         }
         result
     }
@@ -211,12 +208,8 @@ impl TokenStream {
         if self.done {
             return Ok(());
         }
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        let stopped = || LlmError::EngineFailure("the model's scheduler has stopped".into());
-        self.commands
-            .send(Command::Cancel { seq: self.seq, stream: self.shared.id, reply: Some(reply) })
-            .map_err(|_| stopped())?;
-        let usage = answer.recv().map_err(|_| stopped())??;
+        let (seq, stream) = (self.slot.seq(), self.shared.id);
+        let usage = self.slot.engine().request(|reply| Command::Cancel { seq, stream, reply: Some(reply) })?;
         self.done = true;
         self.finish = Some(Finish { reason: FinishReason::Cancelled, usage });
         Ok(())
@@ -246,7 +239,8 @@ impl wasmtime_wasi::p2::Pollable for TokenStream {
 impl Drop for TokenStream {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.commands.send(Command::Cancel { seq: self.seq, stream: self.shared.id, reply: None });
+            let _ =
+                self.slot.engine().send(Command::Cancel { seq: self.slot.seq(), stream: self.shared.id, reply: None });
         }
     }
 }
