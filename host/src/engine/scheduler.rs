@@ -76,10 +76,11 @@ pub(crate) enum Command {
         child: i32,
         reply: Reply<()>,
     },
-    /// The session's tokens and llama.cpp state.
+    /// The session as a snapshot of the model with this identity.
     Save {
         seq: i32,
-        reply: Reply<Saved>,
+        model: [u8; 32],
+        reply: Reply<Snapshot>,
     },
     /// Load a checked snapshot into the freshly opened `seq`.
     Restore {
@@ -113,15 +114,6 @@ pub(crate) enum Command {
 pub(crate) enum Input {
     Text(String),
     Tokens(Vec<LlamaToken>),
-}
-
-/// What a save reads out of the scheduler.
-pub(crate) struct Saved {
-    pub limit: u32,
-    pub seed: Option<u64>,
-    pub tokens: Vec<u32>,
-    pub n_past: u32,
-    pub state: Vec<u8>,
 }
 
 /// One session's state, mirrored token by token (llama.cpp has no API that
@@ -268,8 +260,8 @@ impl<'m> Scheduler<'m> {
             Command::Fork { seq, child, reply } => {
                 let _ = reply.send(self.fork(seq, child));
             }
-            Command::Save { seq, reply } => {
-                let _ = reply.send(self.save(seq));
+            Command::Save { seq, model, reply } => {
+                let _ = reply.send(self.save(seq, model));
             }
             Command::Restore { seq, snapshot, reply } => {
                 let result = self.restore(seq, snapshot);
@@ -682,7 +674,7 @@ impl Scheduler<'_> {
         Ok(self.ctx.get_logits_ith(0).to_vec())
     }
 
-    fn save(&mut self, seq: i32) -> Result<Saved, LlmError> {
+    fn save(&mut self, seq: i32, model: [u8; 32]) -> Result<Snapshot, LlmError> {
         if self.sequence(seq)?.copy_pending {
             self.settle(seq)?;
         }
@@ -693,7 +685,8 @@ impl Scheduler<'_> {
             .map_err(|e| LlmError::EngineFailure(format!("saving the KV state: {e}")))?;
         let state =
             std::fs::read(&file.0).map_err(|e| LlmError::EngineFailure(format!("reading the KV state: {e}")))?;
-        Ok(Saved {
+        Ok(Snapshot {
+            model,
             limit: s.limit as u32,
             seed: s.seed,
             tokens: s.tokens.iter().map(|t| t.0 as u32).collect(),

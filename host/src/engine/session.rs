@@ -6,7 +6,7 @@ use std::sync::Arc;
 use llama_cpp_2::token::LlamaToken;
 
 use super::params::GenerateParams;
-use super::scheduler::{Command, Input, Reply, Saved};
+use super::scheduler::{Command, Input, Reply};
 use super::snapshot::Snapshot;
 use super::stream::TokenStream;
 use super::{Engine, sampler};
@@ -115,15 +115,8 @@ impl Session {
     /// The session as a versioned blob bound to this model (see
     /// [`snapshot`](super::snapshot)); [`Engine::restore_session`] reads it back.
     pub fn save(&self) -> Result<Vec<u8>, LlmError> {
-        let saved: Saved = self.request(|reply| Command::Save { seq: self.slot.seq(), reply })?;
-        let snapshot = Snapshot {
-            model: self.engine().identity()?,
-            limit: saved.limit,
-            seed: saved.seed,
-            tokens: saved.tokens,
-            n_past: saved.n_past,
-            state: saved.state,
-        };
+        let model = self.engine().identity()?;
+        let snapshot: Snapshot = self.request(|reply| Command::Save { seq: self.slot.seq(), model, reply })?;
         Ok(snapshot.encode())
     }
 
