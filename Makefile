@@ -20,4 +20,4 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 guests: bootstrap
-	@cargo build --release --quiet --target wasm32-wasip2 -p chat -p chat-base -p probe -p compat-0-1-0 -p conformance
+	@cargo build --release --quiet --target wasm32-wasip2 -p chat -p chat-base -p chat-tensor -p probe -p compat-0-1-0 -p conformance

@@ -51,6 +51,10 @@ struct RunArgs {
     /// defaults to the host path). Repeatable.
     #[arg(long = "dir", value_name = "HOST[::GUEST]")]
     dirs: Vec<String>,
+    /// As `--dir`, but the guest may only read there (e.g. a model's GGUF
+    /// for a guest that tokenizes itself). Repeatable.
+    #[arg(long = "ro-dir", value_name = "HOST[::GUEST]")]
+    ro_dirs: Vec<String>,
     /// The guest component.
     component: PathBuf,
     /// Arguments for the guest.
@@ -99,7 +103,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let component = runtime.load(&args.component)?;
             let name = args.component.file_name().map_or("guest".into(), |n| n.to_string_lossy().into_owned());
             let argv: Vec<String> = std::iter::once(name).chain(args.args).collect();
-            let dirs: Vec<Preopen> = args.dirs.iter().map(|d| Preopen::parse(d)).collect();
+            let dirs: Vec<Preopen> = (args.dirs.iter().map(|d| Preopen::parse(d, true)))
+                .chain(args.ro_dirs.iter().map(|d| Preopen::parse(d, false)))
+                .collect();
             Ok(runtime.run(&component, &argv, Stdio::Inherit, &dirs)?.exit_code)
         }
     }

@@ -45,18 +45,20 @@ pub enum Stdio {
     Captured { stdin: Vec<u8> },
 }
 
-/// A host directory the guest may use, and the path it sees it at.
+/// A host directory the guest may use, the path it sees it at, and whether
+/// it may write there.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preopen {
     pub host: std::path::PathBuf,
     pub guest: String,
+    pub writable: bool,
 }
 
 impl Preopen {
     /// `HOST[::GUEST]`, as wasmtime's `--dir` (the guest path defaults to the host path).
-    pub fn parse(spec: &str) -> Self {
+    pub fn parse(spec: &str, writable: bool) -> Self {
         let (host, guest) = spec.split_once("::").unwrap_or((spec, spec));
-        Self { host: host.into(), guest: guest.to_owned() }
+        Self { host: host.into(), guest: guest.to_owned(), writable }
     }
 }
 
@@ -112,7 +114,8 @@ impl Runtime {
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(args);
         for dir in dirs {
-            wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)
+            let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            wasi.preopened_dir(&dir.host, &dir.guest, perms)
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("opening {} for the guest", dir.host.display()))?;
         }

@@ -8,7 +8,7 @@ use serde_json::Value;
 use wasi_nn_llm_host::catalog;
 use wasi_nn_llm_host::engine::{Engine, EngineConfig};
 use wasi_nn_llm_host::registry::{ModelSpec, Models};
-use wasi_nn_llm_host::runner::{Runtime, Stdio};
+use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
 use wasmtime::component::Component;
 
 /// The registry name of the default model.
@@ -45,6 +45,21 @@ pub fn host_cli() -> PathBuf {
 /// The cached GGUF of a test model (fetched on first use).
 pub fn model_path(name: &str) -> PathBuf {
     catalog::find(name).expect("a catalog model").ensure().expect("fetching the model")
+}
+
+/// Where guests see the model cache when it is shared with them.
+pub const GUEST_MODELS: &str = "models";
+
+/// The directory holding the cached models (all catalog models share it).
+pub fn model_dir() -> PathBuf {
+    model_path(MODEL).parent().expect("a cached model lies in a directory").to_owned()
+}
+
+/// The path a guest sees `name`'s GGUF at under [`GUEST_MODELS`].
+pub fn guest_model_path(name: &str) -> String {
+    let path = model_path(name);
+    let file = path.file_name().expect("a file name").to_string_lossy();
+    format!("{GUEST_MODELS}/{file}")
 }
 
 pub fn smollm2_path() -> PathBuf {
@@ -99,10 +114,24 @@ impl TestHost {
         self.run(&component, name, args)
     }
 
+    /// As [`probe`](Self::probe), with the model cache shared read-only at
+    /// [`GUEST_MODELS`] (for the guest-side tokenizer).
+    pub fn probe_with_models(&self, args: &[&str]) -> Vec<Value> {
+        let models = Preopen { host: model_dir(), guest: GUEST_MODELS.into(), writable: false };
+        self.run_with(&self.probe, "probe", args, &[models])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("probe printed non-JSON {l:?}: {e}")))
+            .collect()
+    }
+
     fn run(&self, component: &Component, name: &str, args: &[&str]) -> String {
+        self.run_with(component, name, args, &[])
+    }
+
+    fn run_with(&self, component: &Component, name: &str, args: &[&str], dirs: &[Preopen]) -> String {
         let argv: Vec<String> = std::iter::once(name).chain(args.iter().copied()).map(String::from).collect();
         let out =
-            self.runtime.run(component, &argv, Stdio::Captured { stdin: Vec::new() }, &[]).expect("running the guest");
+            self.runtime.run(component, &argv, Stdio::Captured { stdin: Vec::new() }, dirs).expect("running the guest");
         assert_eq!(out.exit_code, 0, "{name} {args:?} failed:\nstdout: {}\nstderr: {}", out.stdout, out.stderr);
         out.stdout
     }

@@ -23,6 +23,7 @@
 //! - `tensor MODEL N PROMPT`: N greedy tokens through base wasi-nn's tensor
 //!   convention (tokens in, logits out, argmax in the guest).
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
@@ -93,7 +94,33 @@ fn history() -> Vec<Message> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        // Base wasi-nn's tensor convention, with the guest-side tokenizer.
+        ["guest-tokenize", gguf, texts @ ..] => guest_tokenize(gguf, texts),
+        ["tensor-chat", model, gguf, max, questions @ ..] => {
+            tensor_chat(model, gguf, max.parse().unwrap_or(32), questions)
+        }
+        other => match extension(other) {
+            Some(result) => result.map_err(|e| e.to_string()),
+            None => {
+                eprintln!("usage: probe generate|chat|chat-reprefill|compute|stop|cancel|errors MODEL ...");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("{}", json!({ "error": e }));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The commands that drive the extension (and base wasi-nn through the SDK).
+fn extension(args: &[&str]) -> Option<Result<(), Error>> {
+    Some(match args {
         ["generate", model, max, prompt] => generate(model, max.parse().unwrap_or(32), prompt),
         ["chat", model, max, questions @ ..] => chat(model, max.parse().unwrap_or(32), questions),
         ["chat-reprefill", model, max, questions @ ..] => chat_reprefill(model, max.parse().unwrap_or(32), questions),
@@ -111,18 +138,28 @@ fn main() -> ExitCode {
         ["poll", model, a, b] => poll_two(model, a, b),
         ["overflow", model, prompt] => overflow(model, prompt),
         ["tensor", model, n, prompt] => tensor(model, n.parse().unwrap_or(8), prompt),
-        _ => {
-            eprintln!("usage: probe generate|chat|chat-reprefill|compute|stop|cancel|errors MODEL ...");
-            return ExitCode::from(2);
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            println!("{}", json!({ "error": e.to_string() }));
-            ExitCode::FAILURE
-        }
+        _ => return None,
+    })
+}
+
+/// The guest-side tokenizer's ids for each text (BOS as at a sequence's start).
+fn guest_tokenize(gguf: &str, texts: &[&str]) -> Result<(), String> {
+    let meta = chat_tensor::gguf::Metadata::read(Path::new(gguf)).map_err(|e| e.to_string())?;
+    let tokenizer = chat_tensor::tokenizer::GgufTokenizer::from_gguf(&meta)?;
+    for text in texts {
+        println!("{}", json!({ "text": text, "ids": tokenizer.encode(text, true)? }));
     }
+    Ok(())
+}
+
+/// The chat through tensor mode, reported as `chat` reports the extension's.
+fn tensor_chat(model: &str, gguf: &str, max: u32, questions: &[&str]) -> Result<(), String> {
+    let mut chat = chat_tensor::Conversation::open(model, Path::new(gguf))?;
+    for (turn, q) in questions.iter().enumerate() {
+        let reply = chat.send(q, max, |_| {})?;
+        println!("{}", json!({ "turn": turn, "text": reply.text, "tokens": reply.tokens, "ended": reply.ended }));
+    }
+    Ok(())
 }
 
 fn finish_json(f: &Finish) -> Value {

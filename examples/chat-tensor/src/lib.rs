@@ -1,0 +1,105 @@
+//! A chat through base wasi-nn's tensor convention: everything the extension
+//! does on the host, done in the guest.
+//!
+//! The guest reads the model's GGUF header (shared read-only by the
+//! operator) to build its tokenizer ([`tokenizer`]) and chat template
+//! ([`template`]), and runs one `compute` per generated token, each sending
+//! the whole sequence and receiving one logit per vocabulary entry
+//! ([`tensor`]). [`Conversation`] keeps the token history the way the
+//! extension's `Chat` keeps its session: each turn appends only the new
+//! text's tokens, so the two produce the same greedy replies.
+
+pub mod gguf;
+pub mod template;
+pub mod tensor;
+pub mod tokenizer;
+
+use std::path::Path;
+
+use gguf::Metadata;
+use template::Template;
+use tensor::TensorModel;
+use tokenizer::GgufTokenizer;
+
+/// A guest-side chat over a tensor-mode model.
+pub struct Conversation {
+    pub model: TensorModel,
+    pub tokenizer: GgufTokenizer,
+    template: Template,
+    messages: Vec<(String, String)>,
+    /// The rendered conversation so far, reply text included.
+    transcript: String,
+    /// The token ids of `transcript`, as generated (not re-tokenized).
+    tokens: Vec<u32>,
+}
+
+/// One reply: its text, its token ids, and whether it ended on an
+/// end-of-generation token (else it hit `max`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub ended: bool,
+}
+
+impl Conversation {
+    /// A conversation with the model registered as `name`, whose GGUF file
+    /// the guest can read at `gguf`.
+    pub fn open(name: &str, gguf: &Path) -> Result<Self, String> {
+        let meta = Metadata::read(gguf).map_err(|e| format!("reading {}: {e}", gguf.display()))?;
+        Ok(Self {
+            model: TensorModel::load(name)?,
+            tokenizer: GgufTokenizer::from_gguf(&meta)?,
+            template: Template::for_model(&meta)?,
+            messages: Vec::new(),
+            transcript: String::new(),
+            tokens: Vec::new(),
+        })
+    }
+
+    /// The tokens held so far (what every compute re-sends).
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Send a user message and generate greedily up to `max` tokens, calling
+    /// `on_text` with each piece of text as soon as it is complete UTF-8.
+    pub fn send(&mut self, user: &str, max: u32, mut on_text: impl FnMut(&str)) -> Result<Reply, String> {
+        self.messages.push(("user".into(), user.into()));
+        let full = self.template.render(&self.messages, true);
+        let Some(delta) = full.strip_prefix(&self.transcript) else {
+            self.messages.pop();
+            return Err("the template re-rendered earlier turns differently; cannot append".into());
+        };
+        let first = self.tokens.is_empty();
+        self.tokens.extend(self.tokenizer.encode(delta, first)?);
+        self.transcript = full;
+
+        let mut reply = Reply { text: String::new(), tokens: Vec::new(), ended: false };
+        let mut pending = Vec::new();
+        while reply.tokens.len() < max as usize {
+            let next = tensor::argmax(&self.model.logits(&self.tokens)?);
+            if self.tokenizer.is_end(next) {
+                reply.ended = true;
+                break;
+            }
+            self.tokens.push(next);
+            reply.tokens.push(next);
+            pending.push(next);
+            let piece = self.tokenizer.decode(&pending)?;
+            if !piece.ends_with('\u{FFFD}') {
+                on_text(&piece);
+                reply.text.push_str(&piece);
+                pending.clear();
+            }
+        }
+        if !pending.is_empty() {
+            let piece = self.tokenizer.decode(&pending)?;
+            on_text(&piece);
+            reply.text.push_str(&piece);
+        }
+        self.transcript.push_str(&reply.text);
+        self.messages.push(("assistant".into(), reply.text.clone()));
+        Ok(reply)
+    }
+}
