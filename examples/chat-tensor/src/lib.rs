@@ -15,6 +15,7 @@ pub mod tensor;
 pub mod tokenizer;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use gguf::Metadata;
 use template::Template;
@@ -31,15 +32,23 @@ pub struct Conversation {
     transcript: String,
     /// The token ids of `transcript`, as generated (not re-tokenized).
     tokens: Vec<u32>,
+    /// How many of `tokens` the execution context has evaluated: the host
+    /// keeps the sequence of its last compute and reuses the common prefix.
+    evaluated: usize,
 }
 
 /// One reply: its text, its token ids, and whether it ended on an
-/// end-of-generation token (else it hit `max`).
+/// end-of-generation token (else it hit `max`); with what the first token
+/// cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub text: String,
     pub tokens: Vec<u32>,
     pub ended: bool,
+    /// From the call to the first token id (tokenizing included).
+    pub first_token: Duration,
+    /// Tokens the host had to evaluate for the first token.
+    pub prefilled: usize,
 }
 
 impl Conversation {
@@ -54,7 +63,16 @@ impl Conversation {
             messages: Vec::new(),
             transcript: String::new(),
             tokens: Vec::new(),
+            evaluated: 0,
         })
+    }
+
+    /// Continue on a new execution context, as on a host that keeps nothing
+    /// between computes: the next turn re-evaluates the whole conversation.
+    pub fn forget_context(&mut self) -> Result<(), String> {
+        self.model.reset()?;
+        self.evaluated = 0;
+        Ok(())
     }
 
     /// The tokens held so far (what every compute re-sends).
@@ -65,6 +83,7 @@ impl Conversation {
     /// Send a user message and generate greedily up to `max` tokens, calling
     /// `on_text` with each piece of text as soon as it is complete UTF-8.
     pub fn send(&mut self, user: &str, max: u32, mut on_text: impl FnMut(&str)) -> Result<Reply, String> {
+        let started = Instant::now();
         self.messages.push(("user".into(), user.into()));
         let full = self.template.render(&self.messages, true);
         let Some(delta) = full.strip_prefix(&self.transcript) else {
@@ -75,10 +94,17 @@ impl Conversation {
         self.tokens.extend(self.tokenizer.encode(delta, first)?);
         self.transcript = full;
 
-        let mut reply = Reply { text: String::new(), tokens: Vec::new(), ended: false };
+        // The last token is always evaluated anew (its logits are asked for).
+        let prefilled = self.tokens.len() - self.evaluated.min(self.tokens.len() - 1);
+        let mut reply =
+            Reply { text: String::new(), tokens: Vec::new(), ended: false, first_token: Duration::ZERO, prefilled };
         let mut pending = Vec::new();
         while reply.tokens.len() < max as usize {
             let next = tensor::argmax(&self.model.logits(&self.tokens)?);
+            self.evaluated = self.tokens.len();
+            if reply.first_token.is_zero() {
+                reply.first_token = started.elapsed();
+            }
             if self.tokenizer.is_end(next) {
                 reply.ended = true;
                 break;

@@ -10,7 +10,7 @@ use wasi_nn_llm::raw::wasi::nn::tensor::{Tensor, TensorType};
 pub struct TensorModel {
     // Field order: the context must drop before its graph.
     exec: GraphExecutionContext,
-    _graph: Graph,
+    graph: Graph,
 }
 
 fn describe(e: Error) -> String {
@@ -22,7 +22,14 @@ impl TensorModel {
     pub fn load(name: &str) -> Result<Self, String> {
         let graph = graph::load_by_name(name).map_err(describe)?;
         let exec = graph.init_execution_context().map_err(describe)?;
-        Ok(Self { exec, _graph: graph })
+        Ok(Self { exec, graph })
+    }
+
+    /// Replace the execution context with a new one (dropping what the host
+    /// kept for the old one).
+    pub fn reset(&mut self) -> Result<(), String> {
+        self.exec = self.graph.init_execution_context().map_err(describe)?;
+        Ok(())
     }
 
     /// The logits for the token after `tokens`: one compute.

@@ -1,0 +1,127 @@
+//! Aggregate and per-session decode speed with 1, 2, 4 and 8 sessions: the
+//! extension (sessions in one guest, and one session in each of several
+//! guest instances) against llama.cpp batching in one context, and against
+//! independent contexts with the threads split between them.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use wasi_nn_llm_host::engine::Engine;
+
+use crate::guest::{Guest, f64_of, f64s_of};
+use crate::report::{Table, Target, median, num, ratio};
+use crate::{Settings, native};
+
+pub const SESSIONS: [u32; 4] = [1, 2, 4, 8];
+
+/// Aggregate tok/s per session count, one curve per way.
+pub struct Curve {
+    pub name: &'static str,
+    pub aggregate: Vec<f64>,
+}
+
+pub struct ConcurrencyResult {
+    pub markdown: String,
+    pub targets: Vec<Target>,
+    pub curves: Vec<Curve>,
+}
+
+fn epoch_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
+}
+
+fn rate(tokens: f64, took: Duration) -> f64 {
+    tokens / took.as_secs_f64()
+}
+
+pub fn run(guest: &Guest, engine: &Engine, settings: &Settings) -> Result<ConcurrencyResult> {
+    let model = engine.name();
+    let prompt = engine.apply_chat_template(&[("user".into(), "Write a long story about a dragon.".into())], true)?;
+    let n = settings.concurrency_tokens;
+    let n_arg = n.to_string();
+    let names = [
+        "llama.cpp batched (one context)",
+        "llama.cpp partitioned (threads split)",
+        "extension, one guest",
+        "extension, one guest each",
+    ];
+    let mut curves: Vec<Curve> = names.iter().map(|&name| Curve { name, aggregate: Vec::new() }).collect();
+    let mut per_session = vec![Vec::new(); names.len()];
+    let mut table = Table::new(&[
+        "sessions",
+        names[0],
+        names[1],
+        names[2],
+        names[3],
+        "one guest vs better baseline",
+        "instances vs better baseline",
+        "per-session tok/s (one guest)",
+    ]);
+    let mut targets = Vec::new();
+    for k in SESSIONS {
+        let total = (k * n) as f64;
+        let mut agg = vec![Vec::new(); names.len()];
+        let (mut one_ratio, mut many_ratio, mut session_rates) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..settings.runs {
+            eprintln!("  concurrency {model}: {k} sessions, run {}/{}", run + 1, settings.runs);
+            agg[0].push(rate(total, native::batched(engine, &prompt, k, n, settings.threads)?));
+            agg[1].push(rate(total, native::partitioned(engine, &prompt, k, n, settings.threads)?));
+
+            let one = &guest.run(&["concurrent", model, &k.to_string(), &n_arg, "0", &prompt])?[0];
+            let times = f64s_of(one, "session_ms")?;
+            let slowest = times.iter().copied().fold(0.0, f64::max);
+            agg[2].push(f64_of(one, "generated")? / slowest * 1e3);
+            session_rates.extend(times.iter().map(|ms| n as f64 / ms * 1e3));
+
+            // Instances start decoding together, after all have prefilled.
+            let go = (epoch_ms() + 1500.0 + 300.0 * k as f64) as u64;
+            let lines =
+                guest.run_parallel(k as usize, &["concurrent", model, "1", &n_arg, &go.to_string(), &prompt])?;
+            let (mut start, mut end, mut generated) = (f64::MAX, 0.0f64, 0.0);
+            for l in lines.iter().map(|l| &l[0]) {
+                start = start.min(f64_of(l, "start_epoch_ms")?);
+                end = end.max(f64_of(l, "end_epoch_ms")?);
+                generated += f64_of(l, "generated")?;
+            }
+            agg[3].push(generated / (end - start) * 1e3);
+
+            let best = agg[0][run].max(agg[1][run]);
+            one_ratio.push(agg[2][run] / best);
+            many_ratio.push(agg[3][run] / best);
+        }
+        for (c, a) in curves.iter_mut().zip(&agg) {
+            c.aggregate.push(median(a));
+        }
+        per_session[2].push(median(&session_rates));
+        let (one, many) = (median(&one_ratio), median(&many_ratio));
+        table.row(vec![
+            k.to_string(),
+            num(median(&agg[0])),
+            num(median(&agg[1])),
+            num(median(&agg[2])),
+            num(median(&agg[3])),
+            ratio(one),
+            ratio(many),
+            num(median(&session_rates)),
+        ]);
+        if k > 1 {
+            targets.push(Target::new(
+                format!("{model}: aggregate decode at {k} sessions vs the better baseline"),
+                "≥ 0.95×",
+                format!("one guest {}, instances {}", ratio(one), ratio(many)),
+                one >= 0.95 && many >= 0.95,
+            ));
+        }
+    }
+    let markdown = format!(
+        "Each session decodes {n} tokens (greedy, end-of-generation biased away) after its prompt is prefilled; \
+         aggregate tok/s is all sessions' tokens over the wall time from the start of decoding to the last token. \
+         Baselines run in this process on the same loaded model with {} threads: (a) one context holding all \
+         sequences, one batch per step; (b) one context per session on its own thread with the threads split \
+         between them (at least one each). Medians of {} runs.\n\n{}",
+        settings.threads,
+        settings.runs,
+        table.markdown()
+    );
+    Ok(ConcurrencyResult { markdown, targets, curves })
+}

@@ -1,0 +1,69 @@
+//! Running the benchmark guest (`benches/guest`) in this process's host and
+//! reading its JSON lines.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
+use wasmtime::component::Component;
+
+/// Where the guest sees the model cache (shared read-only, for the
+/// tensor-mode guest's tokenizer).
+pub const GUEST_MODELS: &str = "models";
+
+pub struct Guest {
+    pub runtime: Runtime,
+    component: Component,
+    models: Preopen,
+}
+
+impl Guest {
+    pub fn new(runtime: Runtime, wasm: &Path, model_dir: PathBuf) -> Result<Self> {
+        let component = runtime.load(wasm)?;
+        Ok(Self {
+            runtime,
+            component,
+            models: Preopen { host: model_dir, guest: GUEST_MODELS.into(), writable: false },
+        })
+    }
+
+    /// Run one command in a fresh instance; its JSON lines.
+    pub fn run(&self, args: &[&str]) -> Result<Vec<Value>> {
+        let argv: Vec<String> = std::iter::once("bench-guest").chain(args.iter().copied()).map(String::from).collect();
+        let out = self
+            .runtime
+            .run(&self.component, &argv, Stdio::Captured { stdin: Vec::new() }, std::slice::from_ref(&self.models))
+            .with_context(|| format!("running bench-guest {}", args.first().unwrap_or(&"")))?;
+        if out.exit_code != 0 {
+            bail!("bench-guest {:?} failed ({}): {}", args.first(), out.exit_code, out.stderr.trim());
+        }
+        out.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("bench-guest printed {l:?}")))
+            .collect()
+    }
+
+    /// Run one command in each of `n` instances at once, one host thread each.
+    pub fn run_parallel(&self, n: usize, args: &[&str]) -> Result<Vec<Vec<Value>>> {
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..n).map(|_| scope.spawn(|| self.run(args))).collect();
+            runs.into_iter().map(|r| r.join().map_err(|_| anyhow::anyhow!("a guest thread panicked"))?).collect()
+        })
+    }
+}
+
+/// A number from a guest line.
+pub fn f64_of(v: &Value, key: &str) -> Result<f64> {
+    v[key].as_f64().with_context(|| format!("{key:?} missing in {v}"))
+}
+
+/// A list of numbers from a guest line.
+pub fn f64s_of(v: &Value, key: &str) -> Result<Vec<f64>> {
+    v[key]
+        .as_array()
+        .with_context(|| format!("{key:?} missing in {v}"))?
+        .iter()
+        .map(|x| x.as_f64().with_context(|| format!("{key:?} holds {x}")))
+        .collect()
+}

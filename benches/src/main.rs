@@ -1,0 +1,188 @@
+//! `make bench`: every comparison of issue 4, regenerated from scratch into
+//! `benches/RESULTS.md` and SVG plots beside it.
+//!
+//! One process, one host: the models are loaded once, and the native
+//! baselines (`native`) drive llama.cpp on the very models the guests use,
+//! with the same threads, batch and context. Figures are medians of several
+//! runs; each ratio is taken between runs made back to back, since this
+//! machine's speed drifts by tens of percent between rounds.
+
+mod chat;
+mod concurrency;
+mod guest;
+mod memory;
+mod native;
+mod plot;
+mod report;
+mod restore;
+mod single;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use wasi_nn_llm_host::catalog;
+use wasi_nn_llm_host::engine::EngineConfig;
+use wasi_nn_llm_host::registry::{ModelSpec, Models};
+use wasi_nn_llm_host::runner::Runtime;
+
+use guest::{GUEST_MODELS, Guest};
+use report::Target;
+
+/// Regenerate benches/RESULTS.md and the plots.
+#[derive(Parser)]
+struct Args {
+    /// Catalog models to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = ["smollm2".to_string(), "gemma3".to_string()])]
+    models: Vec<String>,
+    /// Runs per figure (single turn, concurrency, restore).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Runs of the 10-turn chat (each is long).
+    #[arg(long, default_value_t = 3)]
+    chat_runs: usize,
+    /// Where RESULTS.md and the SVGs go.
+    #[arg(long, default_value = "benches")]
+    out: PathBuf,
+}
+
+/// What every measurement shares.
+pub struct Settings {
+    pub runs: usize,
+    pub chat_runs: usize,
+    pub threads: i32,
+    /// Tokens generated in the single-turn comparison.
+    pub tokens: u32,
+    /// Reply limit per chat turn.
+    pub chat_tokens: u32,
+    /// Tokens per session in the concurrency runs.
+    pub concurrency_tokens: u32,
+}
+
+const THREADS: u32 = 2;
+const CTX_SIZE: u32 = 2048;
+const MAX_SESSIONS: u32 = 8;
+const COMMAND: &str = "make bench";
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let settings = Settings {
+        runs: args.runs,
+        chat_runs: args.chat_runs,
+        threads: THREADS as i32,
+        tokens: 128,
+        chat_tokens: 48,
+        concurrency_tokens: 64,
+    };
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("benches/ lies in the workspace")?;
+    let wasm = workspace.join("target/wasm32-wasip2/release/bench-guest.wasm");
+    anyhow::ensure!(wasm.is_file(), "{} is missing: run `make bench`, which builds it", wasm.display());
+
+    let mut specs = Vec::new();
+    for name in &args.models {
+        let entry = catalog::find(name).with_context(|| format!("{name:?} is not a catalog model"))?;
+        specs.push(ModelSpec { name: name.clone(), path: entry.ensure()? });
+    }
+    let model_dir = specs[0].path.parent().context("a model lies in a directory")?.to_owned();
+    let config = EngineConfig { threads: THREADS, ctx_size: CTX_SIZE, max_sessions: MAX_SESSIONS, gpu_layers: Some(0) };
+    let models = Models::load(&specs, &config)?;
+    let loaded_mb = memory::rss_mb()?;
+    let guest = Guest::new(Runtime::new(models)?, &wasm, model_dir)?;
+    std::fs::create_dir_all(&args.out)?;
+
+    let mut body = String::new();
+    let mut targets: Vec<Target> = Vec::new();
+    for spec in &specs {
+        let name = spec.name.as_str();
+        eprintln!("{name}:");
+        let engine = guest.runtime.models().engine(name).context("a loaded model")?.clone();
+        let file = spec.path.file_name().context("a file name")?.to_string_lossy();
+        let gguf = format!("{GUEST_MODELS}/{file}");
+        let info = engine.info();
+        writeln!(
+            body,
+            "## {name}: {file}\n\n{}, {} parameters, {} quantization, {:.0} MB.\n",
+            info.architecture,
+            info.parameters,
+            info.quantization,
+            info.size_bytes as f64 / 1e6
+        )?;
+
+        let s = single::run(&guest, &engine, &gguf, &settings)?;
+        writeln!(body, "### Single turn\n\n{}", s.markdown)?;
+        targets.extend(s.targets);
+
+        let c = chat::run(&guest, &engine, &gguf, &settings)?;
+        let svg = format!("ttft-per-turn-{name}.svg");
+        let series: Vec<(&str, Vec<(f64, f64)>)> = c
+            .series
+            .iter()
+            .map(|s| (s.name, s.ttft_ms.iter().enumerate().map(|(t, &ms)| ((t + 1) as f64, ms)).collect()))
+            .collect();
+        plot::lines(&args.out.join(&svg), &format!("{name}: time to first token per turn"), "turn", "ms", &series)?;
+        writeln!(body, "### 10-turn chat\n\n{}\n![time to first token per turn]({svg})\n", c.markdown)?;
+        targets.extend(c.targets);
+
+        let k = concurrency::run(&guest, &engine, &settings)?;
+        let svg = format!("tokps-vs-sessions-{name}.svg");
+        let curves: Vec<(&str, Vec<(f64, f64)>)> = k
+            .curves
+            .iter()
+            .map(|c| (c.name, concurrency::SESSIONS.iter().zip(&c.aggregate).map(|(&s, &a)| (s as f64, a)).collect()))
+            .collect();
+        plot::lines(&args.out.join(&svg), &format!("{name}: aggregate decode tok/s"), "sessions", "tok/s", &curves)?;
+        writeln!(body, "### Concurrent sessions\n\n{}\n![aggregate tok/s vs sessions]({svg})\n", k.markdown)?;
+        targets.extend(k.targets);
+
+        let (markdown, t) = restore::run(&guest, &engine, &settings)?;
+        writeln!(body, "### Restore vs re-prefill\n\n{markdown}")?;
+        targets.extend(t);
+
+        let (markdown, t) = memory::run(&guest, &engine, loaded_mb)?;
+        writeln!(body, "### Memory\n\n{markdown}")?;
+        targets.extend(t);
+    }
+
+    let results = format!(
+        "# Benchmark results\n\n\
+         Regenerate with `{COMMAND}` (about {} minutes here). Generated by `benches/src/main.rs`; do not edit by hand.\n\n\
+         - Machine: {}\n- Commit: {}\n- Settings: {THREADS} threads everywhere, context {CTX_SIZE} tokens per session, \
+         batch 512, up to {MAX_SESSIONS} sessions per model, CPU only (no GPU layers), release build with \
+         `-C target-cpu=native`.\n- Guests are wasm32-wasip2 components run by this repository's host (wasmtime 48); \
+         \"native\" is llama-cpp-2 called in the same process on the same loaded model.\n\n\
+         ## Targets\n\n{}\n{}",
+        started.elapsed().as_secs().div_ceil(60),
+        machine(),
+        commit(),
+        report::targets_table(&targets),
+        body
+    );
+    std::fs::write(args.out.join("RESULTS.md"), results)?;
+    eprintln!("wrote {} in {:.0} s", args.out.join("RESULTS.md").display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores available")
+}
+
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git").args(args).output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]).filter(|h| !h.is_empty()).unwrap_or_else(|| "unknown".into());
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    if dirty { format!("{head} (with uncommitted changes)") } else { head }
+}

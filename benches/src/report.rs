@@ -1,0 +1,78 @@
+//! Medians and Markdown: how each figure reaches RESULTS.md.
+
+/// The median of `xs` (the mean of the middle two for an even count).
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 }
+}
+
+/// A Markdown table.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Self {
+        Self { header: header.iter().map(|h| h.to_string()).collect(), rows: Vec::new() }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn markdown(&self) -> String {
+        let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+        let mut s = line(&self.header);
+        s.push_str(&line(&self.header.iter().map(|_| "---".to_string()).collect::<Vec<_>>()));
+        for r in &self.rows {
+            s.push_str(&line(r));
+        }
+        s
+    }
+}
+
+/// A figure with a sensible number of digits.
+pub fn num(x: f64) -> String {
+    if !x.is_finite() {
+        "–".into()
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// A ratio, as `0.97×`.
+pub fn ratio(x: f64) -> String {
+    if x.is_finite() { format!("{x:.2}×") } else { "–".into() }
+}
+
+/// One target of the issue, with what was measured.
+pub struct Target {
+    pub what: String,
+    pub goal: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+impl Target {
+    pub fn new(what: impl Into<String>, goal: impl Into<String>, measured: impl Into<String>, met: bool) -> Self {
+        Self { what: what.into(), goal: goal.into(), measured: measured.into(), met }
+    }
+}
+
+pub fn targets_table(targets: &[Target]) -> String {
+    let mut t = Table::new(&["target", "goal", "measured", "met"]);
+    for x in targets {
+        t.row(vec![x.what.clone(), x.goal.clone(), x.measured.clone(), if x.met { "yes" } else { "**no**" }.into()]);
+    }
+    t.markdown()
+}
