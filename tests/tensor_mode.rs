@@ -112,3 +112,20 @@ fn tensor_mode_greedy_chat_equals_the_extensions() {
         assert!(tensor[0]["text"].as_str().unwrap().len() > 5, "{model}: a real reply: {}", tensor[0]["text"]);
     }
 }
+
+/// gemma's template trims replies: one that ends in a newline re-renders
+/// without it, and the next turn must still append (after the newline).
+#[test]
+fn a_reply_ending_in_whitespace_does_not_stop_the_chat() {
+    let _serial = serial();
+    let model = wasi_nn_llm_tests::GEMMA;
+    let gguf = guest_model_path(model);
+    let tensor = host().probe_with_models(&["tensor-chat", model, &gguf, "20", "Hi", "Why?"]);
+    let extension = host().probe(&["chat", model, "20", "Hi", "Why?"]);
+    assert!(tensor[0]["text"].as_str().unwrap().ends_with('\n'), "the case needs a reply ending in a newline");
+    assert_eq!(tensor.len(), 2, "{tensor:?}");
+    assert_eq!(extension.len(), 2, "{extension:?}");
+    for (t, e) in tensor.iter().zip(&extension) {
+        assert_eq!(t["tokens"], e["tokens"]);
+    }
+}

@@ -9,6 +9,31 @@
 use crate::raw::wasi_nn_llm::llm::types::{Error as LlmError, SnapshotError};
 use crate::{Chunk, Error, Finish, Message, Model, Params, Session, TokenStream};
 
+/// What to append to a session holding `transcript` so that it holds the
+/// conversation `rendered` (the template's rendering of all messages, the
+/// new turn included), or `None` if the template rewrote earlier turns.
+///
+/// Usually `rendered` simply extends `transcript`. Some templates trim
+/// message contents (gemma's does), so a reply the model ended with
+/// whitespace re-renders without it; the session keeps that whitespace and
+/// the rest of the rendering is appended after it.
+///
+/// ```
+/// use wasi_nn_llm::turn_delta;
+/// let held = "<start_of_turn>model\nHello!\n";
+/// let rendered = "<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nHi";
+/// assert_eq!(turn_delta(held, rendered), Some("<end_of_turn>\n<start_of_turn>user\nHi"));
+/// assert_eq!(turn_delta("abc", "abd"), None);
+/// ```
+pub fn turn_delta<'r>(transcript: &str, rendered: &'r str) -> Option<&'r str> {
+    if let Some(delta) = rendered.strip_prefix(transcript) {
+        return Some(delta);
+    }
+    let common: usize =
+        transcript.chars().zip(rendered.chars()).take_while(|(a, b)| a == b).map(|(a, _)| a.len_utf8()).sum();
+    transcript[common..].chars().all(char::is_whitespace).then(|| &rendered[common..])
+}
+
 /// Marks a saved chat (version 1); the session snapshot follows the messages.
 const CHAT_MAGIC: &[u8; 8] = b"WNLLMCH1";
 
@@ -226,7 +251,7 @@ impl<'m> Chat<'m> {
         };
         self.messages.push(Message { role: "user".into(), content: user.into() });
         let rendered = self.model.apply_chat_template(&self.messages, true).and_then(|full| {
-            let delta = full.strip_prefix(&self.transcript).ok_or(Error::TemplateNotIncremental)?.to_owned();
+            let delta = turn_delta(&self.transcript, &full).ok_or(Error::TemplateNotIncremental)?.to_owned();
             Ok((full, delta))
         });
         let (full, delta) = match rendered {

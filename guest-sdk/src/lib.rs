@@ -38,7 +38,7 @@ pub mod raw {
     });
 }
 
-pub use chat::{Chat, Reply};
+pub use chat::{Chat, Reply, turn_delta};
 pub use error::Error;
 pub use model::Model;
 pub use params::Params;

@@ -86,7 +86,7 @@ impl Conversation {
         let started = Instant::now();
         self.messages.push(("user".into(), user.into()));
         let full = self.template.render(&self.messages, true);
-        let Some(delta) = full.strip_prefix(&self.transcript) else {
+        let Some(delta) = wasi_nn_llm::turn_delta(&self.transcript, &full) else {
             self.messages.pop();
             return Err("the template re-rendered earlier turns differently; cannot append".into());
         };
