@@ -56,18 +56,11 @@ pub fn single(engine: &Engine, prompt: &str, n: u32, threads: i32) -> Result<Tur
     let mut sampler = sampler(engine);
     let start = Instant::now();
     let tokens = model.vocab().tokenize(prompt.as_bytes(), true, true);
-    let mut batch = LlamaBatch::new(BATCH as usize, 1);
-    for (chunk_at, chunk) in tokens.chunks(BATCH as usize).enumerate() {
-        batch.clear();
-        for (i, &t) in chunk.iter().enumerate() {
-            let pos = chunk_at * BATCH as usize + i;
-            batch.add(t, pos as i32, &[0], pos == tokens.len() - 1)?;
-        }
-        ctx.decode(&mut batch)?;
-    }
+    let end = prefill(&mut ctx, &tokens, 0)?;
     let mut token = sampler.sample(&ctx, -1);
     let ttft = start.elapsed();
-    for pos in tokens.len() as i32..(tokens.len() as i32 + n as i32 - 1) {
+    let mut batch = LlamaBatch::new(1, 1);
+    for pos in end..end + n as i32 - 1 {
         batch.clear();
         batch.add(token, pos, &[0], true)?;
         ctx.decode(&mut batch)?;
@@ -76,7 +69,8 @@ pub fn single(engine: &Engine, prompt: &str, n: u32, threads: i32) -> Result<Tur
     Ok(Turn { ttft, decode: start.elapsed() - ttft })
 }
 
-/// Prefill `prompt` into sequence `seq` of `ctx`; returns the position after it.
+/// Prefill `tokens` into sequence `seq` of `ctx` in batches, with logits for
+/// the last token only; returns the position after it.
 fn prefill(ctx: &mut LlamaContext, tokens: &[LlamaToken], seq: i32) -> Result<i32> {
     let mut batch = LlamaBatch::new(BATCH as usize, 1);
     for (chunk_at, chunk) in tokens.chunks(BATCH as usize).enumerate() {

@@ -135,8 +135,8 @@ fn single_tensor(name: &str, gguf: &str, n: u32, prompt: &str) -> Result<(), Str
     let mut first = None;
     for _ in 0..n {
         let mut logits = model.logits(&tokens)?;
-        for (id, l) in logits.iter_mut().enumerate() {
-            if tokenizer.is_end(id as u32) {
+        for &id in tokenizer.end_ids() {
+            if let Some(l) = logits.get_mut(id as usize) {
                 *l = f32::NEG_INFINITY;
             }
         }

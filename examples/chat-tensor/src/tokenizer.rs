@@ -105,6 +105,11 @@ impl GgufTokenizer {
     pub fn is_end(&self, id: u32) -> bool {
         self.end_of_generation.contains(&id)
     }
+
+    /// The ids that end generation, e.g. to mask them out of logits.
+    pub fn end_ids(&self) -> &[u32] {
+        &self.end_of_generation
+    }
 }
 
 /// GPT-2 style: merges stored as "left right", byte-level alphabet.
