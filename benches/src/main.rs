@@ -47,6 +47,19 @@ struct Args {
     /// Where RESULTS.md and the SVGs go.
     #[arg(long, default_value = "benches")]
     out: PathBuf,
+    /// Measure only these sections (for working on one; the checked-in
+    /// results always come from a full run).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<Section>,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Section {
+    Single,
+    Chat,
+    Concurrency,
+    Restore,
+    Memory,
 }
 
 /// What every measurement shares.
@@ -90,12 +103,19 @@ fn main() -> Result<()> {
         specs.push(ModelSpec { name: name.clone(), path: entry.ensure()? });
     }
     let model_dir = specs[0].path.parent().context("a model lies in a directory")?.to_owned();
-    let config = EngineConfig { threads: THREADS, ctx_size: CTX_SIZE, max_sessions: MAX_SESSIONS, gpu_layers: Some(0) };
+    let config = EngineConfig {
+        threads: THREADS,
+        ctx_size: CTX_SIZE,
+        max_sessions: MAX_SESSIONS,
+        gpu_layers: Some(0),
+        lanes: None,
+    };
     let models = Models::load(&specs, &config)?;
     let loaded_mb = memory::rss_mb()?;
     let guest = Guest::new(Runtime::new(models)?, &wasm, model_dir)?;
     std::fs::create_dir_all(&args.out)?;
 
+    let wanted = |section: Section| args.only.is_empty() || args.only.contains(&section);
     let mut body = String::new();
     let mut targets: Vec<Target> = Vec::new();
     for spec in &specs {
@@ -114,39 +134,57 @@ fn main() -> Result<()> {
             info.size_bytes as f64 / 1e6
         )?;
 
-        let s = single::run(&guest, &engine, &gguf, &settings)?;
-        writeln!(body, "### Single turn\n\n{}", s.markdown)?;
-        targets.extend(s.targets);
+        if wanted(Section::Single) {
+            let s = single::run(&guest, &engine, &gguf, &settings)?;
+            writeln!(body, "### Single turn\n\n{}", s.markdown)?;
+            targets.extend(s.targets);
+        }
 
-        let c = chat::run(&guest, &engine, &gguf, &settings)?;
-        let svg = format!("ttft-per-turn-{name}.svg");
-        let series: Vec<(&str, Vec<(f64, f64)>)> = c
-            .series
-            .iter()
-            .map(|s| (s.name, s.ttft_ms.iter().enumerate().map(|(t, &ms)| ((t + 1) as f64, ms)).collect()))
-            .collect();
-        plot::lines(&args.out.join(&svg), &format!("{name}: time to first token per turn"), "turn", "ms", &series)?;
-        writeln!(body, "### 10-turn chat\n\n{}\n![time to first token per turn]({svg})\n", c.markdown)?;
-        targets.extend(c.targets);
+        if wanted(Section::Chat) {
+            let c = chat::run(&guest, &engine, &gguf, &settings)?;
+            let svg = format!("ttft-per-turn-{name}.svg");
+            let series: Vec<(&str, Vec<(f64, f64)>)> = c
+                .series
+                .iter()
+                .map(|s| (s.name, s.ttft_ms.iter().enumerate().map(|(t, &ms)| ((t + 1) as f64, ms)).collect()))
+                .collect();
+            plot::lines(&args.out.join(&svg), &format!("{name}: time to first token per turn"), "turn", "ms", &series)?;
+            writeln!(body, "### 10-turn chat\n\n{}\n![time to first token per turn]({svg})\n", c.markdown)?;
+            targets.extend(c.targets);
+        }
 
-        let k = concurrency::run(&guest, &engine, &settings)?;
-        let svg = format!("tokps-vs-sessions-{name}.svg");
-        let curves: Vec<(&str, Vec<(f64, f64)>)> = k
-            .curves
-            .iter()
-            .map(|c| (c.name, concurrency::SESSIONS.iter().zip(&c.aggregate).map(|(&s, &a)| (s as f64, a)).collect()))
-            .collect();
-        plot::lines(&args.out.join(&svg), &format!("{name}: aggregate decode tok/s"), "sessions", "tok/s", &curves)?;
-        writeln!(body, "### Concurrent sessions\n\n{}\n![aggregate tok/s vs sessions]({svg})\n", k.markdown)?;
-        targets.extend(k.targets);
+        if wanted(Section::Concurrency) {
+            let k = concurrency::run(&guest, &engine, &settings)?;
+            let svg = format!("tokps-vs-sessions-{name}.svg");
+            let curves: Vec<(&str, Vec<(f64, f64)>)> = k
+                .curves
+                .iter()
+                .map(|c| {
+                    (c.name, concurrency::SESSIONS.iter().zip(&c.aggregate).map(|(&s, &a)| (s as f64, a)).collect())
+                })
+                .collect();
+            plot::lines(
+                &args.out.join(&svg),
+                &format!("{name}: aggregate decode tok/s"),
+                "sessions",
+                "tok/s",
+                &curves,
+            )?;
+            writeln!(body, "### Concurrent sessions\n\n{}\n![aggregate tok/s vs sessions]({svg})\n", k.markdown)?;
+            targets.extend(k.targets);
+        }
 
-        let (markdown, t) = restore::run(&guest, &engine, &settings)?;
-        writeln!(body, "### Restore vs re-prefill\n\n{markdown}")?;
-        targets.extend(t);
+        if wanted(Section::Restore) {
+            let (markdown, t) = restore::run(&guest, &engine, &settings)?;
+            writeln!(body, "### Restore vs re-prefill\n\n{markdown}")?;
+            targets.extend(t);
+        }
 
-        let (markdown, t) = memory::run(&guest, &engine, loaded_mb)?;
-        writeln!(body, "### Memory\n\n{markdown}")?;
-        targets.extend(t);
+        if wanted(Section::Memory) {
+            let (markdown, t) = memory::run(&guest, &engine, loaded_mb)?;
+            writeln!(body, "### Memory\n\n{markdown}")?;
+            targets.extend(t);
+        }
     }
 
     let results = format!(
@@ -156,11 +194,12 @@ fn main() -> Result<()> {
          batch 512, up to {MAX_SESSIONS} sessions per model, CPU only (no GPU layers), release build with \
          `-C target-cpu=native`.\n- Guests are wasm32-wasip2 components run by this repository's host (wasmtime 48); \
          \"native\" is llama-cpp-2 called in the same process on the same loaded model.\n\n\
-         ## Targets\n\n{}\n{}",
+         ## Targets\n\n{}\n### Missed, and why\n\n{}\n{}",
         started.elapsed().as_secs().div_ceil(60),
         machine(),
         commit,
         report::targets_table(&targets),
+        report::missed(&targets),
         body
     );
     std::fs::write(args.out.join("RESULTS.md"), results)?;

@@ -61,11 +61,19 @@ pub struct Target {
     pub goal: String,
     pub measured: String,
     pub met: bool,
+    /// What the same run's figures say about a miss (printed only then).
+    pub why: Option<String>,
 }
 
 impl Target {
     pub fn new(what: impl Into<String>, goal: impl Into<String>, measured: impl Into<String>, met: bool) -> Self {
-        Self { what: what.into(), goal: goal.into(), measured: measured.into(), met }
+        Self { what: what.into(), goal: goal.into(), measured: measured.into(), met, why: None }
+    }
+
+    /// The explanation to print if this target is missed.
+    pub fn why_if_missed(mut self, why: impl Into<String>) -> Self {
+        self.why = Some(why.into());
+        self
     }
 }
 
@@ -75,4 +83,18 @@ pub fn targets_table(targets: &[Target]) -> String {
         t.row(vec![x.what.clone(), x.goal.clone(), x.measured.clone(), if x.met { "yes" } else { "**no**" }.into()]);
     }
     t.markdown()
+}
+
+/// Each missed target with its explanation from the run's own figures.
+pub fn missed(targets: &[Target]) -> String {
+    let missed: Vec<&Target> = targets.iter().filter(|t| !t.met).collect();
+    if missed.is_empty() {
+        return "Every target is met.\n".into();
+    }
+    let mut s = String::new();
+    for t in missed {
+        let why = t.why.as_deref().unwrap_or("Not explained yet.");
+        s.push_str(&format!("- **{}**: {} (goal {}). {why}\n", t.what, t.measured, t.goal));
+    }
+    s
 }

@@ -47,6 +47,11 @@ struct RunArgs {
     /// Sessions that may be open at once per model.
     #[arg(long, value_name = "N", default_value_t = EngineConfig::default().max_sessions)]
     max_sessions: u32,
+    /// llama.cpp contexts per model that sessions are spread over, each
+    /// given an equal share of the threads while busy [default: one per
+    /// thread up to 4 on a CPU, 1 with GPU layers].
+    #[arg(long, value_name = "N")]
+    lanes: Option<u32>,
     /// A host directory the guest may use: `HOST[::GUEST]` (guest path
     /// defaults to the host path). Repeatable.
     #[arg(long = "dir", value_name = "HOST[::GUEST]")]
@@ -83,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let mut config =
                 EngineConfig { ctx_size: args.ctx_size, max_sessions: args.max_sessions, ..EngineConfig::default() };
             config.gpu_layers = args.gpu_layers;
+            config.lanes = args.lanes;
             if let Some(t) = args.threads {
                 config.threads = t;
             }

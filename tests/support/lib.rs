@@ -75,7 +75,8 @@ pub struct TestHost {
 pub fn host() -> &'static TestHost {
     static HOST: OnceLock<TestHost> = OnceLock::new();
     HOST.get_or_init(|| {
-        let config = EngineConfig { threads: THREADS, ctx_size: CTX_SIZE, max_sessions: 8, gpu_layers: Some(0) };
+        let config =
+            EngineConfig { threads: THREADS, ctx_size: CTX_SIZE, max_sessions: 8, gpu_layers: Some(0), lanes: None };
         let specs: Vec<ModelSpec> = MODELS.iter().map(|&m| ModelSpec { name: m.into(), path: model_path(m) }).collect();
         let models = Models::load(&specs, &config).expect("loading the models");
         let runtime = Runtime::new(models).expect("creating the runtime");

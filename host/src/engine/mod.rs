@@ -1,15 +1,17 @@
-//! The inference engine: one loaded model, one llama.cpp context, one
-//! scheduler thread, shared by every guest instance and session (and by both
-//! front doors, base wasi-nn and the extension, so comparisons between them
-//! measure the interface and nothing else).
+//! The inference engine: one loaded model and its lanes (llama.cpp contexts,
+//! each with one scheduler thread, see `lanes.rs`), shared by every guest
+//! instance and session (and by both front doors, base wasi-nn and the
+//! extension, so comparisons between them measure the interface and nothing
+//! else).
 //!
 //! A token's way: a guest's [`Session::append`] or [`TokenStream`] read sends
-//! a command to the model's scheduler thread (`scheduler.rs`), which batches
-//! the work of all sessions into `llama_decode` calls, samples
+//! a command to its lane's scheduler thread (`scheduler.rs`), which batches
+//! the work of the lane's sessions into `llama_decode` calls, samples
 //! (`sampler.rs`), turns token bytes into whole-character chunks
 //! (`text.rs`), and pushes them into the stream's buffer (`stream.rs`).
 
 mod info;
+mod lanes;
 mod params;
 mod sampler;
 mod scheduler;
@@ -21,8 +23,8 @@ mod tokens;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context as _, anyhow};
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -38,7 +40,8 @@ pub use stream::{Finish, FinishReason, TokenStream, Usage};
 pub use text::{Chunk, TokenLogprob};
 
 use crate::error::LlmError;
-use scheduler::{Command, Reply, Scheduler};
+use lanes::{Cores, Lane};
+use scheduler::{Command, Scheduler};
 
 fn scheduler_stopped() -> LlmError {
     LlmError::EngineFailure("the model's scheduler has stopped".into())
@@ -55,12 +58,15 @@ pub struct EngineConfig {
     pub max_sessions: u32,
     /// Layers offloaded to the GPU; `None`: all when built with a GPU backend, else 0.
     pub gpu_layers: Option<u32>,
+    /// llama.cpp contexts the sessions are spread over (see `lanes.rs`);
+    /// `None`: one per thread up to four on a CPU, one on a GPU.
+    pub lanes: Option<u32>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
-        Self { threads, ctx_size: 4096, max_sessions: 8, gpu_layers: None }
+        Self { threads, ctx_size: 4096, max_sessions: 8, gpu_layers: None, lanes: None }
     }
 }
 
@@ -84,16 +90,14 @@ pub fn gpu_build() -> bool {
     cfg!(any(feature = "cuda", feature = "vulkan"))
 }
 
-/// A loaded model and its scheduler; cheap to clone, shared by all guests.
+/// A loaded model and its lanes; cheap to clone, shared by all guests.
 #[derive(Clone)]
 pub struct Engine(Arc<Inner>);
 
 struct Inner {
     name: String,
     model: Arc<LlamaModel>,
-    commands: Sender<Command>,
-    /// Which llama.cpp sequence ids are taken by open sessions.
-    slots: Mutex<Vec<bool>>,
+    lanes: Vec<Lane>,
     ctx_size: u32,
     path: PathBuf,
     /// SHA-256 of the GGUF, computed on first use (snapshots carry it).
@@ -101,7 +105,7 @@ struct Inner {
 }
 
 impl Engine {
-    /// Load a GGUF and start its scheduler thread.
+    /// Load a GGUF and start its lanes' scheduler threads.
     pub fn load(name: &str, path: &Path, config: &EngineConfig) -> anyhow::Result<Self> {
         let backend = backend()?;
         let gpu_layers = config.gpu_layers.unwrap_or(if gpu_build() { u32::MAX } else { 0 });
@@ -112,50 +116,23 @@ impl Engine {
 
         let ctx_size = config.ctx_size.clamp(16, model.n_ctx_train().max(16));
         let max_sessions = config.max_sessions.clamp(1, 256);
-        let threads = config.threads.clamp(1, 512) as i32;
-        let ctx_params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(ctx_size * max_sessions))
-            .with_n_batch(scheduler::PREFILL_CHUNK as u32)
-            .with_n_ubatch(scheduler::PREFILL_CHUNK as u32)
-            .with_n_seq_max(max_sessions)
-            // One KV stream per sequence: a session's attention never sees
-            // (or is rounded differently because of) another session's cells.
-            .with_kv_unified(false)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads)
-            .with_no_perf(false);
-
-        let (commands, receiver) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
-        let thread_model = model.clone();
-        std::thread::Builder::new()
-            .name(format!("llm-{name}"))
-            .spawn(move || {
-                let model = &*thread_model;
-                let ctx = match model.new_context(backend, ctx_params) {
-                    Ok(mut ctx) => {
-                        warm_up(model, &mut ctx);
-                        ctx
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                Scheduler::new(model, ctx, max_sessions as usize).run(receiver);
+        let threads = config.threads.clamp(1, 512);
+        let on_gpu = gpu_build() && gpu_layers > 0;
+        let lanes = config.lanes.unwrap_or_else(|| lanes::default_count(threads, max_sessions, on_gpu));
+        let lanes = lanes.clamp(1, max_sessions);
+        let cores = Cores::new(threads);
+        let lanes = (0..lanes)
+            .map(|index| {
+                let sequences = lanes::sequences(max_sessions, lanes, index);
+                start_lane(name, index, &model, ctx_size, sequences, &cores)
+                    .with_context(|| format!("creating llama.cpp context {index} for {name:?}"))
             })
-            .context("spawning the scheduler thread")?;
-        ready_rx
-            .recv()
-            .context("scheduler thread died")?
-            .map_err(|e| anyhow!("creating the llama.cpp context for {name:?}: {e}"))?;
+            .collect::<anyhow::Result<Vec<_>>>()?;
 
         Ok(Self(Arc::new(Inner {
             name: name.to_owned(),
             model,
-            commands,
-            slots: Mutex::new(vec![false; max_sessions as usize]),
+            lanes,
             ctx_size,
             path: path.to_owned(),
             identity: OnceLock::new(),
@@ -195,9 +172,8 @@ impl Engine {
             }
             self.check_shiftable()?;
         }
-        let seq = self.take_slot()?;
-        let session = Session::new(self.clone(), seq, limit);
-        self.send(Command::Open { seq, limit, seed: options.seed, shift: options.shift_keep })?;
+        let session = Session::new(self.clone(), self.take_slot()?, limit, options.shift_keep);
+        session.send(Command::Open { seq: session.seq(), limit, seed: options.seed, shift: options.shift_keep })?;
         Ok(session)
     }
 
@@ -228,9 +204,19 @@ impl Engine {
         for &t in &snapshot.tokens {
             sampler::checked_token(t, n_vocab)?;
         }
-        let seq = self.take_slot()?;
-        let session = Session::new(self.clone(), seq, snapshot.limit);
-        self.send(Command::Open { seq, limit: snapshot.limit, seed: snapshot.seed, shift: None })?;
+        self.restore_into(self.take_slot()?, snapshot, None)
+    }
+
+    /// A new session on `slot` (lane, sequence) holding `snapshot` (already checked).
+    fn restore_into(
+        &self,
+        slot: (usize, i32),
+        snapshot: snapshot::Snapshot,
+        shift: Option<u32>,
+    ) -> Result<Session, LlmError> {
+        let session = Session::new(self.clone(), slot, snapshot.limit, shift);
+        let open = Command::Open { seq: session.seq(), limit: snapshot.limit, seed: snapshot.seed, shift };
+        session.send(open)?;
         session.load(snapshot)?;
         Ok(session)
     }
@@ -247,15 +233,32 @@ impl Engine {
         id.clone().map_err(|e| LlmError::EngineFailure(format!("hashing the model file: {e}")))
     }
 
-    /// Reserve a free sequence id; the session given it frees it on drop.
-    fn take_slot(&self) -> Result<i32, LlmError> {
-        let mut slots = self.0.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let free = slots
-            .iter()
-            .position(|taken| !taken)
-            .ok_or_else(|| LlmError::LimitExceeded { name: "sessions".into(), max: slots.len() as u64 })?;
-        slots[free] = true;
-        Ok(free as i32)
+    /// Reserve a free sequence in the lane with the most free sequences (so
+    /// concurrent sessions spread over the cores). Returns (lane, sequence
+    /// id); the session given it frees it on drop.
+    fn take_slot(&self) -> Result<(usize, i32), LlmError> {
+        let lanes = &self.0.lanes;
+        // Most free first; on a tie the lowest index, so placement is deterministic.
+        let mut order: Vec<usize> = (0..lanes.len()).collect();
+        order.sort_by_key(|&l| std::cmp::Reverse(lanes[l].free()));
+        order
+            .into_iter()
+            .find_map(|l| lanes[l].take().map(|seq| (l, seq)))
+            .ok_or_else(|| LlmError::LimitExceeded { name: "sessions".into(), max: self.max_sessions() as u64 })
+    }
+
+    /// Sessions that may be open at once, over all lanes.
+    pub fn max_sessions(&self) -> usize {
+        self.0.lanes.iter().map(Lane::capacity).sum()
+    }
+
+    /// How many llama.cpp contexts the sessions are spread over.
+    pub fn lanes(&self) -> usize {
+        self.0.lanes.len()
+    }
+
+    pub(super) fn lane(&self, lane: usize) -> &Lane {
+        &self.0.lanes[lane]
     }
 
     /// Token ids for `text`; `add_special` adds BOS where the model uses one,
@@ -313,26 +316,58 @@ impl Engine {
         LlamaChatTemplate::new(builtin).map_err(|e| LlmError::EngineFailure(e.to_string()))
     }
 
-    pub(crate) fn send(&self, command: Command) -> Result<(), LlmError> {
-        self.0.commands.send(command).map_err(|_| scheduler_stopped())
-    }
-
-    /// Send a command and wait for the scheduler's answer.
-    pub(crate) fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.send(command(reply))?;
-        answer.recv().map_err(|_| scheduler_stopped())?
-    }
-
-    fn release_slot(&self, seq: i32) {
-        let mut slots = self.0.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots[seq as usize] = false;
-    }
-
     /// Whether `self` and `other` are the same loaded model.
     pub fn same(&self, other: &Engine) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
+}
+
+/// Create one lane's context on its own scheduler thread, warmed up.
+fn start_lane(
+    name: &str,
+    index: u32,
+    model: &Arc<LlamaModel>,
+    ctx_size: u32,
+    sequences: u32,
+    cores: &Arc<Cores>,
+) -> anyhow::Result<Lane> {
+    let threads = cores.share();
+    let ctx_params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(ctx_size * sequences))
+        .with_n_batch(scheduler::PREFILL_CHUNK as u32)
+        .with_n_ubatch(scheduler::PREFILL_CHUNK as u32)
+        .with_n_seq_max(sequences)
+        // One KV stream per sequence: a session's attention never sees
+        // (or is rounded differently because of) another session's cells.
+        .with_kv_unified(false)
+        .with_n_threads(threads as i32)
+        .with_n_threads_batch(threads as i32)
+        .with_no_perf(false);
+
+    let (commands, receiver) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
+    let (model, cores) = (model.clone(), cores.clone());
+    std::thread::Builder::new()
+        .name(format!("llm-{name}-{index}"))
+        .spawn(move || {
+            let model = &*model;
+            let Ok(backend) = backend() else { return };
+            let ctx = match model.new_context(backend, ctx_params) {
+                Ok(mut ctx) => {
+                    warm_up(model, &mut ctx);
+                    ctx
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            Scheduler::new(model, ctx, threads, sequences as usize, cores).run(receiver);
+        })
+        .context("spawning the scheduler thread")?;
+    ready_rx.recv().context("scheduler thread died")?.map_err(|e| anyhow!("{e}"))?;
+    Ok(Lane::new(commands, sequences as usize))
 }
 
 /// The first decode on a new context costs 80–150 ms extra; pay it at load time.

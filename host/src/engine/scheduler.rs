@@ -1,8 +1,9 @@
-//! The one thread per model that owns the llama.cpp context and decides what
-//! to decode next.
+//! The one thread per lane that owns the lane's llama.cpp context and decides
+//! what to decode next.
 //!
-//! Every session is a llama.cpp sequence in this one context. Each turn of the
-//! loop decodes one token for *every* generation that has room in its stream
+//! Every session of the lane is a llama.cpp sequence in this context. Each
+//! decode first takes the lane's share of the model's threads (see
+//! `lanes.rs`). Each turn of the loop decodes one token for *every* generation that has room in its stream
 //! buffer, in a single batch (so concurrency is batching, not contention),
 //! then one prefill chunk of one appending session, so a long prompt never
 //! stalls the other streams for more than a chunk.
@@ -25,6 +26,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+use super::lanes::Cores;
 use super::params::GenerateParams;
 use super::sampler;
 use super::snapshot::Snapshot;
@@ -168,17 +170,32 @@ pub(crate) struct Scheduler<'m> {
     seqs: Vec<Option<Sequence>>,
     prefills: VecDeque<i32>,
     batch: LlamaBatch<'static>,
+    cores: Arc<Cores>,
+    /// Whether this lane counts as busy in `cores`.
+    busy: bool,
+    /// The threads the context is set to.
+    threads: u32,
 }
 
 impl<'m> Scheduler<'m> {
-    pub fn new(model: &'m LlamaModel, ctx: LlamaContext<'m>, max_sessions: usize) -> Self {
-        let capacity = PREFILL_CHUNK.max(max_sessions);
+    /// `threads`: what `ctx` was created with.
+    pub fn new(
+        model: &'m LlamaModel,
+        ctx: LlamaContext<'m>,
+        threads: u32,
+        sequences: usize,
+        cores: Arc<Cores>,
+    ) -> Self {
+        let capacity = PREFILL_CHUNK.max(sequences);
         Self {
             model,
             ctx,
-            seqs: (0..max_sessions).map(|_| None).collect(),
+            seqs: (0..sequences).map(|_| None).collect(),
             prefills: VecDeque::new(),
             batch: LlamaBatch::new(capacity, 1),
+            cores,
+            busy: false,
+            threads,
         }
     }
 
@@ -192,6 +209,8 @@ impl<'m> Scheduler<'m> {
                     Err(TryRecvError::Disconnected) => return,
                 }
             } else {
+                // Idle until the next command: the other lanes get our threads.
+                self.cores.set_busy(&mut self.busy, false);
                 match commands.recv() {
                     Ok(c) => Some(c),
                     Err(_) => return,
@@ -350,7 +369,7 @@ impl<'m> Scheduler<'m> {
                 return self.fail_prefill(seq, format!("batch: {e}"));
             }
         }
-        if let Err(e) = self.ctx.decode(&mut self.batch) {
+        if let Err(e) = self.decode() {
             return self.fail_prefill(seq, format!("prefill decode failed: {e}"));
         }
         self.copies_applied();
@@ -428,7 +447,7 @@ impl<'m> Scheduler<'m> {
         if members.is_empty() {
             return;
         }
-        if let Err(e) = self.ctx.decode(&mut self.batch) {
+        if let Err(e) = self.decode() {
             for seq in members {
                 self.fail_generation(seq, format!("decode failed: {e}"));
             }
@@ -616,6 +635,17 @@ impl Scheduler<'_> {
         Ok(())
     }
 
+    /// Decode the batch with this lane's current share of the threads.
+    fn decode(&mut self) -> Result<(), llama_cpp_2::DecodeError> {
+        self.cores.set_busy(&mut self.busy, true);
+        let threads = self.cores.share();
+        if threads != self.threads {
+            self.ctx.set_n_threads(threads as i32, threads as i32);
+            self.threads = threads;
+        }
+        self.ctx.decode(&mut self.batch)
+    }
+
     /// A decode ran, so llama.cpp has applied every queued KV copy.
     fn copies_applied(&mut self) {
         for s in self.seqs.iter_mut().flatten() {
@@ -648,7 +678,7 @@ impl Scheduler<'_> {
         let failed = |e: &dyn std::fmt::Display| LlmError::EngineFailure(format!("decoding the last token: {e}"));
         self.batch.clear();
         self.batch.add(s.tokens[s.n_past], s.n_past as i32, &[seq], logits).map_err(|e| failed(&e))?;
-        self.ctx.decode(&mut self.batch).map_err(|e| failed(&e))?;
+        self.decode().map_err(|e| failed(&e))?;
         self.copies_applied();
         let s = self.seqs[seq as usize].as_mut().expect("open sequence");
         s.n_past += 1;
@@ -738,9 +768,11 @@ impl Drop for StateFile {
     }
 }
 
-/// However the scheduler stops (a panic included), no reader may wait forever.
+/// However the scheduler stops (a panic included), no reader may wait forever,
+/// and the other lanes get its threads back.
 impl Drop for Scheduler<'_> {
     fn drop(&mut self) {
+        self.cores.set_busy(&mut self.busy, false);
         for s in self.seqs.iter_mut().flatten() {
             if let Some(stream) = s.stream.take() {
                 stream.push(Item::Failed(LlmError::EngineFailure("the model's scheduler stopped".into())));

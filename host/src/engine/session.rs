@@ -1,7 +1,7 @@
-//! A session handle: one llama.cpp sequence of a model's context, owned by one
-//! guest resource. Its calls block the calling guest's thread only.
+//! A session handle: one llama.cpp sequence in one of a model's lanes, owned
+//! by one guest resource. Its calls block the calling guest's thread only.
 
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 use llama_cpp_2::token::LlamaToken;
 
@@ -9,7 +9,7 @@ use super::params::GenerateParams;
 use super::scheduler::{Command, Input, Reply};
 use super::snapshot::Snapshot;
 use super::stream::TokenStream;
-use super::{Engine, sampler};
+use super::{Engine, sampler, scheduler_stopped};
 use crate::error::LlmError;
 
 /// A conversation in the model's KV cache. Its sequence is freed when the
@@ -17,12 +17,15 @@ use crate::error::LlmError;
 pub struct Session {
     slot: Arc<Slot>,
     limit: u32,
+    /// The context-shift setting it was opened with (a fork inherits it).
+    shift: Option<u32>,
 }
 
 /// Ownership of one sequence id, shared by a session and its streams: a
 /// stream stays readable to its end even after its session is dropped.
 pub(crate) struct Slot {
     engine: Engine,
+    lane: usize,
     seq: i32,
 }
 
@@ -30,8 +33,8 @@ impl Drop for Slot {
     fn drop(&mut self) {
         // The scheduler handles commands in order, so the id can be reused
         // at once: a later Open of this sequence comes after this Close.
-        let _ = self.engine.send(Command::Close { seq: self.seq });
-        self.engine.release_slot(self.seq);
+        let _ = self.send(Command::Close { seq: self.seq });
+        self.engine.lane(self.lane).release(self.seq);
     }
 }
 
@@ -43,16 +46,42 @@ impl Slot {
     pub(super) fn seq(&self) -> i32 {
         self.seq
     }
+
+    /// Queue a command on this sequence's lane.
+    pub(super) fn send(&self, command: Command) -> Result<(), LlmError> {
+        self.engine.lane(self.lane).send(command)
+    }
+
+    /// Send a command to this sequence's lane and wait for the answer.
+    pub(super) fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(command(reply))?;
+        answer.recv().map_err(|_| scheduler_stopped())?
+    }
 }
 
 impl Session {
-    pub(super) fn new(engine: Engine, seq: i32, limit: u32) -> Self {
-        Self { slot: Arc::new(Slot { engine, seq }), limit }
+    /// A session on `slot` (lane, sequence id), which it now owns.
+    pub(super) fn new(engine: Engine, (lane, seq): (usize, i32), limit: u32, shift: Option<u32>) -> Self {
+        Self { slot: Arc::new(Slot { engine, lane, seq }), limit, shift }
+    }
+
+    pub(super) fn seq(&self) -> i32 {
+        self.slot.seq()
+    }
+
+    pub(super) fn send(&self, command: Command) -> Result<(), LlmError> {
+        self.slot.send(command)
     }
 
     /// Most tokens this session may hold.
     pub fn context_limit(&self) -> u32 {
         self.limit
+    }
+
+    /// Which of the model's lanes (llama.cpp contexts) holds this session.
+    pub fn lane(&self) -> usize {
+        self.slot.lane
     }
 
     /// The model this session runs on.
@@ -96,12 +125,20 @@ impl Session {
         self.request(|reply| Command::Reset { seq: self.slot.seq(), reply })
     }
 
-    /// A new session with the same tokens and a copy of the KV cache.
+    /// A new session with the same tokens and a copy of the KV cache: in
+    /// this session's lane (a cell copy) when it has a free sequence, else
+    /// through the state API into another lane.
     pub fn fork(&self) -> Result<Session, LlmError> {
-        let child = self.engine().take_slot()?;
+        let engine = self.engine();
+        let lane = self.slot.lane;
+        let Some(child) = engine.lane(lane).take() else {
+            // An in-process copy, never encoded: no model identity needed.
+            let snapshot = self.request(|reply| Command::Save { seq: self.seq(), model: [0; 32], reply })?;
+            return engine.restore_into(engine.take_slot()?, snapshot, self.shift);
+        };
         // From here the child owns its slot: dropping it on failure frees it.
-        let forked = Session::new(self.engine().clone(), child, self.limit);
-        self.request(|reply| Command::Fork { seq: self.slot.seq(), child, reply })?;
+        let forked = Session::new(engine.clone(), (lane, child), self.limit, self.shift);
+        self.request(|reply| Command::Fork { seq: self.seq(), child, reply })?;
         Ok(forked)
     }
 
@@ -125,6 +162,6 @@ impl Session {
     }
 
     fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
-        self.engine().request(command)
+        self.slot.request(command)
     }
 }

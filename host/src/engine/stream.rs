@@ -197,7 +197,7 @@ impl TokenStream {
         drop(buffer);
         if woke {
             // The scheduler may be idle waiting for room in this buffer.
-            let _ = self.slot.engine().send(Command::Wake);
+            let _ = self.slot.send(Command::Wake);
         }
         result
     }
@@ -209,7 +209,7 @@ impl TokenStream {
             return Ok(());
         }
         let (seq, stream) = (self.slot.seq(), self.shared.id);
-        let usage = self.slot.engine().request(|reply| Command::Cancel { seq, stream, reply: Some(reply) })?;
+        let usage = self.slot.request(|reply| Command::Cancel { seq, stream, reply: Some(reply) })?;
         self.done = true;
         self.finish = Some(Finish { reason: FinishReason::Cancelled, usage });
         Ok(())
@@ -239,8 +239,7 @@ impl wasmtime_wasi::p2::Pollable for TokenStream {
 impl Drop for TokenStream {
     fn drop(&mut self) {
         if !self.done {
-            let _ =
-                self.slot.engine().send(Command::Cancel { seq: self.slot.seq(), stream: self.shared.id, reply: None });
+            let _ = self.slot.send(Command::Cancel { seq: self.slot.seq(), stream: self.shared.id, reply: None });
         }
     }
 }

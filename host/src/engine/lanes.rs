@@ -1,0 +1,100 @@
+//! A model's lanes: llama.cpp contexts that each own some of the model's
+//! sequences and run on their own scheduler thread, and the cores they share.
+//!
+//! Why more than one context: on a CPU, batching two sequences into one
+//! decode gains little over decoding one (the step is bound by reading the
+//! weights once per thread, and two threads already saturate two cores), while
+//! two contexts decoding side by side on one core each nearly double the
+//! throughput. So sessions are spread over lanes, and before every decode a
+//! lane takes an equal share of the threads among the lanes busy at that
+//! moment: a lone busy session still gets every thread. On a GPU a batch is
+//! nearly free, so GPU builds default to one lane.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use super::scheduler::Command;
+use super::scheduler_stopped;
+use crate::error::LlmError;
+
+/// The threads of one model, divided between its busy lanes.
+pub(crate) struct Cores {
+    threads: u32,
+    busy: AtomicU32,
+}
+
+impl Cores {
+    pub fn new(threads: u32) -> Arc<Self> {
+        Arc::new(Self { threads: threads.max(1), busy: AtomicU32::new(0) })
+    }
+
+    /// Record that a lane became busy or idle; `lane_busy` is the lane's own
+    /// flag, so each lane is counted at most once.
+    pub fn set_busy(&self, lane_busy: &mut bool, busy: bool) {
+        if *lane_busy != busy {
+            *lane_busy = busy;
+            if busy {
+                self.busy.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.busy.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Threads for one busy lane now: an equal share, at least one.
+    pub fn share(&self) -> u32 {
+        (self.threads / self.busy.load(Ordering::Acquire).max(1)).max(1)
+    }
+}
+
+/// One context's front door: its scheduler's command queue and which of its
+/// sequence ids open sessions hold.
+pub(crate) struct Lane {
+    commands: Sender<Command>,
+    slots: Mutex<Vec<bool>>,
+}
+
+impl Lane {
+    pub fn new(commands: Sender<Command>, sequences: usize) -> Self {
+        Self { commands, slots: Mutex::new(vec![false; sequences]) }
+    }
+
+    pub fn send(&self, command: Command) -> Result<(), LlmError> {
+        self.commands.send(command).map_err(|_| scheduler_stopped())
+    }
+
+    pub fn free(&self) -> usize {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|taken| !**taken).count()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Reserve a free sequence id of this lane.
+    pub fn take(&self) -> Option<i32> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let free = slots.iter().position(|taken| !taken)?;
+        slots[free] = true;
+        Some(free as i32)
+    }
+
+    pub fn release(&self, seq: i32) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get_mut(seq as usize) {
+            *slot = false;
+        }
+    }
+}
+
+/// How many lanes to run when the operator does not say: one per thread up
+/// to four on a CPU (never more than sessions), one when layers sit on a GPU.
+pub(crate) fn default_count(threads: u32, max_sessions: u32, on_gpu: bool) -> u32 {
+    if on_gpu { 1 } else { threads.min(max_sessions).clamp(1, 4) }
+}
+
+/// Sequences of lane `index` when `sessions` are spread over `lanes`.
+pub(crate) fn sequences(sessions: u32, lanes: u32, index: u32) -> u32 {
+    sessions / lanes + u32::from(index < sessions % lanes)
+}
