@@ -5,7 +5,7 @@
 GUESTS := target/wasm32-wasip2/release
 HOST := cargo run --release --quiet -p wasi-nn-llm-host --
 
-.PHONY: chat test bench bootstrap guests
+.PHONY: chat test bench fuzz bootstrap guests
 
 ## Streaming chat on the default model (fetched and cached on first use).
 chat: guests
@@ -20,8 +20,13 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 guests: bootstrap
-	@cargo build --release --quiet --target wasm32-wasip2 -p chat -p chat-base -p chat-tensor -p probe -p compat-0-1-0 -p conformance -p bench-guest
+	@cargo build --release --quiet --target wasm32-wasip2 -p chat -p chat-base -p chat-tensor -p probe -p compat-0-1-0 -p hostile -p conformance -p bench-guest
 
 ## Regenerate benches/RESULTS.md and its plots (about 15 minutes).
 bench: guests
 	cargo run --release --quiet -p wasi-nn-llm-bench -- --out benches
+
+## Fuzz the extension's calls against the real engine (README: Fuzzing).
+FUZZ_SECONDS ?= 1800
+fuzz: bootstrap
+	@scripts/fuzz.sh $(FUZZ_SECONDS)

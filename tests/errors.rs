@@ -1,6 +1,9 @@
 //! Bad requests get typed errors, and the host keeps serving.
 
 use serde_json::Value;
+use wasi_nn_llm_host::engine::Quota;
+use wasi_nn_llm_host::policy::{Identity, Policy};
+use wasi_nn_llm_host::registry::Access;
 use wasi_nn_llm_tests::{MODEL, Streamed, chatml, host};
 
 /// All a base wasi-nn guest learns of any backend failure in wasmtime-wasi-nn 48.
@@ -49,7 +52,9 @@ fn base_wasi_nn_backend_refuses_an_overlong_prompt_with_prompt_too_long() {
     use wasmtime_wasi_nn::backend::NamedTensor;
     use wasmtime_wasi_nn::wit::TensorType;
 
-    let registry = host().runtime.models().nn_registry();
+    let who = Identity { name: "test".into(), digest: String::new() };
+    let access = Access::new(host().runtime.models(), &Policy::default(), &who, Quota::unlimited());
+    let registry = access.nn_registry();
     let graph = registry.get(MODEL).expect("registered");
     let mut exec = graph.init_execution_context().expect("execution context");
     let prompt = "word ".repeat(20_000).into_bytes();

@@ -3,7 +3,7 @@
 //! full lane crosses into another through the state API, continuing exactly
 //! as a fork inside the lane does.
 
-use wasi_nn_llm_host::engine::{GenerateParams, Session, SessionOptions};
+use wasi_nn_llm_host::engine::{GenerateParams, Quota, Session, SessionOptions};
 use wasi_nn_llm_tests::{MODELS, THREADS, host, serial};
 
 /// Greedy tokens of one generation.
@@ -21,8 +21,9 @@ fn sessions_spread_over_lanes_and_a_fork_from_a_full_lane_matches_one_inside_it(
     let _serial = serial();
     for model in MODELS {
         let engine = host().engine_of(model);
+        let quota = Quota::unlimited();
         assert_eq!(engine.lanes(), THREADS as usize, "{model}: one lane per thread on a CPU");
-        let open = || engine.open_session(&SessionOptions::default()).expect("open");
+        let open = || engine.open_session(&SessionOptions::default(), &quota).expect("open");
 
         // Placement alternates while the lanes are equally loaded.
         let parent = open();
@@ -39,7 +40,7 @@ fn sessions_spread_over_lanes_and_a_fork_from_a_full_lane_matches_one_inside_it(
 
         // Fill the parent's lane, so the next fork must cross.
         let mut others = Vec::new();
-        while let Ok(s) = engine.open_session(&SessionOptions::default()) {
+        while let Ok(s) = engine.open_session(&SessionOptions::default(), &quota) {
             others.push(s);
         }
         others.retain(|s| s.lane() == parent.lane());

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
+use wasi_nn_llm_host::runner::Guest as Compiled;
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
-use wasmtime::component::Component;
 
 /// Where the guest sees the model cache (shared read-only, for the
 /// tensor-mode guest's tokenizer).
@@ -14,7 +14,7 @@ pub const GUEST_MODELS: &str = "models";
 
 pub struct Guest {
     pub runtime: Runtime,
-    component: Component,
+    component: Compiled,
     models: Preopen,
 }
 

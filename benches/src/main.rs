@@ -100,7 +100,7 @@ fn main() -> Result<()> {
     let mut specs = Vec::new();
     for name in &args.models {
         let entry = catalog::find(name).with_context(|| format!("{name:?} is not a catalog model"))?;
-        specs.push(ModelSpec { name: name.clone(), path: entry.ensure()? });
+        specs.push(ModelSpec::new(name.clone(), entry.ensure()?));
     }
     let model_dir = specs[0].path.parent().context("a model lies in a directory")?.to_owned();
     let config = EngineConfig {

@@ -5,13 +5,15 @@
 //! wasi-nn) receives the guest's call → [`engine::Session`] sends it to the
 //! model's scheduler thread ([`engine`]) → llama.cpp decodes and samples →
 //! whole-character chunks come back through a [`engine::TokenStream`].
-//! [`registry`] decides which models exist, [`catalog`] fetches the known
-//! ones, and [`runner`] instantiates guests.
+//! [`registry`] decides which models exist and what each guest may reach of
+//! them under the operator's [`policy`], [`catalog`] fetches the known ones,
+//! and [`runner`] instantiates guests.
 
 pub mod backend;
 pub mod catalog;
 pub mod engine;
 pub mod error;
+pub mod policy;
 pub mod registry;
 pub mod runner;
 pub mod wit;

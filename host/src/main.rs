@@ -3,11 +3,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use wasi_nn_llm_host::catalog;
 use wasi_nn_llm_host::engine::{EngineConfig, gpu_build};
+use wasi_nn_llm_host::policy::Policy;
 use wasi_nn_llm_host::registry::{ModelSpec, Models};
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
 
@@ -32,9 +34,14 @@ enum Cmd {
 #[derive(Args)]
 struct RunArgs {
     /// A model guests may load by name: NAME=PATH to a GGUF, or a catalog
-    /// name (fetched and cached on first use). Repeatable.
-    #[arg(long = "model", value_name = "NAME=PATH|NAME", required = true)]
+    /// name (fetched and cached on first use). Repeatable; adds to the
+    /// policy's models.
+    #[arg(long = "model", value_name = "NAME=PATH|NAME", required_unless_present = "policy")]
     models: Vec<String>,
+    /// The operator's policy (TOML): models, which components may use
+    /// which, open interfaces, limits. See `host/src/policy.rs`.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     /// Layers to offload to the GPU [default: all with a GPU build, else 0].
     #[arg(long, value_name = "N")]
     gpu_layers: Option<u32>,
@@ -92,7 +99,22 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(t) = args.threads {
                 config.threads = t;
             }
-            let specs = args.models.iter().map(|m| ModelSpec::parse(m)).collect::<anyhow::Result<Vec<_>>>()?;
+            let policy = match &args.policy {
+                Some(path) => Policy::read(path)?,
+                None => Policy::default(),
+            };
+            let mut specs = policy.model_specs()?;
+            for flag in &args.models {
+                let spec = ModelSpec::parse(flag)?;
+                anyhow::ensure!(
+                    !specs.iter().any(|s| s.name == spec.name),
+                    "model {:?} is in both --model and the policy",
+                    spec.name
+                );
+                specs.push(spec);
+            }
+            anyhow::ensure!(!specs.is_empty(), "no models: give --model or a policy with [models]");
+            policy.apply_limits(&config, &mut specs);
             for spec in &specs {
                 eprintln!(
                     "loading model {:?} from {} ({} threads, {} GPU layers)",
@@ -105,14 +127,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 );
             }
             let models = Models::load(&specs, &config)?;
-            let runtime = Runtime::new(models)?;
-            let component = runtime.load(&args.component)?;
+            let runtime = Runtime::with_policy(models, Arc::new(policy))?;
+            let guest = runtime.load(&args.component)?;
             let name = args.component.file_name().map_or("guest".into(), |n| n.to_string_lossy().into_owned());
             let argv: Vec<String> = std::iter::once(name).chain(args.args).collect();
             let dirs: Vec<Preopen> = (args.dirs.iter().map(|d| Preopen::parse(d, true)))
                 .chain(args.ro_dirs.iter().map(|d| Preopen::parse(d, false)))
                 .collect();
-            Ok(runtime.run(&component, &argv, Stdio::Inherit, &dirs)?.exit_code)
+            Ok(runtime.run(&guest, &argv, Stdio::Inherit, &dirs)?.exit_code)
         }
     }
 }

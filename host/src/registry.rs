@@ -1,9 +1,10 @@
 //! The operator's model registry: the only way a model reaches a guest.
 //!
-//! The operator maps names to GGUF files (`--model NAME=PATH`, or a catalog
-//! name); guests ask for a name with wasi:nn `load-by-name` and never see or
-//! supply a host path. Every model is loaded once, at start-up, and shared by
-//! every guest instance.
+//! The operator maps names to GGUF files (`--model NAME=PATH`, a catalog
+//! name, or a policy file); guests ask for a name with wasi:nn
+//! `load-by-name` and never see or supply a host path. Every model is loaded
+//! once, at start-up, and shared by every guest instance; what one instance
+//! may reach of them ([`Access`]) follows the policy.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,89 +14,144 @@ use wasmtime_wasi_nn::{Graph, GraphRegistry, Registry};
 
 use crate::backend::ggml;
 use crate::catalog;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, Quota};
+use crate::error::LlmError;
+use crate::policy::{Identity, Interfaces, Policy};
 
-/// One `--model` entry.
+/// One model to load: a `--model` flag or a policy entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
     pub name: String,
     pub path: PathBuf,
+    /// Layers on the GPU, overriding the host-wide setting.
+    pub gpu_layers: Option<u32>,
+    /// Most tokens per session, overriding the host-wide setting.
+    pub context: Option<u32>,
 }
 
 impl ModelSpec {
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        Self { name: name.into(), path: path.into(), gpu_layers: None, context: None }
+    }
+
     /// `NAME=PATH`, or a catalog name (fetched and cached on first use).
     pub fn parse(spec: &str) -> anyhow::Result<Self> {
         if let Some((name, path)) = spec.split_once('=') {
             if name.is_empty() || path.is_empty() {
                 bail!("--model wants NAME=PATH or a catalog name, got {spec:?}");
             }
-            return Ok(Self { name: name.to_owned(), path: PathBuf::from(path) });
+            return Ok(Self::new(name, path));
         }
         let known = || catalog::MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ");
         let entry = catalog::find(spec)
             .with_context(|| format!("{spec:?} is neither NAME=PATH nor a catalog model ({})", known()))?;
-        Ok(Self { name: spec.to_owned(), path: entry.ensure()? })
+        Ok(Self::new(spec, entry.ensure()?))
     }
-}
-
-struct Entry {
-    engine: Engine,
-    graph: Graph,
 }
 
 /// The loaded models, shared by all guest instances.
 pub struct Models {
-    entries: Vec<Entry>,
+    engines: Vec<Engine>,
 }
 
 impl Models {
     /// Load every model once; fails on the first that cannot be loaded.
     pub fn load(specs: &[ModelSpec], config: &EngineConfig) -> anyhow::Result<Arc<Self>> {
-        let mut entries: Vec<Entry> = Vec::new();
+        let mut engines: Vec<Engine> = Vec::new();
         for spec in specs {
-            if entries.iter().any(|e| e.engine.name() == spec.name) {
+            if engines.iter().any(|e| e.name() == spec.name) {
                 bail!("model name {:?} is registered twice", spec.name);
             }
-            let engine = Engine::load(&spec.name, &spec.path, config)?;
-            let graph = ggml::graph(engine.clone());
-            entries.push(Entry { engine, graph });
+            let mut config = config.clone();
+            config.gpu_layers = spec.gpu_layers.or(config.gpu_layers);
+            config.ctx_size = spec.context.unwrap_or(config.ctx_size);
+            engines.push(Engine::load(&spec.name, &spec.path, &config)?);
         }
-        Ok(Arc::new(Self { entries }))
+        Ok(Arc::new(Self { engines }))
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().map(|e| e.engine.name())
+        self.engines.iter().map(|e| e.name())
     }
 
     pub fn engine(&self, name: &str) -> Option<&Engine> {
-        self.entries.iter().find(|e| e.engine.name() == name).map(|e| &e.engine)
+        self.engines.iter().find(|e| e.name() == name)
+    }
+}
+
+/// What one guest instance can reach: every registered model as a wasi:nn
+/// graph, either bound to an engine and the instance's quota, or denied by
+/// the policy (so using it answers `not-permitted`, naming the model).
+pub struct Access {
+    entries: Vec<Reach>,
+    quota: Arc<Quota>,
+    interfaces: Interfaces,
+}
+
+struct Reach {
+    name: String,
+    graph: Graph,
+    engine: Result<Engine, String>,
+}
+
+impl Access {
+    pub fn new(models: &Models, policy: &Policy, guest: &Identity, quota: Arc<Quota>) -> Arc<Self> {
+        let interfaces = policy.interfaces.clone();
+        let entries = models
+            .engines
+            .iter()
+            .map(|engine| {
+                let name = engine.name().to_owned();
+                if policy.permits(guest, &name) {
+                    let graph = ggml::graph(engine.clone(), quota.clone(), &interfaces);
+                    Reach { name, graph, engine: Ok(engine.clone()) }
+                } else {
+                    let why = format!("the host's policy does not let component {:?} use model {name:?}", guest.name);
+                    Reach { name, graph: ggml::denied(why.clone()), engine: Err(why) }
+                }
+            })
+            .collect();
+        Arc::new(Self { entries, quota, interfaces })
     }
 
-    /// The engine behind a wasi:nn graph a guest holds.
+    /// This instance's quota.
+    pub fn quota(&self) -> &Arc<Quota> {
+        &self.quota
+    }
+
+    /// The engine behind a wasi:nn graph the guest holds, if the extension
+    /// is open and the model is permitted.
     ///
     /// wasmtime-wasi-nn's `Graph` is opaque (an `Arc<dyn BackendGraph>` with no
     /// `Any`), so the extension recognises graphs by identity: every graph a
-    /// guest can hold is a clone of one registered here (raw-bytes `load` is
+    /// guest can hold is a clone of one made here (raw-bytes `load` is
     /// refused), and clones share the `Arc`'s address. Upstream finding: a
     /// `BackendGraph::as_any` would make this a downcast.
-    pub fn engine_for(&self, graph: &Graph) -> Option<&Engine> {
-        self.entries.iter().find(|e| std::ptr::addr_eq(&*e.graph, &**graph)).map(|e| &e.engine)
+    pub fn engine_for(&self, graph: &Graph) -> Result<&Engine, LlmError> {
+        if !self.interfaces.extension {
+            return Err(LlmError::NotPermitted("the host's policy closes the LLM extension".into()));
+        }
+        let reach =
+            self.entries.iter().find(|e| std::ptr::addr_eq(&*e.graph, &**graph)).ok_or_else(|| {
+                LlmError::UnsupportedGraph("this graph was not loaded by the host's LLM engine".into())
+            })?;
+        reach.engine.as_ref().map_err(|why| LlmError::NotPermitted(why.clone()))
     }
 
-    /// A wasi:nn registry view for one guest instance's `WasiNnCtx`.
+    /// A wasi:nn registry view for the instance's `WasiNnCtx`.
     pub fn nn_registry(self: &Arc<Self>) -> Registry {
         Registry::from(NnRegistry(self.clone()))
     }
 }
 
-struct NnRegistry(Arc<Models>);
+struct NnRegistry(Arc<Access>);
 
 impl GraphRegistry for NnRegistry {
     fn get(&self, name: &str) -> Option<&Graph> {
-        self.0.entries.iter().find(|e| e.engine.name() == name).map(|e| &e.graph)
+        self.0.entries.iter().find(|e| e.name == name).map(|e| &e.graph)
     }
 
-    /// Graphs are shared by every guest; none may change one.
+    /// Graphs are shared by the instance's handles; none may change one.
     fn get_mut(&mut self, _name: &str) -> Option<&mut Graph> {
         None
     }

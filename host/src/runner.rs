@@ -1,6 +1,13 @@
 //! Running guest components: one wasmtime engine and linker for the process,
 //! one store per guest instance, all instances sharing the loaded models.
 //!
+//! Each instance runs inside the policy's fences: the models its grants
+//! allow, a quota of sessions and KV bytes ([`Access`]), a linear-memory cap
+//! (wasmtime's `ResourceLimiter`) and a wall-clock budget (epoch
+//! interruption). However it ends (return, trap, interrupt), dropping its
+//! store drops its sessions and streams, which stops its generations and
+//! frees their KV sequences for the next guest.
+//!
 //! Host calls are synchronous and every instance runs on its own thread: a
 //! guest blocked in `token-stream.next` waits on its own stream buffer while
 //! the model's scheduler thread serves everyone else. wasmtime-wasi-nn's
@@ -9,17 +16,20 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
 
 use crate::backend::ggml;
-use crate::registry::Models;
+use crate::engine::Quota;
+use crate::policy::{Identity, Policy};
+use crate::registry::{Access, Models};
 use crate::wit::{LlmCtx, LlmView};
 
 /// Everything one guest instance's store holds; one resource table serves
@@ -29,6 +39,7 @@ pub struct HostState {
     table: ResourceTable,
     nn: WasiNnCtx,
     llm: LlmCtx,
+    limits: StoreLimits,
 }
 
 impl WasiView for HostState {
@@ -75,21 +86,46 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     models: Arc<Models>,
+    policy: Arc<Policy>,
 }
+
+/// A compiled guest and who it is (what the policy's grants name).
+pub struct Guest {
+    pub component: Component,
+    pub identity: Identity,
+}
+
+/// How often the epoch advances: the resolution of `guest-seconds`.
+const EPOCH_TICK: Duration = Duration::from_millis(50);
 
 /// Captured streams are bounded so a runaway guest cannot exhaust host memory.
 const CAPTURE_LIMIT: usize = 64 << 20;
 
 impl Runtime {
+    /// A runtime under the quick-path policy: every guest may use every model, no limits.
     pub fn new(models: Arc<Models>) -> anyhow::Result<Self> {
-        let engine = Engine::new(&Config::new())?;
+        Self::with_policy(models, Arc::new(Policy::default()))
+    }
+
+    pub fn with_policy(models: Arc<Models>, policy: Arc<Policy>) -> anyhow::Result<Self> {
+        policy.check_grants(&models.names().collect::<Vec<_>>()).context("policy")?;
+        let engine = Engine::new(Config::new().epoch_interruption(true))?;
+        // The epoch clock; stops when the engine is gone.
+        let weak = engine.weak();
+        std::thread::Builder::new().name("epoch".into()).spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut HostState| {
             WasiNnView::new(&mut s.table, &mut s.nn)
         })?;
         crate::wit::add_to_linker(&mut linker, |s: &mut HostState| LlmView::new(&mut s.table, &mut s.llm))?;
-        Ok(Self { engine, linker, models })
+        Ok(Self { engine, linker, models, policy })
     }
 
     pub fn models(&self) -> &Arc<Models> {
@@ -97,20 +133,16 @@ impl Runtime {
     }
 
     /// Compile a guest component (a `wasm32-wasip2` command).
-    pub fn load(&self, path: &Path) -> anyhow::Result<Component> {
-        Component::from_file(&self.engine, path)
+    pub fn load(&self, path: &Path) -> anyhow::Result<Guest> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let component = Component::new(&self.engine, &bytes)
             .map_err(anyhow::Error::from)
-            .with_context(|| format!("compiling {}", path.display()))
+            .with_context(|| format!("compiling {}", path.display()))?;
+        Ok(Guest { component, identity: Identity::of(path, &bytes) })
     }
 
     /// Run a command component to completion in a fresh instance.
-    pub fn run(
-        &self,
-        component: &Component,
-        args: &[String],
-        stdio: Stdio,
-        dirs: &[Preopen],
-    ) -> anyhow::Result<Output> {
+    pub fn run(&self, guest: &Guest, args: &[String], stdio: Stdio, dirs: &[Preopen]) -> anyhow::Result<Output> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(args);
         for dir in dirs {
@@ -130,20 +162,34 @@ impl Runtime {
                 Some((out, err))
             }
         };
+        let limits = &self.policy.limits;
+        let access = Access::new(&self.models, &self.policy, &guest.identity, Quota::new(limits.quota()));
+        let mut memory = StoreLimitsBuilder::new();
+        if let Some(bytes) = limits.guest_memory_bytes {
+            memory = memory.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
+        }
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            nn: WasiNnCtx::new([ggml::backend()], self.models.nn_registry()),
-            llm: LlmCtx::new(self.models.clone()),
+            nn: WasiNnCtx::new([ggml::backend()], access.nn_registry()),
+            llm: LlmCtx::new(access),
+            limits: memory.build(),
         };
         let mut store = Store::new(&self.engine, state);
-        let command = Command::instantiate(&mut store, component, &self.linker)?;
+        store.limiter(|s| &mut s.limits);
+        let ticks = limits.guest_seconds.map_or(u64::MAX / 2, |s| (s / EPOCH_TICK.as_secs_f64()).ceil() as u64);
+        store.set_epoch_deadline(ticks.max(1));
+        let command = Command::instantiate(&mut store, &guest.component, &self.linker)?;
         let exit_code = match command.wasi_cli_run().call_run(&mut store) {
             Ok(Ok(())) => 0,
             Ok(Err(())) => 1,
-            Err(e) => match e.downcast_ref::<I32Exit>() {
-                Some(exit) => exit.0,
-                None => return Err(anyhow::Error::from(e).context("the guest trapped")),
+            Err(e) => match (e.downcast_ref::<I32Exit>(), e.downcast_ref::<Trap>()) {
+                (Some(exit), _) => exit.0,
+                (None, Some(Trap::Interrupt)) => {
+                    let secs = limits.guest_seconds.unwrap_or_default();
+                    return Err(anyhow::anyhow!("the guest ran past limits.guest-seconds ({secs} s) and was stopped"));
+                }
+                _ => return Err(anyhow::Error::from(e).context("the guest trapped")),
             },
         };
         // Dropping the store drops the guest's sessions and streams, which

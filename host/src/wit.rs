@@ -14,7 +14,7 @@ use wasmtime_wasi_nn::Graph;
 
 use crate::engine::{self, Engine, Session, TokenStream};
 use crate::error::{LlmError, SnapshotError};
-use crate::registry::Models;
+use crate::registry::Access;
 
 pub mod bindings {
     wasmtime::component::bindgen!({
@@ -36,14 +36,14 @@ pub mod bindings {
 
 use bindings::wasi_nn_llm::llm::{model, session, types};
 
-/// Per-instance state of the extension.
+/// Per-instance state of the extension: what the instance may reach.
 pub struct LlmCtx {
-    models: Arc<Models>,
+    access: Arc<Access>,
 }
 
 impl LlmCtx {
-    pub fn new(models: Arc<Models>) -> Self {
-        Self { models }
+    pub fn new(access: Arc<Access>) -> Self {
+        Self { access }
     }
 }
 
@@ -58,15 +58,10 @@ impl<'a> LlmView<'a> {
         Self { ctx, table }
     }
 
-    /// The engine behind a graph the guest holds.
+    /// The engine behind a graph the guest holds, if the policy lets it.
     fn engine(&self, graph: &Resource<Graph>) -> wasmtime::Result<Result<Engine, types::Error>> {
         let graph = self.table.get(graph)?;
-        Ok(self
-            .ctx
-            .models
-            .engine_for(graph)
-            .cloned()
-            .ok_or_else(|| types::Error::UnsupportedGraph("this graph was not loaded by the host's LLM engine".into())))
+        Ok(self.ctx.access.engine_for(graph).cloned().map_err(Into::into))
     }
 }
 
@@ -170,7 +165,7 @@ impl session::HostSession for LlmView<'_> {
             Some(types::OverflowPolicy::Refuse) | None => None,
         };
         let options = engine::SessionOptions { context_length: options.context_length, seed: options.seed, shift_keep };
-        let session = try_llm!(engine.open_session(&options));
+        let session = try_llm!(engine.open_session(&options, self.ctx.access.quota()));
         Ok(Ok(self.table.push(session)?))
     }
 
@@ -230,7 +225,7 @@ impl session::HostSession for LlmView<'_> {
         snapshot: Vec<u8>,
     ) -> wasmtime::Result<Result<Resource<Session>, types::Error>> {
         let engine = try_llm!(self.engine(&graph)?);
-        let session = try_llm!(engine.restore_session(&snapshot));
+        let session = try_llm!(engine.restore_session(&snapshot, self.ctx.access.quota()));
         Ok(Ok(self.table.push(session)?))
     }
 

@@ -2,14 +2,15 @@
 //! per test process, and the probe guest whose JSON lines the tests check.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde_json::Value;
 use wasi_nn_llm_host::catalog;
 use wasi_nn_llm_host::engine::{Engine, EngineConfig};
+use wasi_nn_llm_host::policy::Policy;
 use wasi_nn_llm_host::registry::{ModelSpec, Models};
+use wasi_nn_llm_host::runner::Guest;
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
-use wasmtime::component::Component;
 
 /// The registry name of the default model.
 pub const MODEL: &str = "smollm2";
@@ -68,7 +69,7 @@ pub fn smollm2_path() -> PathBuf {
 
 pub struct TestHost {
     pub runtime: Runtime,
-    probe: Component,
+    probe: Guest,
 }
 
 /// The process's host: SmolLM2 loaded once, the probe compiled once.
@@ -77,7 +78,7 @@ pub fn host() -> &'static TestHost {
     HOST.get_or_init(|| {
         let config =
             EngineConfig { threads: THREADS, ctx_size: CTX_SIZE, max_sessions: 8, gpu_layers: Some(0), lanes: None };
-        let specs: Vec<ModelSpec> = MODELS.iter().map(|&m| ModelSpec { name: m.into(), path: model_path(m) }).collect();
+        let specs: Vec<ModelSpec> = MODELS.iter().map(|&m| ModelSpec::new(m, model_path(m))).collect();
         let models = Models::load(&specs, &config).expect("loading the models");
         let runtime = Runtime::new(models).expect("creating the runtime");
         let probe = runtime.load(&guest("probe")).expect("compiling the probe guest");
@@ -125,11 +126,11 @@ impl TestHost {
             .collect()
     }
 
-    fn run(&self, component: &Component, name: &str, args: &[&str]) -> String {
+    fn run(&self, component: &Guest, name: &str, args: &[&str]) -> String {
         self.run_with(component, name, args, &[])
     }
 
-    fn run_with(&self, component: &Component, name: &str, args: &[&str], dirs: &[Preopen]) -> String {
+    fn run_with(&self, component: &Guest, name: &str, args: &[&str], dirs: &[Preopen]) -> String {
         let argv: Vec<String> = std::iter::once(name).chain(args.iter().copied()).map(String::from).collect();
         let out =
             self.runtime.run(component, &argv, Stdio::Captured { stdin: Vec::new() }, dirs).expect("running the guest");
@@ -183,4 +184,35 @@ pub fn as_u32(v: &Value) -> u32 {
 /// A single-turn ChatML prompt, as SmolLM2's template renders it.
 pub fn chatml(user: &str) -> String {
     format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+}
+
+/// A runtime on the test host's loaded models under the policy `toml` (its
+/// grants, interfaces and limits; its `[models]` are ignored: the models are
+/// the test host's).
+pub fn policed(toml: &str) -> Runtime {
+    let policy = Policy::parse(toml).expect("a valid policy");
+    Runtime::with_policy(host().runtime.models().clone(), Arc::new(policy)).expect("creating the runtime")
+}
+
+/// Run guest `name` under `runtime`: its stdout's JSON lines, or the host's
+/// error (a trap, an interrupt) if the instance did not end normally.
+pub fn run_lines(runtime: &Runtime, name: &str, args: &[&str]) -> Result<(i32, Vec<Value>), String> {
+    let compiled = runtime.load(&guest(name)).expect("compiling the guest");
+    let argv: Vec<String> = std::iter::once(name).chain(args.iter().copied()).map(String::from).collect();
+    let out =
+        runtime.run(&compiled, &argv, Stdio::Captured { stdin: Vec::new() }, &[]).map_err(|e| format!("{e:#}"))?;
+    let lines = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{name} printed non-JSON {l:?}: {e}")))
+        .collect();
+    if out.exit_code != 0 {
+        eprintln!("{name} {args:?} exited with {}: {}", out.exit_code, out.stderr);
+    }
+    Ok((out.exit_code, lines))
+}
+
+/// The line of `case` in a guest's report.
+pub fn case<'a>(lines: &'a [Value], name: &str) -> &'a Value {
+    lines.iter().find(|l| l["case"] == name).unwrap_or_else(|| panic!("case {name} missing in {lines:#?}"))
 }

@@ -30,8 +30,11 @@ use wasmtime_wasi_nn::backend::{
 use wasmtime_wasi_nn::wit::{ExecutionTarget, GraphEncoding, TensorType};
 use wasmtime_wasi_nn::{Backend, ExecutionContext, Graph, Tensor};
 
-use crate::engine::{Engine, GenerateParams, Session, SessionOptions};
+use std::sync::Arc;
+
+use crate::engine::{Engine, GenerateParams, Quota, Session, SessionOptions};
 use crate::error::LlmError;
+use crate::policy::Interfaces;
 
 /// The input tensor names of the text convention, and the output's.
 pub const PROMPT: &str = "prompt";
@@ -46,9 +49,26 @@ pub fn backend() -> Backend {
     Backend::from(GgmlBackend)
 }
 
-/// The wasi:nn graph for a loaded engine (what `load-by-name` hands out).
-pub fn graph(engine: Engine) -> Graph {
-    Graph::from(Box::new(LlmGraph { engine }) as Box<dyn BackendGraph>)
+/// The wasi:nn graph `load-by-name` hands one guest instance for a model it
+/// may use: its contexts count against the instance's `quota`, and only the
+/// conventions the policy opens are served.
+pub fn graph(engine: Engine, quota: Arc<Quota>, interfaces: &Interfaces) -> Graph {
+    let graph = LlmGraph { engine, quota, text: interfaces.wasi_nn_text, tensor: interfaces.wasi_nn_tensor };
+    Graph::from(Box::new(graph) as Box<dyn BackendGraph>)
+}
+
+/// The graph for a model the policy denies this instance: it exists (so the
+/// guest learns why, not just "not found"), and every use is refused.
+pub fn denied(why: String) -> Graph {
+    Graph::from(Box::new(DeniedGraph(why)) as Box<dyn BackendGraph>)
+}
+
+struct DeniedGraph(String);
+
+impl BackendGraph for DeniedGraph {
+    fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
+        Err(fail(LlmError::NotPermitted(self.0.clone())))
+    }
 }
 
 fn fail(e: LlmError) -> BackendError {
@@ -77,28 +97,50 @@ impl BackendInner for GgmlBackend {
 
 struct LlmGraph {
     engine: Engine,
+    quota: Arc<Quota>,
+    text: bool,
+    tensor: bool,
 }
 
 impl BackendGraph for LlmGraph {
     fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
-        let exec = LlmExecution { engine: self.engine.clone(), tensor_session: None };
+        if !self.text && !self.tensor {
+            return Err(fail(LlmError::NotPermitted("the host's policy closes base wasi-nn".into())));
+        }
+        let exec = LlmExecution {
+            engine: self.engine.clone(),
+            quota: self.quota.clone(),
+            text: self.text,
+            tensor: self.tensor,
+            tensor_session: None,
+        };
         Ok(ExecutionContext::from(Box::new(exec) as Box<dyn BackendExecutionContext>))
     }
 }
 
 struct LlmExecution {
     engine: Engine,
+    quota: Arc<Quota>,
+    /// Which conventions the policy opens.
+    text: bool,
+    tensor: bool,
     /// The tensor convention's sequence, kept for prefix reuse.
     tensor_session: Option<Session>,
 }
 
 impl LlmExecution {
-    fn run(&mut self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, LlmError> {
-        if let [NamedTensor { name, .. }] = inputs.as_slice()
-            && name == TOKENS
+    fn run(&mut self, mut inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, LlmError> {
+        if inputs.len() == 1
+            && inputs[0].name == TOKENS
+            && let Some(NamedTensor { tensor, .. }) = inputs.pop()
         {
-            let tensor = inputs.into_iter().next().expect("one input").tensor;
+            if !self.tensor {
+                return Err(LlmError::NotPermitted("the host's policy closes base wasi-nn's tensor convention".into()));
+            }
             return self.logits(tensor);
+        }
+        if !self.text {
+            return Err(LlmError::NotPermitted("the host's policy closes base wasi-nn's text convention".into()));
         }
         let mut prompt = None;
         let mut params = GenerateParams::default();
@@ -122,7 +164,7 @@ impl LlmExecution {
             return Err(LlmError::invalid("the prompt is empty"));
         }
 
-        let session = self.engine.open_session(&SessionOptions::default())?;
+        let session = self.engine.open_session(&SessionOptions::default(), &self.quota)?;
         session.append(&prompt)?;
         let mut stream = session.generate(&params)?;
         let mut text = String::new();
@@ -151,10 +193,10 @@ impl LlmExecution {
         }
         // Negative ids become huge u32s, which the vocabulary check refuses.
         let ids: Vec<u32> =
-            tokens.data.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as u32).collect();
+            tokens.data.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u32).collect();
         let session = match &mut self.tensor_session {
             Some(s) => s,
-            none => none.insert(self.engine.open_session(&SessionOptions::default())?),
+            none => none.insert(self.engine.open_session(&SessionOptions::default(), &self.quota)?),
         };
         // Keep the common prefix, evaluate the rest; the last token is always
         // evaluated anew, since its logits are what is asked for.

@@ -13,6 +13,7 @@
 mod info;
 mod lanes;
 mod params;
+mod quota;
 mod sampler;
 mod scheduler;
 mod session;
@@ -35,12 +36,14 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel, RopeTy
 
 pub use info::ModelInfo;
 pub use params::{Constraint, GenerateParams, SessionOptions};
+pub use quota::{Quota, QuotaLimits};
 pub use session::Session;
 pub use stream::{Finish, FinishReason, TokenStream, Usage};
 pub use text::{Chunk, TokenLogprob};
 
 use crate::error::LlmError;
 use lanes::{Cores, Lane};
+use quota::Lease;
 use scheduler::{Command, Scheduler};
 
 fn scheduler_stopped() -> LlmError {
@@ -154,8 +157,9 @@ impl Engine {
         self.0.ctx_size
     }
 
-    /// Open an empty session, taking one of the model's sequence slots.
-    pub fn open_session(&self, options: &SessionOptions) -> Result<Session, LlmError> {
+    /// Open an empty session, taking one of the model's sequence slots and
+    /// a share of `quota` (its instance's).
+    pub fn open_session(&self, options: &SessionOptions, quota: &Arc<Quota>) -> Result<Session, LlmError> {
         let limit = match options.context_length {
             None => self.0.ctx_size,
             Some(0) => return Err(LlmError::invalid("context-length must be at least 1")),
@@ -172,7 +176,8 @@ impl Engine {
             }
             self.check_shiftable()?;
         }
-        let session = Session::new(self.clone(), self.take_slot()?, limit, options.shift_keep);
+        let lease = quota.lease(self.kv_bytes(limit))?;
+        let session = Session::new(self.clone(), self.take_slot()?, lease, limit, options.shift_keep);
         session.send(Command::Open { seq: session.seq(), limit, seed: options.seed, shift: options.shift_keep })?;
         Ok(session)
     }
@@ -195,7 +200,7 @@ impl Engine {
     /// A session from a blob [`Session::save`] wrote: checked in full
     /// (format, checksum, model identity, token ids, limits) before any of
     /// it reaches llama.cpp.
-    pub fn restore_session(&self, blob: &[u8]) -> Result<Session, LlmError> {
+    pub fn restore_session(&self, blob: &[u8], quota: &Arc<Quota>) -> Result<Session, LlmError> {
         let snapshot = snapshot::Snapshot::decode(blob, &self.identity()?)?;
         if snapshot.limit > self.0.ctx_size {
             return Err(LlmError::LimitExceeded { name: "context-length".into(), max: self.0.ctx_size.into() });
@@ -204,17 +209,19 @@ impl Engine {
         for &t in &snapshot.tokens {
             sampler::checked_token(t, n_vocab)?;
         }
-        self.restore_into(self.take_slot()?, snapshot, None)
+        let lease = quota.lease(self.kv_bytes(snapshot.limit))?;
+        self.restore_into(self.take_slot()?, lease, snapshot, None)
     }
 
     /// A new session on `slot` (lane, sequence) holding `snapshot` (already checked).
     fn restore_into(
         &self,
         slot: (usize, i32),
+        lease: Lease,
         snapshot: snapshot::Snapshot,
         shift: Option<u32>,
     ) -> Result<Session, LlmError> {
-        let session = Session::new(self.clone(), slot, snapshot.limit, shift);
+        let session = Session::new(self.clone(), slot, lease, snapshot.limit, shift);
         let open = Command::Open { seq: session.seq(), limit: snapshot.limit, seed: snapshot.seed, shift };
         session.send(open)?;
         session.load(snapshot)?;
@@ -245,6 +252,16 @@ impl Engine {
             .into_iter()
             .find_map(|l| lanes[l].take().map(|seq| (l, seq)))
             .ok_or_else(|| LlmError::LimitExceeded { name: "sessions".into(), max: self.max_sessions() as u64 })
+    }
+
+    /// KV-cache bytes a session of `tokens` context reserves: keys and values
+    /// of every layer at f16, the whole context (a sliding-window layer
+    /// holds less; the reservation is the bound).
+    pub fn kv_bytes(&self, tokens: u32) -> u64 {
+        let m = self.model();
+        let head_dim = (m.n_embd().max(0) as u64) / u64::from(m.n_head().max(1));
+        let per_token = 2 * 2 * u64::from(m.n_layer()) * u64::from(m.n_head_kv()) * head_dim;
+        per_token * u64::from(tokens)
     }
 
     /// Sessions that may be open at once, over all lanes.

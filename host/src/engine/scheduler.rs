@@ -28,6 +28,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::lanes::Cores;
 use super::params::GenerateParams;
+use super::quota::Deadline;
 use super::sampler;
 use super::snapshot::Snapshot;
 use super::stream::{Finish, FinishReason, Item, Shared, Usage};
@@ -93,6 +94,7 @@ pub(crate) enum Command {
     Generate {
         seq: i32,
         params: GenerateParams,
+        deadline: Option<Deadline>,
         reply: Reply<Arc<Shared>>,
     },
     /// Evaluate the session's last token and return its raw logits (base
@@ -162,6 +164,7 @@ struct Generation {
     logprobs: Option<u32>,
     usage: Usage,
     shared: Arc<Shared>,
+    deadline: Option<Deadline>,
 }
 
 pub(crate) struct Scheduler<'m> {
@@ -260,8 +263,8 @@ impl<'m> Scheduler<'m> {
                     let _ = reply.send(result);
                 }
             }
-            Command::Generate { seq, params, reply } => {
-                let _ = reply.send(self.start_generation(seq, &params));
+            Command::Generate { seq, params, deadline, reply } => {
+                let _ = reply.send(self.start_generation(seq, &params, deadline));
             }
             Command::Logits { seq, reply } => {
                 let _ = reply.send(self.logits(seq));
@@ -394,7 +397,12 @@ impl<'m> Scheduler<'m> {
         }
     }
 
-    fn start_generation(&mut self, seq: i32, params: &GenerateParams) -> Result<Arc<Shared>, LlmError> {
+    fn start_generation(
+        &mut self,
+        seq: i32,
+        params: &GenerateParams,
+        deadline: Option<Deadline>,
+    ) -> Result<Arc<Shared>, LlmError> {
         let model = self.model;
         let s = self.sequence(seq)?;
         if s.tokens.is_empty() {
@@ -417,6 +425,7 @@ impl<'m> Scheduler<'m> {
             logprobs: params.logprobs,
             usage: Usage { prompt_tokens: s.tokens.len() as u32, cached_tokens: cached as u32, generated_tokens: 0 },
             shared: shared.clone(),
+            deadline,
         });
         s.stream = Some(shared.clone());
         Ok(shared)
@@ -432,6 +441,10 @@ impl<'m> Scheduler<'m> {
             if !g.shared.lock().has_room() {
                 continue;
             }
+            if let Some(deadline) = g.deadline.filter(|d| std::time::Instant::now() >= d.at) {
+                self.fail_generation(seq, deadline.error());
+                continue;
+            }
             if s.tokens.len() >= s.limit && (s.shift.is_none() || self.shift(seq as i32, 1).is_err()) {
                 self.finish(seq, FinishReason::ContextFull);
                 continue;
@@ -439,7 +452,7 @@ impl<'m> Scheduler<'m> {
             let s = self.seqs[seq].as_mut().expect("open sequence");
             let pos = s.tokens.len() - 1;
             if let Err(e) = self.batch.add(s.tokens[pos], pos as i32, &[seq as i32], true) {
-                self.fail_generation(seq, format!("batch: {e}"));
+                self.fail_generation(seq, LlmError::EngineFailure(format!("batch: {e}")));
                 continue;
             }
             members.push(seq);
@@ -449,7 +462,7 @@ impl<'m> Scheduler<'m> {
         }
         if let Err(e) = self.decode() {
             for seq in members {
-                self.fail_generation(seq, format!("decode failed: {e}"));
+                self.fail_generation(seq, LlmError::EngineFailure(format!("decode failed: {e}")));
             }
             return;
         }
@@ -528,12 +541,12 @@ impl<'m> Scheduler<'m> {
         g.shared.push(Item::Finish(Finish { reason, usage: g.usage }));
     }
 
-    fn fail_generation(&mut self, seq: usize, why: String) {
+    fn fail_generation(&mut self, seq: usize, error: LlmError) {
         let Some(s) = self.seqs[seq].as_mut() else { return };
         // Keep what was delivered; the undelivered tail leaves the session.
         let keep = s.tokens.len() - s.undelivered();
         let Some(g) = s.generation.take() else { return };
-        g.shared.push(Item::Failed(LlmError::EngineFailure(why)));
+        g.shared.push(Item::Failed(error));
         s.tokens.truncate(keep);
         self.rewind_kv(seq, keep);
     }

@@ -6,6 +6,7 @@ use std::sync::{Arc, mpsc};
 use llama_cpp_2::token::LlamaToken;
 
 use super::params::GenerateParams;
+use super::quota::Lease;
 use super::scheduler::{Command, Input, Reply};
 use super::snapshot::Snapshot;
 use super::stream::TokenStream;
@@ -27,6 +28,8 @@ pub(crate) struct Slot {
     engine: Engine,
     lane: usize,
     seq: i32,
+    /// The owning instance's quota share, returned with the sequence.
+    lease: Lease,
 }
 
 impl Drop for Slot {
@@ -61,9 +64,9 @@ impl Slot {
 }
 
 impl Session {
-    /// A session on `slot` (lane, sequence id), which it now owns.
-    pub(super) fn new(engine: Engine, (lane, seq): (usize, i32), limit: u32, shift: Option<u32>) -> Self {
-        Self { slot: Arc::new(Slot { engine, lane, seq }), limit, shift }
+    /// A session on `slot` (lane, sequence id) and `lease`, which it now owns.
+    pub(super) fn new(engine: Engine, (lane, seq): (usize, i32), lease: Lease, limit: u32, shift: Option<u32>) -> Self {
+        Self { slot: Arc::new(Slot { engine, lane, seq, lease }), limit, shift }
     }
 
     pub(super) fn seq(&self) -> i32 {
@@ -130,14 +133,15 @@ impl Session {
     /// through the state API into another lane.
     pub fn fork(&self) -> Result<Session, LlmError> {
         let engine = self.engine();
+        let lease = self.slot.lease.renew()?;
         let lane = self.slot.lane;
         let Some(child) = engine.lane(lane).take() else {
             // An in-process copy, never encoded: no model identity needed.
             let snapshot = self.request(|reply| Command::Save { seq: self.seq(), model: [0; 32], reply })?;
-            return engine.restore_into(engine.take_slot()?, snapshot, self.shift);
+            return engine.restore_into(engine.take_slot()?, lease, snapshot, self.shift);
         };
         // From here the child owns its slot: dropping it on failure frees it.
-        let forked = Session::new(engine.clone(), (lane, child), self.limit, self.shift);
+        let forked = Session::new(engine.clone(), (lane, child), lease, self.limit, self.shift);
         self.request(|reply| Command::Fork { seq: self.seq(), child, reply })?;
         Ok(forked)
     }
@@ -145,8 +149,11 @@ impl Session {
     /// Start generating from the end of the session.
     pub fn generate(&self, params: &GenerateParams) -> Result<TokenStream, LlmError> {
         sampler::validate(params)?;
-        let shared = self.request(|reply| Command::Generate { seq: self.slot.seq(), params: params.clone(), reply })?;
-        Ok(TokenStream::new(shared, self.slot.clone()))
+        let mut params = params.clone();
+        let deadline = self.slot.lease.quota().admit(&mut params)?;
+        let permit = self.slot.lease.quota().start_generation()?;
+        let shared = self.request(|reply| Command::Generate { seq: self.slot.seq(), params, deadline, reply })?;
+        Ok(TokenStream::new(shared, self.slot.clone(), permit))
     }
 
     /// The session as a versioned blob bound to this model (see

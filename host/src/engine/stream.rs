@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use super::quota::GenerationPermit;
 use super::scheduler::Command;
 use super::session::Slot;
 use super::text::Chunk;
@@ -127,11 +128,19 @@ pub struct TokenStream {
     slot: Arc<Slot>,
     finish: Option<Finish>,
     done: bool,
+    /// Counts this generation against the model's concurrent-generations
+    /// limit until it ends (not until the handle is dropped).
+    permit: Option<GenerationPermit>,
 }
 
 impl TokenStream {
-    pub(crate) fn new(shared: Arc<Shared>, slot: Arc<Slot>) -> Self {
-        Self { shared, slot, finish: None, done: false }
+    pub(crate) fn new(shared: Arc<Shared>, slot: Arc<Slot>, permit: Option<GenerationPermit>) -> Self {
+        Self { shared, slot, finish: None, done: false, permit }
+    }
+
+    fn end(&mut self) {
+        self.done = true;
+        self.permit = None;
     }
 
     /// The next chunk; `Ok(None)` once the generation has finished.
@@ -175,26 +184,29 @@ impl TokenStream {
                         break;
                     }
                     woke |= !buffer.has_room();
-                    let Some(Item::Chunk(next)) = buffer.items.pop_front() else { unreachable!() };
-                    chunk.text.push_str(&next.text);
-                    chunk.tokens.extend(next.tokens);
-                    chunk.logprobs.extend(next.logprobs);
+                    if let Some(Item::Chunk(next)) = buffer.items.pop_front() {
+                        chunk.text.push_str(&next.text);
+                        chunk.tokens.extend(next.tokens);
+                        chunk.logprobs.extend(next.logprobs);
+                    }
                 }
                 Ok(Some(chunk))
             }
             Item::Finish(finish) => {
                 buffer.drained = true;
-                self.done = true;
                 self.finish = Some(finish);
                 Ok(None)
             }
             Item::Failed(error) => {
                 buffer.drained = true;
-                self.done = true;
                 Err(error)
             }
         };
+        let ended = buffer.drained;
         drop(buffer);
+        if ended {
+            self.end();
+        }
         if woke {
             // The scheduler may be idle waiting for room in this buffer.
             let _ = self.slot.send(Command::Wake);
@@ -210,7 +222,7 @@ impl TokenStream {
         }
         let (seq, stream) = (self.slot.seq(), self.shared.id);
         let usage = self.slot.request(|reply| Command::Cancel { seq, stream, reply: Some(reply) })?;
-        self.done = true;
+        self.end();
         self.finish = Some(Finish { reason: FinishReason::Cancelled, usage });
         Ok(())
     }
