@@ -105,6 +105,7 @@ fn the_bad_input_matrix_gets_typed_errors_and_the_host_serves_a_normal_chat_afte
     assert!(ok(&lines, "context-filled-while-generating").contains("ContextFull"));
     assert!(ok(&lines, "max-tokens-huge").contains("ContextFull"));
     assert!(ok(&lines, "after-cancel-storm").contains("MaxTokens"));
+    assert!(ok(&lines, "penalty-window-huge").contains("MaxTokens"));
     assert!(ok(&lines, "session-after-graph-dropped").contains("Paris"));
     assert!(ok(&lines, "after-matrix").contains("Paris"));
 

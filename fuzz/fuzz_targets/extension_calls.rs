@@ -387,4 +387,6 @@ fuzz_target!(|ops: Vec<Op>| {
         .map(|i| engine.open_session(&SessionOptions::default(), &unlimited).unwrap_or_else(|e| panic!("slot {i} leaked: {e}")))
         .collect();
     drop(all);
+    // Every close handled before the next input (or the process exit).
+    f.models.quiesce();
 });

@@ -77,6 +77,11 @@ impl Models {
     pub fn engine(&self, name: &str) -> Option<&Engine> {
         self.engines.iter().find(|e| e.name() == name)
     }
+
+    /// Wait until every engine has handled what was sent to it so far.
+    pub fn quiesce(&self) {
+        self.engines.iter().for_each(Engine::quiesce);
+    }
 }
 
 /// What one guest instance can reach: every registered model as a wasi:nn

@@ -180,21 +180,24 @@ impl Runtime {
         let ticks = limits.guest_seconds.map_or(u64::MAX / 2, |s| (s / EPOCH_TICK.as_secs_f64()).ceil() as u64);
         store.set_epoch_deadline(ticks.max(1));
         let command = Command::instantiate(&mut store, &guest.component, &self.linker)?;
-        let exit_code = match command.wasi_cli_run().call_run(&mut store) {
-            Ok(Ok(())) => 0,
-            Ok(Err(())) => 1,
+        let ended = match command.wasi_cli_run().call_run(&mut store) {
+            Ok(Ok(())) => Ok(0),
+            Ok(Err(())) => Ok(1),
             Err(e) => match (e.downcast_ref::<I32Exit>(), e.downcast_ref::<Trap>()) {
-                (Some(exit), _) => exit.0,
+                (Some(exit), _) => Ok(exit.0),
                 (None, Some(Trap::Interrupt)) => {
                     let secs = limits.guest_seconds.unwrap_or_default();
-                    return Err(anyhow::anyhow!("the guest ran past limits.guest-seconds ({secs} s) and was stopped"));
+                    Err(anyhow::anyhow!("the guest ran past limits.guest-seconds ({secs} s) and was stopped"))
                 }
-                _ => return Err(anyhow::Error::from(e).context("the guest trapped")),
+                _ => Err(anyhow::Error::from(e).context("the guest trapped")),
             },
         };
-        // Dropping the store drops the guest's sessions and streams, which
-        // frees their KV sequences.
+        // However it ended, dropping the store drops the guest's sessions and
+        // streams, which frees their KV sequences; the run returns once the
+        // engines have done so.
         drop(store);
+        self.models.quiesce();
+        let exit_code = ended?;
         let mut output = Output { exit_code, ..Output::default() };
         if let Some((out, err)) = captured {
             output.stdout = String::from_utf8_lossy(&out.contents()).into_owned();

@@ -264,6 +264,18 @@ impl Engine {
         per_token * u64::from(tokens)
     }
 
+    /// Wait until every lane has handled what was sent to it so far (the
+    /// closes of a guest that just ended, for one): afterwards the engine is
+    /// exactly as the dropped handles left it.
+    pub fn quiesce(&self) {
+        for lane in &self.0.lanes {
+            let (reply, answer) = mpsc::sync_channel(1);
+            if lane.send(Command::Barrier { reply }).is_ok() {
+                let _ = answer.recv();
+            }
+        }
+    }
+
     /// Sessions that may be open at once, over all lanes.
     pub fn max_sessions(&self) -> usize {
         self.0.lanes.iter().map(Lane::capacity).sum()

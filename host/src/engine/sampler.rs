@@ -59,13 +59,14 @@ pub(crate) fn validate(params: &GenerateParams) -> Result<(), LlmError> {
 /// Build the sampler chain, in llama.cpp's usual order: logit bias, grammar,
 /// penalties, then either greedy or top-k → top-p → min-p → temperature → dist.
 ///
-/// `history` (the session's latest tokens) primes the repetition penalties,
-/// as llama-server does with the prompt.
+/// `history` (the session's tokens) primes the repetition penalties, as
+/// llama-server does with the prompt; `context` is the session's limit.
 pub(crate) fn build(
     model: &LlamaModel,
     params: &GenerateParams,
     default_seed: Option<u64>,
     history: &[LlamaToken],
+    context: usize,
 ) -> Result<LlamaSampler, LlmError> {
     validate(params)?;
     let n_vocab = model.n_vocab();
@@ -98,7 +99,10 @@ pub(crate) fn build(
     let presence = params.presence_penalty.unwrap_or(0.0);
     let frequency = params.frequency_penalty.unwrap_or(0.0);
     if repeat != 1.0 || presence != 0.0 || frequency != 0.0 {
-        let last_n = params.penalty_last_n.unwrap_or(64).min(i32::MAX as u32);
+        // A window past the session's context sees nothing more, and
+        // llama.cpp allocates the whole window up front: an unclamped
+        // u32::MAX-ish guest value was a 13 GB allocation (found by fuzzing).
+        let last_n = (params.penalty_last_n.unwrap_or(64) as usize).min(context);
         let mut penalties = LlamaSampler::penalties(n_vocab, last_n as i32, repeat, frequency, presence);
         let start = history.len().saturating_sub(last_n as usize);
         penalties.accept_many(&history[start..]);

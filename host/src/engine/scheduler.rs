@@ -112,6 +112,10 @@ pub(crate) enum Command {
     },
     /// A reader made room in a full buffer.
     Wake,
+    /// Answered once every command sent before it is handled.
+    Barrier {
+        reply: Reply<()>,
+    },
 }
 
 /// What an append adds: guest text, or token ids already checked against the vocabulary.
@@ -299,6 +303,9 @@ impl<'m> Scheduler<'m> {
                 }
             }
             Command::Wake => {}
+            Command::Barrier { reply } => {
+                let _ = reply.send(Ok(()));
+            }
         }
     }
 
@@ -412,8 +419,7 @@ impl<'m> Scheduler<'m> {
             let used = s.tokens.len() as u32;
             return Err(LlmError::ContextFull(ContextOverflow { requested: used + 1, used, limit: s.limit as u32 }));
         }
-        let history_start = s.tokens.len().saturating_sub(1024);
-        let sampler = sampler::build(model, params, s.seed, &s.tokens[history_start..])?;
+        let sampler = sampler::build(model, params, s.seed, &s.tokens, s.limit)?;
         self.uncache_last(seq)?;
         let s = self.seqs[seq as usize].as_mut().expect("checked above");
         let cached = s.turn_start.take().unwrap_or(s.n_past);

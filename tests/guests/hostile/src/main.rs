@@ -147,6 +147,8 @@ fn bad_inputs(name: &str) -> Result<(), Error> {
     report("temperature-nan", reply(&session, &Params::new().temperature(f32::NAN)));
     report("temperature-negative", reply(&session, &Params::new().temperature(-1.0)));
     report("top-p-above-one", reply(&session, &Params::new().top_p(1.5)));
+    // llama.cpp allocates the penalty window up front (a fuzzer find).
+    report("penalty-window-huge", reply(&session, &Params::greedy().max_tokens(4).repeat_penalty(1.1, u32::MAX)));
     report("logit-bias-bad-token", reply(&session, &Params::greedy().logit_bias(vocab, 1.0)));
     report("invalid-grammar", reply(&session, &Params::greedy().grammar("root ::= (")));
     report("grammar-unknown-rule", reply(&session, &Params::greedy().grammar("root ::= missing")));
