@@ -104,7 +104,7 @@ pub(crate) fn build(
         // u32::MAX-ish guest value was a 13 GB allocation (found by fuzzing).
         let last_n = (params.penalty_last_n.unwrap_or(64) as usize).min(context);
         let mut penalties = LlamaSampler::penalties(n_vocab, last_n as i32, repeat, frequency, presence);
-        let start = history.len().saturating_sub(last_n as usize);
+        let start = history.len().saturating_sub(last_n);
         penalties.accept_many(&history[start..]);
         chain.push(penalties);
     }
