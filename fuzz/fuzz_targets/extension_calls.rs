@@ -339,8 +339,10 @@ impl Instance {
                     let len = view.len(session(s)).expect("len");
                     let limit = view.context_limit(session(s)).expect("context-limit");
                     let tokens = view.tokens(session(s)).expect("tokens");
+                    // A running generation may add tokens between the calls
+                    // (or a context shift drop some), so the two need not agree.
                     assert!(len <= limit, "a session holds {len} tokens over its {limit}-token limit");
-                    assert_eq!(tokens.len() as u32, len);
+                    assert!(tokens.len() as u32 <= limit, "tokens() holds {} over {limit}", tokens.len());
                     assert!(tokens.iter().all(|&t| t < n_vocab));
                 }
             }
