@@ -4,8 +4,8 @@
 //!
 //! It is TOML, typed with serde, and unknown keys are refused: a misspelt
 //! limit must stop the host, not be ignored. The `--model`/`--ctx-size` CLI
-//! flags are the quick path and build the same structure (one model, every
-//! component allowed, no limits beyond the engine's own).
+//! flags are the quick path: the same as a policy with those models and
+//! nothing else (every component allowed, no limits beyond the engine's own).
 //!
 //! ```toml
 //! [models.smollm2]
@@ -148,16 +148,6 @@ impl Policy {
     pub fn read(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading policy {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("policy {}", path.display()))
-    }
-
-    /// What the quick-path flags mean: these models, every component
-    /// allowed, no limits.
-    pub fn from_models(specs: &[ModelSpec]) -> Self {
-        let models = specs
-            .iter()
-            .map(|s| (s.name.clone(), ModelEntry { path: Some(s.path.clone()), ..ModelEntry::default() }))
-            .collect();
-        Self { models, ..Self::default() }
     }
 
     fn check(&self) -> anyhow::Result<()> {
