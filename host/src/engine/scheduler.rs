@@ -351,7 +351,10 @@ impl<'m> Scheduler<'m> {
                 return Some(Err(too_long));
             }
         }
-        let s = self.seqs[seq as usize].as_mut().expect("checked above");
+        let s = match open(&mut self.seqs, seq) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
         let used = s.tokens.len();
         let added = new.len() as u32;
         s.turn_start.get_or_insert(s.n_past);
@@ -383,7 +386,7 @@ impl<'m> Scheduler<'m> {
             return self.fail_prefill(seq, format!("prefill decode failed: {e}"));
         }
         self.copies_applied();
-        let s = self.seqs[seq as usize].as_mut().expect("checked above");
+        let Ok(s) = open(&mut self.seqs, seq) else { return };
         s.n_past = end;
         if end + 1 >= s.tokens.len() {
             self.prefills.pop_front();
@@ -421,7 +424,7 @@ impl<'m> Scheduler<'m> {
         }
         let sampler = sampler::build(model, params, s.seed, &s.tokens, s.limit)?;
         self.uncache_last(seq)?;
-        let s = self.seqs[seq as usize].as_mut().expect("checked above");
+        let s = open(&mut self.seqs, seq)?;
         let cached = s.turn_start.take().unwrap_or(s.n_past);
         let shared = Shared::new();
         s.generation = Some(Generation {
@@ -455,7 +458,7 @@ impl<'m> Scheduler<'m> {
                 self.finish(seq, FinishReason::ContextFull);
                 continue;
             }
-            let s = self.seqs[seq].as_mut().expect("open sequence");
+            let Ok(s) = open(&mut self.seqs, seq as i32) else { continue };
             let pos = s.tokens.len() - 1;
             if let Err(e) = self.batch.add(s.tokens[pos], pos as i32, &[seq as i32], true) {
                 self.fail_generation(seq, LlmError::EngineFailure(format!("batch: {e}")));
@@ -480,9 +483,9 @@ impl<'m> Scheduler<'m> {
 
     fn sample(&mut self, seq: usize, index: i32) {
         let model = self.model;
-        let s = self.seqs[seq].as_mut().expect("member of this step");
+        let Some(s) = self.seqs[seq].as_mut() else { return };
+        let Some(g) = s.generation.as_mut() else { return };
         s.n_past = s.tokens.len();
-        let g = s.generation.as_mut().expect("member of this step");
         let token = g.sampler.sample(&self.ctx, index);
         let vocab = model.vocab();
         if vocab.is_eog(token) {
@@ -515,8 +518,7 @@ impl<'m> Scheduler<'m> {
                     s.tokens.extend(retok);
                 }
                 self.rewind_kv(seq, keep);
-                let s = self.seqs[seq].as_mut().expect("member of this step");
-                let g = s.generation.as_mut().expect("member of this step");
+                let Some(g) = self.seqs[seq].as_mut().and_then(|s| s.generation.as_mut()) else { return };
                 g.usage.generated_tokens += chunk.tokens.len() as u32;
                 g.shared.push(Item::Chunk(chunk));
                 self.finish(seq, FinishReason::Stop(m.stop));
@@ -526,7 +528,7 @@ impl<'m> Scheduler<'m> {
 
     /// Drop KV entries from position `keep` on, if the cache holds any.
     fn rewind_kv(&mut self, seq: usize, keep: usize) {
-        let s = self.seqs[seq].as_mut().expect("open sequence");
+        let Some(s) = self.seqs[seq].as_mut() else { return };
         if s.n_past > keep {
             s.n_past = keep;
             if self.ctx.kv_cache_seq_rm(seq as i32, Some(keep as u32), None).is_err() {
@@ -565,7 +567,7 @@ impl<'m> Scheduler<'m> {
             return Usage::default();
         }
         let undelivered = s.undelivered();
-        let shared = s.stream.take().expect("checked above");
+        let Some(shared) = s.stream.take() else { return Usage::default() };
         let finished = shared.lock().finished_usage();
         let mut usage = match s.generation.take() {
             Some(g) => g.usage,
@@ -632,7 +634,7 @@ impl Scheduler<'_> {
     /// rest down in the KV cache. Tokens a stream has not delivered yet never
     /// go.
     fn shift(&mut self, seq: i32, needed: usize) -> Result<(), LlmError> {
-        let s = self.seqs[seq as usize].as_mut().expect("open sequence");
+        let s = open(&mut self.seqs, seq)?;
         let keep = s.shift.unwrap_or(s.limit);
         // Only evaluated tokens can move, and never the undelivered tail.
         let movable = s.n_past.min(s.tokens.len() - s.undelivered()).saturating_sub(keep);
@@ -647,7 +649,7 @@ impl Scheduler<'_> {
         let failed = |e: &dyn std::fmt::Display| LlmError::EngineFailure(format!("context shift: {e}"));
         self.ctx.kv_cache_seq_rm(seq, Some(keep as u32), Some((keep + drop) as u32)).map_err(|e| failed(&e))?;
         self.ctx.kv_cache_seq_add(seq, Some((keep + drop) as u32), None, -(drop as i32)).map_err(|e| failed(&e))?;
-        let s = self.seqs[seq as usize].as_mut().expect("open sequence");
+        let s = open(&mut self.seqs, seq)?;
         s.tokens.drain(keep..keep + drop);
         s.n_past -= drop;
         s.turn_start = s.turn_start.map(|t| if t > keep { t.saturating_sub(drop).max(keep) } else { t });
@@ -675,7 +677,7 @@ impl Scheduler<'_> {
     /// Make the last token uncached, so that decoding it again yields its
     /// logits (they are gone once anything else was decoded).
     fn uncache_last(&mut self, seq: i32) -> Result<(), LlmError> {
-        let s = self.seqs[seq as usize].as_mut().expect("open sequence");
+        let s = open(&mut self.seqs, seq)?;
         let last = s.tokens.len() - 1;
         if s.n_past < last {
             // Only after a model that cannot drop a tail was rewound.
@@ -693,13 +695,13 @@ impl Scheduler<'_> {
     /// Decode the last token alone, so the KV cache holds every token.
     fn decode_last(&mut self, seq: i32, logits: bool) -> Result<(), LlmError> {
         self.uncache_last(seq)?;
-        let s = self.seqs[seq as usize].as_mut().expect("open sequence");
+        let s = open(&mut self.seqs, seq)?;
         let failed = |e: &dyn std::fmt::Display| LlmError::EngineFailure(format!("decoding the last token: {e}"));
         self.batch.clear();
         self.batch.add(s.tokens[s.n_past], s.n_past as i32, &[seq], logits).map_err(|e| failed(&e))?;
         self.decode().map_err(|e| failed(&e))?;
         self.copies_applied();
-        let s = self.seqs[seq as usize].as_mut().expect("open sequence");
+        let s = open(&mut self.seqs, seq)?;
         s.n_past += 1;
         Ok(())
     }
@@ -707,7 +709,7 @@ impl Scheduler<'_> {
     /// Make a forked sequence's KV copy real (llama.cpp copies between
     /// streams lazily, at the next decode) by decoding its last token.
     fn settle(&mut self, seq: i32) -> Result<(), LlmError> {
-        let s = self.seqs[seq as usize].as_mut().expect("open sequence");
+        let s = open(&mut self.seqs, seq)?;
         if s.tokens.is_empty() {
             s.copy_pending = false;
             return Ok(());
@@ -727,7 +729,7 @@ impl Scheduler<'_> {
         if self.sequence(seq)?.copy_pending {
             self.settle(seq)?;
         }
-        let s = self.seqs[seq as usize].as_ref().expect("checked above");
+        let s = open(&mut self.seqs, seq)?;
         let file = StateFile::new(seq);
         self.ctx
             .state_seq_save_file(&file.0, seq, &s.tokens[..s.n_past])
@@ -785,6 +787,15 @@ impl Drop for StateFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// The open sequence `seq`. Every caller has checked that it is open; an
+/// error here means the scheduler's own bookkeeping is wrong, and it fails
+/// the one request instead of panicking the lane.
+fn open(seqs: &mut [Option<Sequence>], seq: i32) -> Result<&mut Sequence, LlmError> {
+    seqs.get_mut(seq as usize)
+        .and_then(Option::as_mut)
+        .ok_or_else(|| LlmError::EngineFailure(format!("sequence {seq} is not open")))
 }
 
 /// However the scheduler stops (a panic included), no reader may wait forever,

@@ -85,15 +85,15 @@ impl Snapshot {
         if r.u32()? != FORMAT_VERSION {
             return Err(refuse(SnapshotError::WrongVersion));
         }
-        let saved_model: [u8; 32] = r.take(32)?.try_into().expect("32 bytes");
+        let saved_model: [u8; 32] = r.array()?;
         let limit = r.u32()?;
         let has_seed = r.take(1)?[0];
-        let seed = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+        let seed = u64::from_le_bytes(r.array()?);
         let n = r.u32()? as usize;
         let tokens = r.take(n.checked_mul(4).ok_or(refuse(SnapshotError::Corrupted))?)?;
-        let tokens = tokens.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        let tokens = tokens.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let n_past = r.u32()?;
-        let m = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+        let m = u64::from_le_bytes(r.array()?);
         let state = r.take(usize::try_from(m).map_err(|_| refuse(SnapshotError::TooLarge))?)?.to_vec();
         let body = r.at;
         let checksum = r.take(16)?;
@@ -125,7 +125,14 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self) -> Result<u32, LlmError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    /// The next `N` bytes as an array.
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], LlmError> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
     }
 }
 
