@@ -1,17 +1,12 @@
 //! Bad requests get typed errors, and the host keeps serving.
 
-use serde_json::Value;
 use wasi_nn_llm_host::engine::Quota;
 use wasi_nn_llm_host::policy::{Identity, Policy};
 use wasi_nn_llm_host::registry::Access;
-use wasi_nn_llm_tests::{MODEL, Streamed, chatml, host};
+use wasi_nn_llm_tests::{MODEL, Streamed, case, chatml, host};
 
 /// All a base wasi-nn guest learns of any backend failure in wasmtime-wasi-nn 48.
 const UPSTREAM_BACKEND_ERROR: &str = "Failed while accessing backend";
-
-fn case<'a>(lines: &'a [Value], name: &str) -> &'a Value {
-    lines.iter().find(|l| l["case"] == name).unwrap_or_else(|| panic!("case {name} missing in {lines:?}"))
-}
 
 #[test]
 fn unknown_model_raw_bytes_and_overlong_prompts_are_typed_errors_and_the_host_serves_on() {

@@ -104,10 +104,7 @@ impl TestHost {
     /// Run the probe guest and parse its JSON lines; panics (with its output)
     /// if it fails.
     pub fn probe(&self, args: &[&str]) -> Vec<Value> {
-        self.run(&self.probe, "probe", args)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("probe printed non-JSON {l:?}: {e}")))
-            .collect()
+        json_lines("probe", &self.run(&self.probe, "probe", args))
     }
 
     /// Compile and run another guest; returns its stdout.
@@ -120,10 +117,7 @@ impl TestHost {
     /// [`GUEST_MODELS`] (for the guest-side tokenizer).
     pub fn probe_with_models(&self, args: &[&str]) -> Vec<Value> {
         let models = Preopen { host: model_dir(), guest: GUEST_MODELS.into(), writable: false };
-        self.run_with(&self.probe, "probe", args, &[models])
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("probe printed non-JSON {l:?}: {e}")))
-            .collect()
+        json_lines("probe", &self.run_with(&self.probe, "probe", args, &[models]))
     }
 
     fn run(&self, component: &Guest, name: &str, args: &[&str]) -> String {
@@ -131,9 +125,10 @@ impl TestHost {
     }
 
     fn run_with(&self, component: &Guest, name: &str, args: &[&str], dirs: &[Preopen]) -> String {
-        let argv: Vec<String> = std::iter::once(name).chain(args.iter().copied()).map(String::from).collect();
-        let out =
-            self.runtime.run(component, &argv, Stdio::Captured { stdin: Vec::new() }, dirs).expect("running the guest");
+        let out = self
+            .runtime
+            .run(component, &argv(name, args), Stdio::Captured { stdin: Vec::new() }, dirs)
+            .expect("running the guest");
         assert_eq!(out.exit_code, 0, "{name} {args:?} failed:\nstdout: {}\nstderr: {}", out.stdout, out.stderr);
         out.stdout
     }
@@ -198,18 +193,26 @@ pub fn policed(toml: &str) -> Runtime {
 /// error (a trap, an interrupt) if the instance did not end normally.
 pub fn run_lines(runtime: &Runtime, name: &str, args: &[&str]) -> Result<(i32, Vec<Value>), String> {
     let compiled = runtime.load(&guest(name)).expect("compiling the guest");
-    let argv: Vec<String> = std::iter::once(name).chain(args.iter().copied()).map(String::from).collect();
-    let out =
-        runtime.run(&compiled, &argv, Stdio::Captured { stdin: Vec::new() }, &[]).map_err(|e| format!("{e:#}"))?;
-    let lines = out
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{name} printed non-JSON {l:?}: {e}")))
-        .collect();
+    let out = runtime
+        .run(&compiled, &argv(name, args), Stdio::Captured { stdin: Vec::new() }, &[])
+        .map_err(|e| format!("{e:#}"))?;
     if out.exit_code != 0 {
         eprintln!("{name} {args:?} exited with {}: {}", out.exit_code, out.stderr);
     }
-    Ok((out.exit_code, lines))
+    Ok((out.exit_code, json_lines(name, &out.stdout)))
+}
+
+/// A guest's argv: its name, then `args`.
+fn argv(name: &str, args: &[&str]) -> Vec<String> {
+    std::iter::once(name).chain(args.iter().copied()).map(String::from).collect()
+}
+
+/// A guest's stdout as JSON lines; panics on a line that is not JSON.
+fn json_lines(name: &str, stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{name} printed non-JSON {l:?}: {e}")))
+        .collect()
 }
 
 /// The line of `case` in a guest's report.

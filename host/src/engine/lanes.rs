@@ -11,10 +11,10 @@
 //! nearly free, so GPU builds default to one lane.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::scheduler::Command;
+use super::scheduler::{Command, Reply};
 use super::scheduler_stopped;
 use crate::error::LlmError;
 
@@ -64,25 +64,35 @@ impl Lane {
         self.commands.send(command).map_err(|_| scheduler_stopped())
     }
 
+    /// Send a command and wait for the scheduler's answer.
+    pub fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(command(reply))?;
+        answer.recv().map_err(|_| scheduler_stopped())?
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Vec<bool>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn free(&self) -> usize {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|taken| !**taken).count()
+        self.slots().iter().filter(|taken| !**taken).count()
     }
 
     pub fn capacity(&self) -> usize {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.slots().len()
     }
 
     /// Reserve a free sequence id of this lane.
     pub fn take(&self) -> Option<i32> {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slots = self.slots();
         let free = slots.iter().position(|taken| !taken)?;
         slots[free] = true;
         Some(free as i32)
     }
 
     pub fn release(&self, seq: i32) {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = slots.get_mut(seq as usize) {
+        if let Some(slot) = self.slots().get_mut(seq as usize) {
             *slot = false;
         }
     }

@@ -1,7 +1,7 @@
 //! A session handle: one llama.cpp sequence in one of a model's lanes, owned
 //! by one guest resource. Its calls block the calling guest's thread only.
 
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 
 use llama_cpp_2::token::LlamaToken;
 
@@ -10,7 +10,7 @@ use super::quota::Lease;
 use super::scheduler::{Command, Input, Reply};
 use super::snapshot::Snapshot;
 use super::stream::TokenStream;
-use super::{Engine, sampler, scheduler_stopped};
+use super::{Engine, sampler};
 use crate::error::LlmError;
 
 /// A conversation in the model's KV cache. Its sequence is freed when the
@@ -57,9 +57,7 @@ impl Slot {
 
     /// Send a command to this sequence's lane and wait for the answer.
     pub(super) fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        self.send(command(reply))?;
-        answer.recv().map_err(|_| scheduler_stopped())?
+        self.engine.lane(self.lane).request(command)
     }
 }
 
