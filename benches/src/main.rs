@@ -26,7 +26,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use wasi_nn_llm_host::catalog;
 use wasi_nn_llm_host::engine::EngineConfig;
-use wasi_nn_llm_host::registry::{ModelSpec, Models};
+use wasi_nn_llm_host::catalog::ModelSpec;
+use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::Runtime;
 
 use guest::{GUEST_MODELS, Guest};
@@ -51,6 +52,9 @@ struct Args {
     /// results always come from a full run).
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<Section>,
+    /// Lanes per model [default: the engine's own choice].
+    #[arg(long)]
+    lanes: Option<u32>,
 }
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -99,8 +103,7 @@ fn main() -> Result<()> {
 
     let mut specs = Vec::new();
     for name in &args.models {
-        let entry = catalog::find(name).with_context(|| format!("{name:?} is not a catalog model"))?;
-        specs.push(ModelSpec::new(name.clone(), entry.ensure()?));
+        specs.push(ModelSpec::new(name.clone(), catalog::named(name)?));
     }
     let model_dir = specs[0].path.parent().context("a model lies in a directory")?.to_owned();
     let config = EngineConfig {
@@ -108,7 +111,8 @@ fn main() -> Result<()> {
         ctx_size: CTX_SIZE,
         max_sessions: MAX_SESSIONS,
         gpu_layers: Some(0),
-        lanes: None,
+        lanes: args.lanes,
+        ..EngineConfig::default()
     };
     let models = Models::load(&specs, &config)?;
     let loaded_mb = memory::rss_mb()?;

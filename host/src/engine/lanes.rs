@@ -1,5 +1,6 @@
 //! A model's lanes: llama.cpp contexts that each own some of the model's
-//! sequences and run on their own scheduler thread, and the cores they share.
+//! sequences and run on their own scheduler thread (the cores they share
+//! are `threads.rs`).
 //!
 //! Why more than one context: on a CPU, batching two sequences into one
 //! decode gains little over decoding one (the step is bound by reading the
@@ -10,43 +11,12 @@
 //! moment: a lone busy session still gets every thread. On a GPU a batch is
 //! nearly free, so GPU builds default to one lane.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use super::scheduler::{Command, Reply};
 use super::scheduler_stopped;
 use crate::error::LlmError;
-
-/// The threads of one model, divided between its busy lanes.
-pub(crate) struct Cores {
-    threads: u32,
-    busy: AtomicU32,
-}
-
-impl Cores {
-    pub fn new(threads: u32) -> Arc<Self> {
-        Arc::new(Self { threads: threads.max(1), busy: AtomicU32::new(0) })
-    }
-
-    /// Record that a lane became busy or idle; `lane_busy` is the lane's own
-    /// flag, so each lane is counted at most once.
-    pub fn set_busy(&self, lane_busy: &mut bool, busy: bool) {
-        if *lane_busy != busy {
-            *lane_busy = busy;
-            if busy {
-                self.busy.fetch_add(1, Ordering::AcqRel);
-            } else {
-                self.busy.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-    }
-
-    /// Threads for one busy lane now: an equal share, at least one.
-    pub fn share(&self) -> u32 {
-        (self.threads / self.busy.load(Ordering::Acquire).max(1)).max(1)
-    }
-}
 
 /// One context's front door: its scheduler's command queue and which of its
 /// sequence ids open sessions hold.

@@ -10,6 +10,7 @@
 //! (`sampler.rs`), turns token bytes into whole-character chunks
 //! (`text.rs`), and pushes them into the stream's buffer (`stream.rs`).
 
+mod attention;
 mod info;
 mod lanes;
 mod params;
@@ -20,6 +21,7 @@ mod session;
 pub mod snapshot;
 mod stream;
 mod text;
+mod threads;
 mod tokens;
 
 use std::num::NonZeroU32;
@@ -34,6 +36,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel, RopeType};
 
+pub use attention::{Attention, Chosen, FlashAttention};
 pub use info::ModelInfo;
 pub use params::{Constraint, GenerateParams, SessionOptions};
 pub use quota::{Quota, QuotaLimits};
@@ -42,9 +45,10 @@ pub use stream::{Finish, FinishReason, TokenStream, Usage};
 pub use text::{Chunk, TokenLogprob};
 
 use crate::error::LlmError;
-use lanes::{Cores, Lane};
+use lanes::Lane;
 use quota::Lease;
 use scheduler::{Command, Scheduler};
+use threads::Cores;
 
 fn scheduler_stopped() -> LlmError {
     LlmError::EngineFailure("the model's scheduler has stopped".into())
@@ -64,12 +68,21 @@ pub struct EngineConfig {
     /// llama.cpp contexts the sessions are spread over (see `lanes.rs`);
     /// `None`: one per thread up to four on a CPU, one on a GPU.
     pub lanes: Option<u32>,
+    /// Flash attention on, off, or measured at load (see `attention.rs`).
+    pub flash_attn: FlashAttention,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
-        Self { threads, ctx_size: 4096, max_sessions: 8, gpu_layers: None, lanes: None }
+        Self {
+            threads,
+            ctx_size: 4096,
+            max_sessions: 8,
+            gpu_layers: None,
+            lanes: None,
+            flash_attn: FlashAttention::Auto,
+        }
     }
 }
 
@@ -102,6 +115,7 @@ struct Inner {
     model: Arc<LlamaModel>,
     lanes: Vec<Lane>,
     ctx_size: u32,
+    attention: Attention,
     path: PathBuf,
     /// SHA-256 of the GGUF, computed on first use (snapshots carry it).
     identity: OnceLock<Result<[u8; 32], String>>,
@@ -123,11 +137,13 @@ impl Engine {
         let on_gpu = gpu_build() && gpu_layers > 0;
         let lanes = config.lanes.unwrap_or_else(|| lanes::default_count(threads, max_sessions, on_gpu));
         let lanes = lanes.clamp(1, max_sessions);
+        let attention = attention::choose(&model, path, config.flash_attn, threads);
         let cores = Cores::new(threads);
         let lanes = (0..lanes)
             .map(|index| {
                 let sequences = lanes::sequences(max_sessions, lanes, index);
-                start_lane(name, index, &model, ctx_size, sequences, &cores)
+                let lane = LaneSetup { index, ctx_size, sequences, flash_attn: attention.context_param() };
+                start_lane(name, &lane, &model, &cores)
                     .with_context(|| format!("creating llama.cpp context {index} for {name:?}"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -137,6 +153,7 @@ impl Engine {
             model,
             lanes,
             ctx_size,
+            attention,
             path: path.to_owned(),
             identity: OnceLock::new(),
         })))
@@ -155,6 +172,11 @@ impl Engine {
     /// Most tokens one session may hold.
     pub fn ctx_size(&self) -> u32 {
         self.0.ctx_size
+    }
+
+    /// The attention kernel the model's contexts run, and why.
+    pub fn attention(&self) -> &Attention {
+        &self.0.attention
     }
 
     /// Open an empty session, taking one of the model's sequence slots and
@@ -349,16 +371,20 @@ impl Engine {
     }
 }
 
-/// Create one lane's context on its own scheduler thread, warmed up.
-fn start_lane(
-    name: &str,
+/// What one lane's context is made with.
+struct LaneSetup {
     index: u32,
-    model: &Arc<LlamaModel>,
+    /// Tokens per sequence.
     ctx_size: u32,
     sequences: u32,
-    cores: &Arc<Cores>,
-) -> anyhow::Result<Lane> {
-    let threads = cores.share();
+    /// llama.cpp's `flash_attn_type`.
+    flash_attn: i32,
+}
+
+/// Create one lane's context on its own scheduler thread, warmed up.
+fn start_lane(name: &str, lane: &LaneSetup, model: &Arc<LlamaModel>, cores: &Arc<Cores>) -> anyhow::Result<Lane> {
+    let (ctx_size, sequences, index) = (lane.ctx_size, lane.sequences, lane.index);
+    let threads = cores.threads();
     let ctx_params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(ctx_size * sequences))
         .with_n_batch(scheduler::PREFILL_CHUNK as u32)
@@ -369,6 +395,7 @@ fn start_lane(
         .with_kv_unified(false)
         .with_n_threads(threads as i32)
         .with_n_threads_batch(threads as i32)
+        .with_flash_attention_policy(lane.flash_attn)
         .with_no_perf(false);
 
     let (commands, receiver) = mpsc::channel();

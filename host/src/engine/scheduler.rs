@@ -26,13 +26,13 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use super::lanes::Cores;
 use super::params::GenerateParams;
 use super::quota::Deadline;
 use super::sampler;
 use super::snapshot::Snapshot;
 use super::stream::{Finish, FinishReason, Item, Shared, Usage};
 use super::text::{Pushed, TextAssembler, TokenLogprob};
+use super::threads::{Cores, Workers};
 use super::tokens::tokenize;
 use crate::error::{ContextOverflow, LlmError, SnapshotError};
 
@@ -180,8 +180,7 @@ pub(crate) struct Scheduler<'m> {
     cores: Arc<Cores>,
     /// Whether this lane counts as busy in `cores`.
     busy: bool,
-    /// The threads the context is set to.
-    threads: u32,
+    workers: Workers,
 }
 
 impl<'m> Scheduler<'m> {
@@ -202,7 +201,7 @@ impl<'m> Scheduler<'m> {
             batch: LlamaBatch::new(capacity, 1),
             cores,
             busy: false,
-            threads,
+            workers: Workers::new(threads),
         }
     }
 
@@ -218,6 +217,7 @@ impl<'m> Scheduler<'m> {
             } else {
                 // Idle until the next command: the other lanes get our threads.
                 self.cores.set_busy(&mut self.busy, false);
+                self.workers.rest(&self.ctx);
                 match commands.recv() {
                     Ok(c) => Some(c),
                     Err(_) => return,
@@ -659,11 +659,7 @@ impl Scheduler<'_> {
     /// Decode the batch with this lane's current share of the threads.
     fn decode(&mut self) -> Result<(), llama_cpp_2::DecodeError> {
         self.cores.set_busy(&mut self.busy, true);
-        let threads = self.cores.share();
-        if threads != self.threads {
-            self.ctx.set_n_threads(threads as i32, threads as i32);
-            self.threads = threads;
-        }
+        self.workers.run_on(&mut self.ctx, self.cores.share());
         self.ctx.decode(&mut self.batch)
     }
 

@@ -10,6 +10,7 @@ use crate::llama_batch::LlamaBatch;
 use crate::model::{LlamaLoraAdapter, LlamaModel};
 use crate::ptr::Ptr;
 use crate::sampling::LlamaSampler;
+use crate::threadpool::ThreadPool;
 use crate::timing::LlamaTimings;
 use crate::token::data::LlamaTokenData;
 use crate::token::data_array::LlamaTokenDataArray;
@@ -29,6 +30,10 @@ pub struct LlamaContext<'a> {
     pub(crate) context: Ptr<llama_cpp_sys_2::llama_context>,
     /// Backend samplers kept alive for the context's lifetime.
     _backend_samplers: Vec<(i32, LlamaSampler)>,
+    /// The thread pool attached with [`Self::attach_threadpool`], kept alive
+    /// while llama.cpp holds its pointer (fields drop after `Drop::drop`
+    /// has freed the context).
+    threadpool: Option<ThreadPool>,
     /// The context internally holds a reference to the model, which can be
     /// retrieved with `llama_get_model`.
     model: PhantomData<&'a LlamaModel>,
@@ -56,6 +61,7 @@ impl<'model> LlamaContext<'model> {
         Self {
             context: llama_context,
             _backend_samplers: Vec::new(),
+            threadpool: None,
             model: PhantomData,
             data: PhantomData,
         }
@@ -68,6 +74,7 @@ impl<'model> LlamaContext<'model> {
         Self {
             context: llama_context,
             _backend_samplers: backend_samplers,
+            threadpool: None,
             model: PhantomData,
             data: PhantomData,
         }
@@ -83,6 +90,38 @@ impl<'model> LlamaContext<'model> {
         // self` rules out a concurrent decode; llama.cpp only stores the two
         // counts in the context's parameters, read at the next decode.
         unsafe { llama_cpp_sys_2::llama_set_n_threads(self.context.as_mut_ptr(), n_threads, n_threads_batch) }
+    }
+
+    /// Run this context's graphs (single tokens and batches) on `pool`
+    /// from the next decode on, instead of on threads made for each graph.
+    /// The context owns the pool while it is attached (so no other context
+    /// can run a graph on it at the same time); returns the pool attached
+    /// before, if any.
+    ///
+    /// Added by wasi-nn-llm (not in the published 0.1.160).
+    pub fn attach_threadpool(&mut self, pool: ThreadPool) -> Option<ThreadPool> {
+        // SAFETY: `self.context` is live and `&mut self` rules out a
+        // concurrent decode; the pool outlives its use, since `self` owns it
+        // until it detaches it or frees the context (fields drop after
+        // `Drop::drop` has called `llama_free`).
+        unsafe { llama_cpp_sys_2::llama_attach_threadpool(self.context.as_mut_ptr(), pool.as_ptr(), pool.as_ptr()) }
+        self.threadpool.replace(pool)
+    }
+
+    /// Stop using the attached pool (graphs get threads of their own again)
+    /// and hand it back.
+    ///
+    /// Added by wasi-nn-llm (not in the published 0.1.160).
+    pub fn detach_threadpool(&mut self) -> Option<ThreadPool> {
+        // SAFETY: as in `attach_threadpool`; llama.cpp only clears its pointers.
+        unsafe { llama_cpp_sys_2::llama_detach_threadpool(self.context.as_mut_ptr()) }
+        self.threadpool.take()
+    }
+
+    /// The pool attached with [`Self::attach_threadpool`], if any.
+    #[must_use]
+    pub fn threadpool(&self) -> Option<&ThreadPool> {
+        self.threadpool.as_ref()
     }
 
     // FIXME(madsmtm): Somehow return `LlamaModel<'_>` here?

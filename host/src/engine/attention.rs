@@ -1,0 +1,230 @@
+//! Which attention kernel a model's contexts run: llama.cpp's flash
+//! attention, or its plain path (matrix products and a softmax).
+//!
+//! Why measure instead of taking llama.cpp's `auto` (which turns flash
+//! attention on wherever the backend has it): on the CPU the faster kernel
+//! depends on the CPU and the model. On an Intel Xeon with AMX, SmolLM2's
+//! decode at a depth of 316 tokens ran at 27 tok/s with flash attention and
+//! 73 without; on an AMD EPYC the two were within 6 % of each other, and
+//! flash attention won at depths 16 and 1000 (`benches/RESULTS.md`). So
+//! `auto` times one short decode each way at load, after a prefill deep
+//! enough for attention to show, and remembers the answer per model file,
+//! CPU and thread count, so later loads pay nothing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use serde::{Deserialize, Serialize};
+
+use super::backend;
+use super::threads::Workers;
+
+/// llama.cpp's `llama_flash_attn_type` values.
+const FLASH_ATTN_DISABLED: i32 = 0;
+const FLASH_ATTN_ENABLED: i32 = 1;
+
+/// Tokens in the probe's KV cache: past the depth (a few hundred) where
+/// the two kernels part ways on the CPUs measured.
+const PROBE_DEPTH: usize = 320;
+/// Decode steps timed per kernel, after one untimed step.
+const PROBE_STEPS: usize = 6;
+
+/// What the operator asked for (`--flash-attn`, the policy's `flash-attn`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlashAttention {
+    /// Measure which decodes faster on this machine (remembered).
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl FromStr for FlashAttention {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!("{other:?} is not auto, on or off")),
+        }
+    }
+}
+
+/// The kernel a model runs, and how it was chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attention {
+    /// Whether the contexts use flash attention.
+    pub flash: bool,
+    /// Why.
+    pub chosen: Chosen,
+}
+
+/// How [`Attention`] was decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chosen {
+    /// The operator said so.
+    Configured,
+    /// Timed at this load: decode tok/s with flash attention on and off.
+    Measured { on: f64, off: f64 },
+    /// Timed at an earlier load on this machine, read back from the cache.
+    Remembered { on: f64, off: f64 },
+    /// `auto`, but the probe failed (the reason); llama.cpp's default.
+    Default(String),
+}
+
+impl fmt::Display for Attention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kernel = if self.flash { "flash attention" } else { "plain attention (no flash)" };
+        match &self.chosen {
+            Chosen::Configured => write!(f, "{kernel}, as configured"),
+            Chosen::Measured { on, off } => {
+                write!(f, "{kernel}: decodes faster here (measured {on:.0} tok/s with flash, {off:.0} without)")
+            }
+            Chosen::Remembered { on, off } => write!(
+                f,
+                "{kernel}: decodes faster here (measured earlier: {on:.0} tok/s with flash, {off:.0} without)"
+            ),
+            Chosen::Default(why) => write!(f, "{kernel}, llama.cpp's default (could not measure: {why})"),
+        }
+    }
+}
+
+impl Attention {
+    /// The `flash_attn_type` for a context's parameters.
+    pub(crate) fn context_param(&self) -> i32 {
+        if self.flash { FLASH_ATTN_ENABLED } else { FLASH_ATTN_DISABLED }
+    }
+}
+
+/// Decide the kernel for `model` (the GGUF at `path`) decoding on `threads`.
+pub(crate) fn choose(model: &LlamaModel, path: &Path, wanted: FlashAttention, threads: u32) -> Attention {
+    match wanted {
+        FlashAttention::On => return Attention { flash: true, chosen: Chosen::Configured },
+        FlashAttention::Off => return Attention { flash: false, chosen: Chosen::Configured },
+        FlashAttention::Auto => {}
+    }
+    let key = cache_key(path, threads);
+    if let Some(seen) = key.as_ref().and_then(|k| Remembered::load().0.get(k).copied()) {
+        return Attention { flash: seen.on > seen.off, chosen: Chosen::Remembered { on: seen.on, off: seen.off } };
+    }
+    let measured = probe(model, true, threads).and_then(|on| Ok((on, probe(model, false, threads)?)));
+    match measured {
+        Ok((on, off)) => {
+            if let Some(key) = key {
+                Remembered::store(key, Seen { on, off });
+            }
+            Attention { flash: on > off, chosen: Chosen::Measured { on, off } }
+        }
+        Err(e) => Attention { flash: true, chosen: Chosen::Default(format!("{e:#}")) },
+    }
+}
+
+/// Decode tok/s of one kernel: a context like a lane's, `PROBE_DEPTH` tokens
+/// prefilled in one batch, then `PROBE_STEPS` single-token decodes timed.
+fn probe(model: &LlamaModel, flash: bool, threads: u32) -> anyhow::Result<f64> {
+    let n_ctx = (PROBE_DEPTH + PROBE_STEPS + 1) as u32;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx.next_multiple_of(256)))
+        .with_n_batch(PROBE_DEPTH as u32)
+        .with_n_ubatch(PROBE_DEPTH as u32)
+        .with_n_seq_max(1)
+        .with_n_threads(threads as i32)
+        .with_n_threads_batch(threads as i32)
+        .with_flash_attention_policy(if flash { FLASH_ATTN_ENABLED } else { FLASH_ATTN_DISABLED });
+    let mut ctx = model.new_context(backend()?, params).context("creating a probe context")?;
+    let mut workers = Workers::new(threads);
+    workers.run_on(&mut ctx, threads);
+    // Any valid ids do: the time of a step does not depend on them.
+    let n_vocab = model.n_vocab().max(1) as usize;
+    let token = |i: usize| LlamaToken((i * 7919 % n_vocab) as i32);
+    let mut batch = LlamaBatch::new(PROBE_DEPTH, 1);
+    for i in 0..PROBE_DEPTH {
+        batch.add(token(i), i as i32, &[0], i + 1 == PROBE_DEPTH)?;
+    }
+    ctx.decode(&mut batch).context("probe prefill")?;
+    let mut timed = 0.0;
+    for step in 0..=PROBE_STEPS {
+        let pos = PROBE_DEPTH + step;
+        batch.clear();
+        batch.add(token(pos), pos as i32, &[0], true)?;
+        let start = Instant::now();
+        ctx.decode(&mut batch).context("probe decode")?;
+        if step > 0 {
+            timed += start.elapsed().as_secs_f64();
+        }
+    }
+    workers.rest(&ctx);
+    Ok(PROBE_STEPS as f64 / timed)
+}
+
+/// One remembered measurement.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Seen {
+    on: f64,
+    off: f64,
+}
+
+/// Measurements of earlier loads, in `attention.json` in the model cache.
+#[derive(Default, Serialize, Deserialize)]
+struct Remembered(BTreeMap<String, Seen>);
+
+impl Remembered {
+    fn file() -> Option<PathBuf> {
+        crate::catalog::cache_dir().ok().map(|d| d.join("attention.json"))
+    }
+
+    fn load() -> Self {
+        Self::file()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Add one entry; a cache that cannot be written only costs a probe next time.
+    fn store(key: String, seen: Seen) {
+        let Some(file) = Self::file() else { return };
+        let mut all = Self::load();
+        all.0.insert(key, seen);
+        let written = serde_json::to_vec_pretty(&all).map_err(std::io::Error::other).and_then(|bytes| {
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            // Written whole, then renamed: a concurrent load never reads half a file.
+            let tmp = file.with_extension(format!("json.{}", std::process::id()));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, &file)
+        });
+        if let Err(e) = written {
+            tracing::warn!(file = %file.display(), "cannot remember the attention probe: {e}");
+        }
+    }
+}
+
+/// What a measurement depends on: the model file (name, size, modification
+/// time), the CPU, the thread count and this host's build (its llama.cpp).
+fn cache_key(path: &Path, threads: u32) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+    let file = path.file_name()?.to_string_lossy();
+    Some(format!(
+        "{file} {} {modified} | {cpu} | {threads} threads | host {}",
+        meta.len(),
+        env!("CARGO_PKG_VERSION")
+    ))
+}
