@@ -22,8 +22,10 @@ bootstrap:
 guests: bootstrap
 	@cargo build --release --quiet --target wasm32-wasip2 -p chat -p chat-base -p chat-tensor -p probe -p compat-0-1-0 -p hostile -p conformance -p bench-guest
 
-## Regenerate benches/RESULTS.md and its plots (about 15 minutes).
+## Regenerate benches/RESULTS.md and its plots (see its header for how
+## long; the first run also builds llama-bench, about 10 minutes).
 bench: guests
+	cargo build --release --quiet -p wasi-nn-llm-native
 	cargo run --release --quiet -p wasi-nn-llm-bench -- --out benches
 
 ## Fuzz the extension's calls against the real engine (README: Fuzzing).

@@ -13,42 +13,44 @@ use wasi_nn_llm_tests::{CTX_SIZE, MODEL, MODELS, Streamed, THREADS, chatml, host
 
 const MAX_TOKENS: u32 = 40;
 
-/// Greedy generation with llama-cpp-2 driven directly: the prompt minus its
-/// last token in one batch, then one token per decode (the batch shapes the
-/// engine uses, so bit-identical results are expected).
+/// Greedy generation with llama-cpp-2 driven directly, with the engine's
+/// attention kernel and batch shapes (the prompt in one batch with logits
+/// for its last token, then one token per decode), so bit-identical results
+/// are expected.
 fn llama_greedy(name: &str, prompt: &str, max: u32) -> Vec<u32> {
     let backend = backend().unwrap();
     let model =
         LlamaModel::load_from_file(backend, model_path(name), &LlamaModelParams::default().with_n_gpu_layers(0))
             .expect("loading the model");
+    let flash = host().engine_of(name).attention().flash;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(CTX_SIZE))
         .with_n_batch(512)
         .with_n_ubatch(512)
         .with_n_threads(THREADS as i32)
-        .with_n_threads_batch(THREADS as i32);
+        .with_n_threads_batch(THREADS as i32)
+        .with_flash_attention_policy(i32::from(flash));
     let mut ctx = model.new_context(backend, params).expect("context");
     let vocab = model.vocab();
     let tokens = vocab.tokenize(prompt.as_bytes(), true, true);
-    let (last, head) = tokens.split_last().expect("non-empty prompt");
 
     let mut batch = LlamaBatch::new(512, 1);
-    for (i, &t) in head.iter().enumerate() {
-        batch.add(t, i as i32, &[0], false).unwrap();
+    for (i, &t) in tokens.iter().enumerate() {
+        batch.add(t, i as i32, &[0], i + 1 == tokens.len()).unwrap();
     }
     ctx.decode(&mut batch).expect("prefill");
     let mut sampler = LlamaSampler::greedy();
-    let (mut token, mut pos, mut out) = (*last, head.len(), Vec::new());
+    let (mut index, mut pos, mut out) = (batch.n_tokens() - 1, tokens.len(), Vec::new());
     while out.len() < max as usize {
-        batch.clear();
-        batch.add(token, pos as i32, &[0], true).unwrap();
-        ctx.decode(&mut batch).expect("decode");
-        token = sampler.sample(&ctx, 0);
+        let token = sampler.sample(&ctx, index);
         if vocab.is_eog(token) {
             break;
         }
         out.push(token.0 as u32);
-        pos += 1;
+        batch.clear();
+        batch.add(token, pos as i32, &[0], true).unwrap();
+        ctx.decode(&mut batch).expect("decode");
+        (index, pos) = (0, pos + 1);
     }
     out
 }

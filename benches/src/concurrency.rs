@@ -3,14 +3,15 @@
 //! guest instances) against llama.cpp batching in one context, and against
 //! independent contexts with the threads split between them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use wasi_nn_llm_host::engine::Engine;
 
+use crate::Settings;
+use crate::baseline::{Config, Native};
 use crate::guest::{Guest, f64_of, f64s_of};
 use crate::report::{Table, Target, median, num, ratio};
-use crate::{Settings, native};
 
 pub const SESSIONS: [u32; 4] = [1, 2, 4, 8];
 
@@ -30,13 +31,13 @@ fn epoch_ms() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0)
 }
 
-fn rate(tokens: f64, took: Duration) -> f64 {
-    tokens / took.as_secs_f64()
-}
-
-pub fn run(guest: &Guest, engine: &Engine, settings: &Settings) -> Result<ConcurrencyResult> {
+pub fn run(guest: &Guest, engine: &Engine, native: &Native, settings: &Settings) -> Result<ConcurrencyResult> {
     let model = engine.name();
     let prompt = engine.apply_chat_template(&[("user".into(), "Write a long story about a dragon.".into())], true)?;
+    // The baselines prefill as many (random) tokens as the prompt has, and
+    // run the engine's attention kernel, so both sides run the same kernels.
+    let depth = engine.count_tokens(&prompt)?;
+    let flash = engine.attention().flash;
     let n = settings.concurrency_tokens;
     let n_arg = n.to_string();
     let names = [
@@ -59,16 +60,16 @@ pub fn run(guest: &Guest, engine: &Engine, settings: &Settings) -> Result<Concur
     ]);
     let lanes = engine.lanes() as u32;
     let lane_threads = (settings.threads / lanes as i32).max(1);
-    let shape = batch_shape(engine, &prompt, n, lane_threads, settings.runs)?;
+    let base = Config { threads: settings.threads as u32, flash, depth, tokens: n, sequences: 1 };
+    let shape = batch_shape(native, Config { threads: lane_threads as u32, ..base }, settings.runs)?;
     let mut targets = Vec::new();
     for k in SESSIONS {
-        let total = (k * n) as f64;
         let mut agg = vec![Vec::new(); names.len()];
         let (mut one_ratio, mut many_ratio, mut session_rates) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..settings.runs {
             eprintln!("  concurrency {model}: {k} sessions, run {}/{}", run + 1, settings.runs);
-            agg[0].push(rate(total, native::batched(engine, &prompt, k, n, settings.threads)?));
-            agg[1].push(rate(total, native::partitioned(engine, &prompt, k, n, settings.threads)?));
+            agg[0].push(native.run(Config { sequences: k, ..base }, 1)?.decode_tps);
+            agg[1].push(native.partitioned(base, k)?);
 
             let one = &guest.run(&["concurrent", model, &k.to_string(), &n_arg, "0", &prompt])?[0];
             let times = f64s_of(one, "session_ms")?;
@@ -137,10 +138,11 @@ pub fn run(guest: &Guest, engine: &Engine, settings: &Settings) -> Result<Concur
     let markdown = format!(
         "Each session decodes {n} tokens (greedy, end-of-generation biased away) after its prompt is prefilled; \
          aggregate tok/s is all sessions' tokens over the wall time from the start of decoding to the last token. \
-         Baselines run in this process on the same loaded model with {} threads: (a) one context holding all \
-         sequences, one batch per step; (b) one context per session on its own thread with the threads split \
-         between them (at least one each). The engine spreads sessions over {lanes} lanes (contexts), each \
-         taking an equal share of the threads while busy. Medians of {} runs.\n\n{}\n\
+         Baselines are `llama-native` processes ({depth} random prompt tokens per sequence, no sampling, the \
+         engine's attention kernel) with {} threads: (a) one process, one context holding all sequences, one \
+         batch per step (llama-batched-bench's way); (b) one process per session, started together, with the \
+         threads split between them (at least one each). The engine spreads sessions over {lanes} lane(s) \
+         (contexts), each taking an equal share of the threads while busy. Medians of {} runs.\n\n{}\n\
          Batch shape: llama.cpp decoding one context on {lane_threads} thread(s) (one lane's share when all \
          are busy), by sequences per batch.\n\n{}",
         settings.threads,
@@ -151,14 +153,14 @@ pub fn run(guest: &Guest, engine: &Engine, settings: &Settings) -> Result<Concur
     Ok(ConcurrencyResult { markdown, targets, curves })
 }
 
-/// Aggregate tok/s of one context on `threads` by batch size: what one lane
-/// can do with its share of the cores.
-fn batch_shape(engine: &Engine, prompt: &str, n: u32, threads: i32, runs: usize) -> Result<Vec<(u32, f64)>> {
+/// Aggregate tok/s of one context on a lane's share of the threads by batch
+/// size: what one lane can do when all are busy.
+fn batch_shape(native: &Native, lane: Config, runs: usize) -> Result<Vec<(u32, f64)>> {
     [1, 2, 4]
         .into_iter()
         .map(|b| {
             let rates = (0..runs)
-                .map(|_| Ok(rate((b * n) as f64, native::batched(engine, prompt, b, n, threads)?)))
+                .map(|_| Ok(native.run(Config { sequences: b, ..lane }, 1)?.decode_tps))
                 .collect::<Result<Vec<_>>>()?;
             Ok((b, median(&rates)))
         })

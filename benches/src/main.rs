@@ -1,17 +1,19 @@
 //! `make bench`: every comparison of issue 4, regenerated from scratch into
 //! `benches/RESULTS.md` and SVG plots beside it.
 //!
-//! One process, one host: the models are loaded once, and the native
-//! baselines (`native`) drive llama.cpp on the very models the guests use,
-//! with the same threads, batch and context. Figures are medians of several
-//! runs; each ratio is taken between runs made back to back, since this
-//! machine's speed drifts by tens of percent between rounds.
+//! The host runs in this process, the models loaded once; every "native"
+//! figure comes from a process of its own (`baseline`): `llama-native`, this
+//! workspace's llama.cpp driven as llama-bench drives it, and llama.cpp's own
+//! llama-bench as a cross-check. Figures are medians of several runs; each
+//! ratio is taken between runs made back to back, since this machine's speed
+//! drifts by tens of percent between rounds.
 
+mod baseline;
 mod chat;
 mod concurrency;
+mod depth;
 mod guest;
 mod memory;
-mod native;
 mod plot;
 mod report;
 mod restore;
@@ -25,8 +27,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use wasi_nn_llm_host::catalog;
-use wasi_nn_llm_host::engine::EngineConfig;
 use wasi_nn_llm_host::catalog::ModelSpec;
+use wasi_nn_llm_host::engine::EngineConfig;
 use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::Runtime;
 
@@ -45,6 +47,9 @@ struct Args {
     /// Runs of the 10-turn chat (each is long).
     #[arg(long, default_value_t = 3)]
     chat_runs: usize,
+    /// Runs of each point of the depth matrix (each is three processes' worth).
+    #[arg(long, default_value_t = 3)]
+    depth_runs: usize,
     /// Where RESULTS.md and the SVGs go.
     #[arg(long, default_value = "benches")]
     out: PathBuf,
@@ -59,6 +64,7 @@ struct Args {
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Section {
+    Depth,
     Single,
     Chat,
     Concurrency,
@@ -116,10 +122,22 @@ fn main() -> Result<()> {
     };
     let models = Models::load(&specs, &config)?;
     let loaded_mb = memory::rss_mb()?;
-    let guest = Guest::new(Runtime::new(models)?, &wasm, model_dir)?;
+    let guest = Guest::new(Runtime::new(models)?, &wasm, model_dir.clone())?;
     std::fs::create_dir_all(&args.out)?;
 
     let wanted = |section: Section| args.only.is_empty() || args.only.contains(&section);
+    // The depth matrix also runs the engine on one thread, loaded apart.
+    let one_thread = if wanted(Section::Depth) {
+        let config = EngineConfig { threads: 1, lanes: Some(1), ..config.clone() };
+        Some(Guest::new(Runtime::new(Models::load(&specs, &config)?)?, &wasm, model_dir)?)
+    } else {
+        None
+    };
+    let llama_bench = if wanted(Section::Depth) {
+        baseline::LlamaBench::build(workspace).map_err(|e| eprintln!("llama-bench unavailable: {e:#}")).ok()
+    } else {
+        None
+    };
     let mut body = String::new();
     let mut targets: Vec<Target> = Vec::new();
     for spec in &specs {
@@ -131,15 +149,33 @@ fn main() -> Result<()> {
         let info = engine.info();
         writeln!(
             body,
-            "## {name}: {file}\n\n{}, {} parameters, {} quantization, {:.0} MB.\n",
+            "## {name}: {file}\n\n{}, {} parameters, {} quantization, {:.0} MB. Attention: {}.\n",
             info.architecture,
             info.parameters,
             info.quantization,
-            info.size_bytes as f64 / 1e6
+            info.size_bytes as f64 / 1e6,
+            engine.attention()
         )?;
+        let native = baseline::Native::new(&spec.path)?;
+
+        if let Some(one) = &one_thread {
+            let one_engine = one.runtime.models().engine(name).context("a loaded model")?.clone();
+            let rows = match &llama_bench {
+                Some(b) => {
+                    eprintln!("  llama-bench {name}");
+                    b.run(&spec.path, &depth::THREADS, &depth::DEPTHS, 128, 2)
+                        .map_err(|e| eprintln!("llama-bench failed: {e:#}"))
+                        .ok()
+                }
+                None => None,
+            };
+            let d = depth::run(&[one, &guest], &[&one_engine, &engine], &native, rows.as_deref(), args.depth_runs)?;
+            writeln!(body, "### Decode and prefill at depth\n\n{}", d.markdown)?;
+            targets.extend(d.targets);
+        }
 
         if wanted(Section::Single) {
-            let s = single::run(&guest, &engine, &gguf, &settings)?;
+            let s = single::run(&guest, &engine, &native, &gguf, &settings)?;
             writeln!(body, "### Single turn\n\n{}", s.markdown)?;
             targets.extend(s.targets);
         }
@@ -158,7 +194,7 @@ fn main() -> Result<()> {
         }
 
         if wanted(Section::Concurrency) {
-            let k = concurrency::run(&guest, &engine, &settings)?;
+            let k = concurrency::run(&guest, &engine, &native, &settings)?;
             let svg = format!("tokps-vs-sessions-{name}.svg");
             let curves: Vec<(&str, Vec<(f64, f64)>)> = k
                 .curves
@@ -197,7 +233,8 @@ fn main() -> Result<()> {
          - Machine: {}\n- Commit: {}\n- Settings: {THREADS} threads everywhere, context {CTX_SIZE} tokens per session, \
          batch 512, up to {MAX_SESSIONS} sessions per model, CPU only (no GPU layers), release build with \
          `-C target-cpu=native`.\n- Guests are wasm32-wasip2 components run by this repository's host (wasmtime 48); \
-         \"native\" is llama-cpp-2 called in the same process on the same loaded model.\n\n\
+         every baseline is a process of its own (`llama-native`: this workspace's llama.cpp as llama-bench runs \
+         it; see the depth section).\n\n\
          ## Targets\n\n{}\n### Missed, and why\n\n{}\n{}",
         started.elapsed().as_secs().div_ceil(60),
         machine(),

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
+use wasi_nn_llm_host::catalog::{self, ModelSpec};
 use wasi_nn_llm_host::engine::{EngineConfig, FlashAttention, gpu_build};
 use wasi_nn_llm_host::policy::Policy;
-use wasi_nn_llm_host::catalog::{self, ModelSpec};
 use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
 
@@ -79,6 +79,11 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // WASI_NN_LLM_LOG is a tracing filter (`debug`, `wasi_nn_llm_host=trace`,
+    // …); unset, only warnings show.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WASI_NN_LLM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match run(Cli::parse()) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

@@ -165,11 +165,13 @@ impl session::HostSession for LlmView<'_> {
             Some(types::OverflowPolicy::Refuse) | None => None,
         };
         let options = engine::SessionOptions { context_length: options.context_length, seed: options.seed, shift_keep };
+        tracing::trace!(model = engine.name(), ?options, "session.open");
         let session = try_llm!(engine.open_session(&options, self.ctx.access.quota()));
         Ok(Ok(self.table.push(session)?))
     }
 
     fn append(&mut self, session: Resource<Session>, text: String) -> wasmtime::Result<Result<u32, types::Error>> {
+        tracing::trace!(bytes = text.len(), "session.append");
         Ok(self.table.get(&session)?.append(&text).map_err(Into::into))
     }
 
@@ -178,7 +180,9 @@ impl session::HostSession for LlmView<'_> {
         session: Resource<Session>,
         params: types::GenerateParams,
     ) -> wasmtime::Result<Result<Resource<TokenStream>, types::Error>> {
-        let stream = try_llm!(self.table.get(&session)?.generate(&params.into()));
+        let params: engine::GenerateParams = params.into();
+        tracing::trace!(?params, "session.generate");
+        let stream = try_llm!(self.table.get(&session)?.generate(&params));
         Ok(Ok(self.table.push(stream)?))
     }
 
@@ -187,6 +191,7 @@ impl session::HostSession for LlmView<'_> {
         session: Resource<Session>,
         tokens: Vec<u32>,
     ) -> wasmtime::Result<Result<u32, types::Error>> {
+        tracing::trace!(tokens = tokens.len(), "session.append-tokens");
         Ok(self.table.get(&session)?.append_tokens(&tokens).map_err(Into::into))
     }
 
@@ -211,6 +216,7 @@ impl session::HostSession for LlmView<'_> {
     }
 
     fn fork(&mut self, session: Resource<Session>) -> wasmtime::Result<Result<Resource<Session>, types::Error>> {
+        tracing::trace!("session.fork");
         let forked = try_llm!(self.table.get(&session)?.fork());
         Ok(Ok(self.table.push(forked)?))
     }
@@ -225,6 +231,7 @@ impl session::HostSession for LlmView<'_> {
         snapshot: Vec<u8>,
     ) -> wasmtime::Result<Result<Resource<Session>, types::Error>> {
         let engine = try_llm!(self.engine(&graph)?);
+        tracing::trace!(model = engine.name(), bytes = snapshot.len(), "session.restore");
         let session = try_llm!(engine.restore_session(&snapshot, self.ctx.access.quota()));
         Ok(Ok(self.table.push(session)?))
     }
@@ -340,8 +347,15 @@ impl From<engine::Finish> for types::Finish {
     }
 }
 
+/// Every error a host call returns to the guest passes here, so this is
+/// where they are logged (an engine failure is the host's fault, the rest
+/// the guest's).
 impl From<LlmError> for types::Error {
     fn from(e: LlmError) -> Self {
+        match &e {
+            LlmError::EngineFailure(_) => tracing::warn!(error = %e, "a host call fails"),
+            _ => tracing::debug!(error = %e, "a host call returns an error to the guest"),
+        }
         let overflow = |o: crate::error::ContextOverflow| types::ContextOverflow {
             requested: o.requested,
             used: o.used,

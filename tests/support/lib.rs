@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use serde_json::Value;
 use wasi_nn_llm_host::catalog;
+use wasi_nn_llm_host::catalog::ModelSpec;
 use wasi_nn_llm_host::engine::{Engine, EngineConfig};
 use wasi_nn_llm_host::policy::Policy;
-use wasi_nn_llm_host::catalog::ModelSpec;
 use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::Guest;
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
@@ -77,8 +77,14 @@ pub struct TestHost {
 pub fn host() -> &'static TestHost {
     static HOST: OnceLock<TestHost> = OnceLock::new();
     HOST.get_or_init(|| {
-        let config =
-            EngineConfig { threads: THREADS, ctx_size: CTX_SIZE, max_sessions: 8, gpu_layers: Some(0), lanes: None, ..EngineConfig::default() };
+        let config = EngineConfig {
+            threads: THREADS,
+            ctx_size: CTX_SIZE,
+            max_sessions: 8,
+            gpu_layers: Some(0),
+            lanes: None,
+            ..EngineConfig::default()
+        };
         let specs: Vec<ModelSpec> = MODELS.iter().map(|&m| ModelSpec::new(m, model_path(m))).collect();
         let models = Models::load(&specs, &config).expect("loading the models");
         let runtime = Runtime::new(models).expect("creating the runtime");

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     let num = |s: &str| s.parse::<u32>().map_err(|e| format!("{s:?} is not a count: {e}"));
     let result = match args.as_slice() {
         ["single-ext", model, n, prompt] => num(n).and_then(|n| single_ext(model, n, prompt)),
+        ["depth", model, n, depth, text] => num(n).and_then(|n| num(depth).and_then(|d| depth_ext(model, n, d, text))),
         ["single-text", model, n, prompt] => num(n).and_then(|n| single_text(model, n, prompt)),
         ["single-tensor", model, gguf, n, prompt] => num(n).and_then(|n| single_tensor(model, gguf, n, prompt)),
         ["boundary", model, rounds] => num(rounds).and_then(|r| boundary(model, r)),
@@ -88,6 +89,25 @@ fn single_ext(name: &str, n: u32, prompt: &str) -> Result<(), String> {
     let session = Session::open(&model).map_err(err)?;
     let start = Instant::now();
     session.append(prompt).map_err(err)?;
+    let mut stream = session.generate(&params).map_err(err)?;
+    let (first, last, tokens) = drain(&mut stream, start)?;
+    println!("{}", json!({ "ttft_ms": ms(first), "decode_ms": ms(last - first), "generated": tokens }));
+    Ok(())
+}
+
+/// The extension at a given depth, as llama-bench measures: `depth` prompt
+/// tokens (`text`'s, repeated as needed) appended as ids, then `n` tokens.
+fn depth_ext(name: &str, n: u32, depth: u32, text: &str) -> Result<(), String> {
+    let model = Model::load(name).map_err(err)?;
+    let params = exact(&model, n)?;
+    let words = model.tokenize(text, false, false).map_err(err)?;
+    if words.is_empty() {
+        return Err("the text has no tokens".into());
+    }
+    let prompt: Vec<u32> = words.iter().copied().cycle().take(depth as usize).collect();
+    let session = Session::open(&model).map_err(err)?;
+    let start = Instant::now();
+    session.append_tokens(&prompt).map_err(err)?;
     let mut stream = session.generate(&params).map_err(err)?;
     let (first, last, tokens) = drain(&mut stream, start)?;
     println!("{}", json!({ "ttft_ms": ms(first), "decode_ms": ms(last - first), "generated": tokens }));

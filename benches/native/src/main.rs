@@ -49,8 +49,8 @@ struct Args {
     /// Sequences decoded together in one batch per step (llama-batched-bench's `-npl`).
     #[arg(long, default_value_t = 1)]
     sequences: u32,
-    /// Timed repetitions, after one untimed (as llama-bench's warm-up).
-    #[arg(long, default_value_t = 3)]
+    /// Timed repetitions, after a short untimed warm-up (as llama-bench's).
+    #[arg(long, default_value_t = 2)]
     reps: usize,
     /// Wait until this Unix time in milliseconds before decoding, so several
     /// processes (independent contexts with the threads split) decode at once.
@@ -99,16 +99,21 @@ fn main() -> Result<()> {
         LlamaToken(((rng >> 33) as usize % n_vocab) as i32)
     };
 
+    // Warm-up, untimed: the first decodes of a context pay for buffers
+    // and caches (llama-bench runs one too).
+    prefill(&mut ctx, 0, args.depth.min(64), &mut token)?;
+    decode(&mut ctx, args.depth.min(64), 4, 1, &mut token)?;
+
     let (mut prefill_tps, mut decode_tps) = (Vec::new(), Vec::new());
     let (mut start_ms, mut end_ms) = (0.0, 0.0);
-    for rep in 0..=args.reps {
+    for rep in 0..args.reps {
         ctx.clear_kv_cache();
         let t0 = Instant::now();
         for seq in 0..args.sequences as i32 {
             prefill(&mut ctx, seq, args.depth, &mut token)?;
         }
         let prefill_s = t0.elapsed().as_secs_f64();
-        if rep == args.reps
+        if rep + 1 == args.reps
             && let Some(at) = args.start_at
         {
             let wait = at as f64 - epoch_ms();
@@ -118,20 +123,11 @@ fn main() -> Result<()> {
         }
         start_ms = epoch_ms();
         let t1 = Instant::now();
-        let mut batch = LlamaBatch::new(args.sequences as usize, 1);
-        for step in 0..args.tokens {
-            batch.clear();
-            for seq in 0..args.sequences as i32 {
-                batch.add(token(), (args.depth + step) as i32, &[seq], true)?;
-            }
-            ctx.decode(&mut batch).context("decode")?;
-        }
+        decode(&mut ctx, args.depth, args.tokens, args.sequences, &mut token)?;
         let decode_s = t1.elapsed().as_secs_f64();
         end_ms = epoch_ms();
-        if rep > 0 {
-            prefill_tps.push((args.depth * args.sequences as usize) as f64 / prefill_s);
-            decode_tps.push((args.tokens * args.sequences as usize) as f64 / decode_s);
-        }
+        prefill_tps.push((args.depth * args.sequences as usize) as f64 / prefill_s);
+        decode_tps.push((args.tokens * args.sequences as usize) as f64 / decode_s);
     }
     println!(
         "{}",
@@ -147,6 +143,27 @@ fn main() -> Result<()> {
             "end_epoch_ms": end_ms,
         })
     );
+    Ok(())
+}
+
+/// Decode `tokens` steps of one token for each of `sequences` sequences,
+/// from position `depth` on (llama-bench's generation phase; llama-batched-bench's
+/// for several sequences).
+fn decode(
+    ctx: &mut LlamaContext<'_>,
+    depth: usize,
+    tokens: usize,
+    sequences: u32,
+    token: &mut impl FnMut() -> LlamaToken,
+) -> Result<()> {
+    let mut batch = LlamaBatch::new(sequences as usize, 1);
+    for step in 0..tokens {
+        batch.clear();
+        for seq in 0..sequences as i32 {
+            batch.add(token(), (depth + step) as i32, &[seq], true)?;
+        }
+        ctx.decode(&mut batch).context("decode")?;
+    }
     Ok(())
 }
 

@@ -219,12 +219,11 @@ fn cache_key(path: &Path, threads: u32) -> Option<String> {
     let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
     let file = path.file_name()?.to_string_lossy();
-    Some(format!(
-        "{file} {} {modified} | {cpu} | {threads} threads | host {}",
-        meta.len(),
-        env!("CARGO_PKG_VERSION")
-    ))
+    Some(format!("{file} {} {modified} | {cpu} | {threads} threads | host {}", meta.len(), env!("CARGO_PKG_VERSION")))
 }

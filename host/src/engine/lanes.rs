@@ -14,7 +14,7 @@
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Mutex, MutexGuard};
 
-use super::scheduler::{Command, Reply};
+use super::protocol::{Command, Reply, SeqId};
 use super::scheduler_stopped;
 use crate::error::LlmError;
 
@@ -26,10 +26,12 @@ pub(crate) struct Lane {
 }
 
 impl Lane {
+    /// The front door of a scheduler reading `commands`, with `sequences` sequences.
     pub fn new(commands: Sender<Command>, sequences: usize) -> Self {
         Self { commands, slots: Mutex::new(vec![false; sequences]) }
     }
 
+    /// Queue a command for the lane's scheduler.
     pub fn send(&self, command: Command) -> Result<(), LlmError> {
         self.commands.send(command).map_err(|_| scheduler_stopped())
     }
@@ -45,24 +47,27 @@ impl Lane {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Sequences no session holds.
     pub fn free(&self) -> usize {
         self.slots().iter().filter(|taken| !**taken).count()
     }
 
+    /// Sequences in all.
     pub fn capacity(&self) -> usize {
         self.slots().len()
     }
 
-    /// Reserve a free sequence id of this lane.
-    pub fn take(&self) -> Option<i32> {
+    /// Reserve a free sequence of this lane.
+    pub fn take(&self) -> Option<SeqId> {
         let mut slots = self.slots();
         let free = slots.iter().position(|taken| !taken)?;
         slots[free] = true;
-        Some(free as i32)
+        Some(SeqId::new(free))
     }
 
-    pub fn release(&self, seq: i32) {
-        if let Some(slot) = self.slots().get_mut(seq as usize) {
+    /// Give a sequence back (its session's `Close` is already queued).
+    pub fn release(&self, seq: SeqId) {
+        if let Some(slot) = self.slots().get_mut(seq.index()) {
             *slot = false;
         }
     }

@@ -11,9 +11,13 @@
 //! (`text.rs`), and pushes them into the stream's buffer (`stream.rs`).
 
 mod attention;
+mod buffer;
+mod finish;
 mod info;
 mod lanes;
+mod logprob;
 mod params;
+mod protocol;
 mod quota;
 mod sampler;
 mod scheduler;
@@ -37,17 +41,19 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel, RopeType};
 
 pub use attention::{Attention, Chosen, FlashAttention};
+pub use finish::{Finish, FinishReason, Usage};
 pub use info::ModelInfo;
 pub use params::{Constraint, GenerateParams, SessionOptions};
 pub use quota::{Quota, QuotaLimits};
 pub use session::Session;
-pub use stream::{Finish, FinishReason, TokenStream, Usage};
+pub use stream::TokenStream;
 pub use text::{Chunk, TokenLogprob};
 
 use crate::error::LlmError;
 use lanes::Lane;
-use quota::Lease;
-use scheduler::{Command, Scheduler};
+use protocol::{Command, SeqId};
+use scheduler::Scheduler;
+use session::Slot;
 use threads::Cores;
 
 fn scheduler_stopped() -> LlmError {
@@ -86,15 +92,15 @@ impl Default for EngineConfig {
     }
 }
 
-/// The process-wide llama.cpp backend (llama.cpp allows one), with its
-/// logging silenced unless `WASI_NN_LLM_LOG` is set.
+/// The process-wide llama.cpp backend (llama.cpp allows one). Its logs go
+/// to `tracing` when `WASI_NN_LLM_LOG` (the CLI's log filter) is set, and
+/// nowhere otherwise: llama.cpp logs every load at length.
 pub fn backend() -> anyhow::Result<&'static LlamaBackend> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
-            if std::env::var_os("WASI_NN_LLM_LOG").is_none() {
-                llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
-            }
+            let enabled = std::env::var_os("WASI_NN_LLM_LOG").is_some();
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(enabled));
             LlamaBackend::init().map_err(|e| e.to_string())
         })
         .as_ref()
@@ -113,7 +119,7 @@ pub struct Engine(Arc<Inner>);
 struct Inner {
     name: String,
     model: Arc<LlamaModel>,
-    lanes: Vec<Lane>,
+    lanes: Vec<Arc<Lane>>,
     ctx_size: u32,
     attention: Attention,
     path: PathBuf,
@@ -199,7 +205,8 @@ impl Engine {
             self.check_shiftable()?;
         }
         let lease = quota.lease(self.kv_bytes(limit))?;
-        let session = Session::new(self.clone(), self.take_slot()?, lease, limit, options.shift_keep);
+        let (lane, seq) = self.take_slot()?;
+        let session = Session::new(self.clone(), Slot::new(lane, seq, lease), limit, options.shift_keep);
         session.send(Command::Open { seq: session.seq(), limit, seed: options.seed, shift: options.shift_keep })?;
         Ok(session)
     }
@@ -232,18 +239,13 @@ impl Engine {
             sampler::checked_token(t, n_vocab)?;
         }
         let lease = quota.lease(self.kv_bytes(snapshot.limit))?;
-        self.restore_into(self.take_slot()?, lease, snapshot, None)
+        let (lane, seq) = self.take_slot()?;
+        self.restore_into(Slot::new(lane, seq, lease), snapshot, None)
     }
 
-    /// A new session on `slot` (lane, sequence) holding `snapshot` (already checked).
-    fn restore_into(
-        &self,
-        slot: (usize, i32),
-        lease: Lease,
-        snapshot: snapshot::Snapshot,
-        shift: Option<u32>,
-    ) -> Result<Session, LlmError> {
-        let session = Session::new(self.clone(), slot, lease, snapshot.limit, shift);
+    /// A new session on `slot` holding `snapshot` (already checked).
+    fn restore_into(&self, slot: Slot, snapshot: snapshot::Snapshot, shift: Option<u32>) -> Result<Session, LlmError> {
+        let session = Session::new(self.clone(), slot, snapshot.limit, shift);
         let open = Command::Open { seq: session.seq(), limit: snapshot.limit, seed: snapshot.seed, shift };
         session.send(open)?;
         session.load(snapshot)?;
@@ -263,16 +265,16 @@ impl Engine {
     }
 
     /// Reserve a free sequence in the lane with the most free sequences (so
-    /// concurrent sessions spread over the cores). Returns (lane, sequence
-    /// id); the session given it frees it on drop.
-    fn take_slot(&self) -> Result<(usize, i32), LlmError> {
+    /// concurrent sessions spread over the cores); the slot made of it frees
+    /// it on drop.
+    fn take_slot(&self) -> Result<(Arc<Lane>, SeqId), LlmError> {
         let lanes = &self.0.lanes;
         // Most free first; on a tie the lowest index, so placement is deterministic.
-        let mut order: Vec<usize> = (0..lanes.len()).collect();
-        order.sort_by_key(|&l| std::cmp::Reverse(lanes[l].free()));
+        let mut order: Vec<&Arc<Lane>> = lanes.iter().collect();
+        order.sort_by_key(|l| std::cmp::Reverse(l.free()));
         order
             .into_iter()
-            .find_map(|l| lanes[l].take().map(|seq| (l, seq)))
+            .find_map(|l| l.take().map(|seq| (l.clone(), seq)))
             .ok_or_else(|| LlmError::LimitExceeded { name: "sessions".into(), max: self.max_sessions() as u64 })
     }
 
@@ -298,7 +300,7 @@ impl Engine {
 
     /// Sessions that may be open at once, over all lanes.
     pub fn max_sessions(&self) -> usize {
-        self.0.lanes.iter().map(Lane::capacity).sum()
+        self.0.lanes.iter().map(|l| l.capacity()).sum()
     }
 
     /// How many llama.cpp contexts the sessions are spread over.
@@ -306,8 +308,9 @@ impl Engine {
         self.0.lanes.len()
     }
 
-    pub(super) fn lane(&self, lane: usize) -> &Lane {
-        &self.0.lanes[lane]
+    /// Where `lane` is among this model's lanes.
+    pub(super) fn lane_index(&self, lane: &Arc<Lane>) -> usize {
+        self.0.lanes.iter().position(|l| Arc::ptr_eq(l, lane)).unwrap_or(0)
     }
 
     /// Token ids for `text`; `add_special` adds BOS where the model uses one,
@@ -382,7 +385,7 @@ struct LaneSetup {
 }
 
 /// Create one lane's context on its own scheduler thread, warmed up.
-fn start_lane(name: &str, lane: &LaneSetup, model: &Arc<LlamaModel>, cores: &Arc<Cores>) -> anyhow::Result<Lane> {
+fn start_lane(name: &str, lane: &LaneSetup, model: &Arc<LlamaModel>, cores: &Arc<Cores>) -> anyhow::Result<Arc<Lane>> {
     let (ctx_size, sequences, index) = (lane.ctx_size, lane.sequences, lane.index);
     let threads = cores.threads();
     let ctx_params = LlamaContextParams::default()
@@ -421,7 +424,7 @@ fn start_lane(name: &str, lane: &LaneSetup, model: &Arc<LlamaModel>, cores: &Arc
         })
         .context("spawning the scheduler thread")?;
     ready_rx.recv().context("scheduler thread died")?.map_err(|e| anyhow!("{e}"))?;
-    Ok(Lane::new(commands, sequences as usize))
+    Ok(Arc::new(Lane::new(commands, sequences as usize)))
 }
 
 /// The first decode on a new context costs 80–150 ms extra; pay it at load time.

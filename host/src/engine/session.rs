@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use llama_cpp_2::token::LlamaToken;
 
+use super::lanes::Lane;
 use super::params::GenerateParams;
+use super::protocol::{Command, Input, Reply, SeqId};
 use super::quota::Lease;
-use super::scheduler::{Command, Input, Reply};
 use super::snapshot::Snapshot;
 use super::stream::TokenStream;
 use super::{Engine, sampler};
@@ -16,6 +17,7 @@ use crate::error::LlmError;
 /// A conversation in the model's KV cache. Its sequence is freed when the
 /// session and every stream it started are dropped.
 pub struct Session {
+    engine: Engine,
     slot: Arc<Slot>,
     limit: u32,
     /// The context-shift setting it was opened with (a fork inherits it).
@@ -25,9 +27,8 @@ pub struct Session {
 /// Ownership of one sequence id, shared by a session and its streams: a
 /// stream stays readable to its end even after its session is dropped.
 pub(crate) struct Slot {
-    engine: Engine,
-    lane: usize,
-    seq: i32,
+    lane: Arc<Lane>,
+    seq: SeqId,
     /// The owning instance's quota share, returned with the sequence.
     lease: Lease,
 }
@@ -37,37 +38,38 @@ impl Drop for Slot {
         // The scheduler handles commands in order, so the id can be reused
         // at once: a later Open of this sequence comes after this Close.
         let _ = self.send(Command::Close { seq: self.seq });
-        self.engine.lane(self.lane).release(self.seq);
+        self.lane.release(self.seq);
     }
 }
 
 impl Slot {
-    pub(super) fn engine(&self) -> &Engine {
-        &self.engine
+    /// A sequence of `lane` and `lease`, which the slot now owns.
+    pub(super) fn new(lane: Arc<Lane>, seq: SeqId, lease: Lease) -> Self {
+        Self { lane, seq, lease }
     }
 
-    pub(super) fn seq(&self) -> i32 {
+    pub(super) fn seq(&self) -> SeqId {
         self.seq
     }
 
     /// Queue a command on this sequence's lane.
     pub(super) fn send(&self, command: Command) -> Result<(), LlmError> {
-        self.engine.lane(self.lane).send(command)
+        self.lane.send(command)
     }
 
     /// Send a command to this sequence's lane and wait for the answer.
     pub(super) fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
-        self.engine.lane(self.lane).request(command)
+        self.lane.request(command)
     }
 }
 
 impl Session {
-    /// A session on `slot` (lane, sequence id) and `lease`, which it now owns.
-    pub(super) fn new(engine: Engine, (lane, seq): (usize, i32), lease: Lease, limit: u32, shift: Option<u32>) -> Self {
-        Self { slot: Arc::new(Slot { engine, lane, seq, lease }), limit, shift }
+    /// A session of `engine` on `slot`.
+    pub(super) fn new(engine: Engine, slot: Slot, limit: u32, shift: Option<u32>) -> Self {
+        Self { engine, slot: Arc::new(slot), limit, shift }
     }
 
-    pub(super) fn seq(&self) -> i32 {
+    pub(super) fn seq(&self) -> SeqId {
         self.slot.seq()
     }
 
@@ -82,12 +84,12 @@ impl Session {
 
     /// Which of the model's lanes (llama.cpp contexts) holds this session.
     pub fn lane(&self) -> usize {
-        self.slot.lane
+        self.engine.lane_index(&self.slot.lane)
     }
 
     /// The model this session runs on.
     pub fn engine(&self) -> &Engine {
-        self.slot.engine()
+        &self.engine
     }
 
     /// Tokenize `text` and evaluate it into the KV cache; returns how many
@@ -132,14 +134,15 @@ impl Session {
     pub fn fork(&self) -> Result<Session, LlmError> {
         let engine = self.engine();
         let lease = self.slot.lease.renew()?;
-        let lane = self.slot.lane;
-        let Some(child) = engine.lane(lane).take() else {
+        let lane = &self.slot.lane;
+        let Some(child) = lane.take() else {
             // An in-process copy, never encoded: no model identity needed.
             let snapshot = self.request(|reply| Command::Save { seq: self.seq(), model: [0; 32], reply })?;
-            return engine.restore_into(engine.take_slot()?, lease, snapshot, self.shift);
+            let (lane, seq) = engine.take_slot()?;
+            return engine.restore_into(Slot::new(lane, seq, lease), snapshot, self.shift);
         };
         // From here the child owns its slot: dropping it on failure frees it.
-        let forked = Session::new(engine.clone(), (lane, child), lease, self.limit, self.shift);
+        let forked = Session::new(engine.clone(), Slot::new(lane.clone(), child, lease), self.limit, self.shift);
         self.request(|reply| Command::Fork { seq: self.seq(), child, reply })?;
         Ok(forked)
     }

@@ -1,124 +1,15 @@
-//! The reader side of a generation: a bounded buffer the scheduler fills and
-//! the guest's `token-stream` drains.
-//!
-//! The scheduler runs up to [`RUN_AHEAD`] chunks ahead of the reader so that
-//! the streams of many sessions are always ready to be decoded together in
-//! one batch; a reader that waits for its next chunk blocks only its own
-//! thread.
+//! The reader side of a generation: the guest's `token-stream`, draining the
+//! buffer its lane's scheduler fills (`buffer.rs`).
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 
+use super::buffer::{Item, Shared};
+use super::finish::{Finish, FinishReason};
+use super::protocol::Command;
 use super::quota::GenerationPermit;
-use super::scheduler::Command;
 use super::session::Slot;
 use super::text::Chunk;
 use crate::error::LlmError;
-
-/// Chunks a generation may run ahead of its reader.
-pub(crate) const RUN_AHEAD: usize = 8;
-
-/// Why a generation ended (none of these is an error).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FinishReason {
-    EndOfSequence,
-    MaxTokens,
-    Stop(String),
-    Cancelled,
-    ContextFull,
-}
-
-/// Token accounting for one generation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Tokens in the session when the generation began.
-    pub prompt_tokens: u32,
-    /// Of those, how many were reused from the KV cache rather than evaluated for this turn.
-    pub cached_tokens: u32,
-    /// Tokens delivered in chunks.
-    pub generated_tokens: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Finish {
-    pub reason: FinishReason,
-    pub usage: Usage,
-}
-
-pub(crate) enum Item {
-    Chunk(Chunk),
-    Finish(Finish),
-    Failed(LlmError),
-}
-
-#[derive(Default)]
-pub(crate) struct Buffer {
-    pub items: VecDeque<Item>,
-    /// The reader has taken the last item (a finish or an error).
-    pub drained: bool,
-}
-
-impl Buffer {
-    /// Tokens in chunks the reader has not taken.
-    pub fn undelivered_tokens(&self) -> usize {
-        self.items
-            .iter()
-            .map(|i| match i {
-                Item::Chunk(c) => c.tokens.len(),
-                Item::Finish(_) | Item::Failed(_) => 0,
-            })
-            .sum()
-    }
-
-    /// The usage a finished generation reported, if it finished.
-    pub fn finished_usage(&self) -> Option<Usage> {
-        self.items.iter().find_map(|i| match i {
-            Item::Finish(f) => Some(f.usage),
-            Item::Chunk(_) | Item::Failed(_) => None,
-        })
-    }
-
-    /// Whether the generation may produce another chunk now.
-    pub fn has_room(&self) -> bool {
-        self.items.len() < RUN_AHEAD
-    }
-}
-
-/// State shared by the scheduler and one reader.
-pub(crate) struct Shared {
-    /// Tells this stream from later ones on the same session.
-    pub id: u64,
-    buffer: Mutex<Buffer>,
-    /// Wakes a reader blocked in `read`.
-    ready: Condvar,
-    /// Wakes a guest waiting in `wasi:io/poll` (an async wait on wasmtime-wasi's runtime).
-    polled: tokio::sync::Notify,
-}
-
-impl Shared {
-    pub fn new() -> Arc<Self> {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-        Arc::new(Self {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            buffer: Mutex::default(),
-            ready: Condvar::new(),
-            polled: tokio::sync::Notify::new(),
-        })
-    }
-
-    /// The buffer; a poisoned lock only means a reader panicked mid-pop, and
-    /// the queue itself is always consistent.
-    pub fn lock(&self) -> MutexGuard<'_, Buffer> {
-        self.buffer.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn push(&self, item: Item) {
-        self.lock().items.push_back(item);
-        self.ready.notify_all();
-        self.polled.notify_waiters();
-    }
-}
 
 /// A generation in progress, as the guest sees it. Dropping it cancels the
 /// generation; the session keeps exactly the chunks that were taken.
@@ -175,7 +66,7 @@ impl TokenStream {
             if !wait {
                 return Ok(None);
             }
-            buffer = self.shared.ready.wait(buffer).unwrap_or_else(|e| e.into_inner());
+            buffer = self.shared.wait(buffer);
         };
         let result = match item {
             Item::Chunk(mut chunk) => {
@@ -239,7 +130,7 @@ impl wasmtime_wasi::p2::Pollable for TokenStream {
     async fn ready(&mut self) {
         loop {
             // Registered before the check, so a push in between still wakes us.
-            let notified = self.shared.polled.notified();
+            let notified = self.shared.pushed();
             if self.done || !self.shared.lock().items.is_empty() {
                 return;
             }

@@ -1,0 +1,156 @@
+//! Decode and prefill at depths 16, 316 and 1000 on 1 and 2 threads: the
+//! extension against the out-of-process baseline with flash attention on and
+//! off, and llama.cpp's own llama-bench as a cross-check.
+
+use anyhow::Result;
+use wasi_nn_llm_host::engine::Engine;
+
+use crate::baseline::{BenchRow, Config, Native};
+use crate::guest::{Guest, f64_of};
+use crate::report::{Table, Target, median, num, ratio};
+use crate::single::PASSAGE;
+
+pub const DEPTHS: [u32; 3] = [16, 316, 1000];
+pub const THREADS: [u32; 2] = [1, 2];
+/// Tokens decoded after the prompt (llama-bench's tg128).
+const TOKENS: u32 = 128;
+
+/// One way's medians at one (threads, depth).
+#[derive(Default, Clone, Copy)]
+struct Point {
+    prefill: f64,
+    decode: f64,
+}
+
+pub struct DepthResult {
+    pub markdown: String,
+    pub targets: Vec<Target>,
+}
+
+/// `guests[i]` serves the model on `THREADS[i]` threads.
+pub fn run(
+    guests: &[&Guest],
+    engines: &[&Engine],
+    native: &Native,
+    llama_bench: Option<&[BenchRow]>,
+    runs: usize,
+) -> Result<DepthResult> {
+    let model = engines[0].name();
+    let attention = engines[0].attention().to_string();
+    let mut table = Table::new(&[
+        "threads",
+        "depth",
+        "baseline, flash on: prefill / decode",
+        "baseline, flash off: prefill / decode",
+        "llama-bench decode, flash on / off",
+        "extension: prefill / decode",
+        "decode vs best baseline",
+        "prefill vs best baseline",
+        "decode vs llama.cpp's default (flash on)",
+    ]);
+    let mut targets = Vec::new();
+    for (t, &threads) in THREADS.iter().enumerate() {
+        for depth in DEPTHS {
+            let (mut on, mut off, mut ext) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut decode_ratio, mut prefill_ratio, mut default_ratio) = (Vec::new(), Vec::new(), Vec::new());
+            for run in 0..runs {
+                eprintln!("  depth {model}: {threads} thread(s), depth {depth}, run {}/{runs}", run + 1);
+                let config = |flash| Config { threads, flash, depth, tokens: TOKENS, sequences: 1 };
+                let a = native.run(config(true), 1)?;
+                let b = native.run(config(false), 1)?;
+                let e = &guests[t].run(&["depth", model, &TOKENS.to_string(), &depth.to_string(), PASSAGE])?[0];
+                let ttft = f64_of(e, "ttft_ms")?;
+                let x = Point {
+                    prefill: f64::from(depth) / ttft * 1e3,
+                    decode: (f64_of(e, "generated")? - 1.0) / f64_of(e, "decode_ms")? * 1e3,
+                };
+                decode_ratio.push(x.decode / a.decode_tps.max(b.decode_tps));
+                prefill_ratio.push(x.prefill / a.prefill_tps.max(b.prefill_tps));
+                default_ratio.push(x.decode / a.decode_tps);
+                on.push(Point { prefill: a.prefill_tps, decode: a.decode_tps });
+                off.push(Point { prefill: b.prefill_tps, decode: b.decode_tps });
+                ext.push(x);
+            }
+            let med = |ps: &[Point]| Point {
+                prefill: median(&ps.iter().map(|p| p.prefill).collect::<Vec<_>>()),
+                decode: median(&ps.iter().map(|p| p.decode).collect::<Vec<_>>()),
+            };
+            let (on_m, off_m, ext_m) = (med(&on), med(&off), med(&ext));
+            let (d, p, def) = (median(&decode_ratio), median(&prefill_ratio), median(&default_ratio));
+            let bench = |flash: bool| {
+                llama_bench
+                    .and_then(|rows| rows.iter().find(|r| r.threads == threads && r.depth == depth && r.flash == flash))
+                    .map_or_else(|| "–".to_string(), |r| num(r.decode_tps))
+            };
+            table.row(vec![
+                threads.to_string(),
+                depth.to_string(),
+                format!("{} / {}", num(on_m.prefill), num(on_m.decode)),
+                format!("{} / {}", num(off_m.prefill), num(off_m.decode)),
+                format!("{} / {}", bench(true), bench(false)),
+                format!("{} / {}", num(ext_m.prefill), num(ext_m.decode)),
+                ratio(d),
+                ratio(p),
+                ratio(def),
+            ]);
+            let spread = |xs: &[f64]| {
+                let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = xs.iter().copied().fold(0.0, f64::max);
+                format!("per run {lo:.2}–{hi:.2}")
+            };
+            let at = format!("{model}, {threads} thread(s), depth {depth}");
+            targets.push(
+                Target::new(format!("{at}: extension decode vs best baseline"), "≥ 0.95×", ratio(d), d >= 0.95)
+                    .why_if_missed(format!(
+                        "{}; baseline flash on {} / off {} tok/s, extension {} ({attention}).",
+                        spread(&decode_ratio),
+                        num(on_m.decode),
+                        num(off_m.decode),
+                        num(ext_m.decode)
+                    )),
+            );
+            targets.push(
+                Target::new(format!("{at}: extension prefill vs best baseline"), "≥ 0.95×", ratio(p), p >= 0.95)
+                    .why_if_missed(format!(
+                        "{}; baseline flash on {} / off {} tok/s, extension {} (its time to first token also holds \
+                         the append call, the first sample and the chunk's way to the guest).",
+                        spread(&prefill_ratio),
+                        num(on_m.prefill),
+                        num(off_m.prefill),
+                        num(ext_m.prefill)
+                    )),
+            );
+            if depth >= 300 && on_m.decode < off_m.decode {
+                targets.push(Target::new(
+                    format!("{at}: extension decode vs llama.cpp's default (flash on), where that is slower"),
+                    "≥ 1.8×",
+                    ratio(def),
+                    def >= 1.8,
+                ));
+            }
+        }
+    }
+    let cross = match llama_bench {
+        Some(_) => {
+            "The llama-bench column is llama.cpp's own tool (`scripts/llama-bench.sh`: the llama.cpp tree vendored \
+             in the `llama-cpp-python` 0.3.36 sdist, a newer llama.cpp than the crate's, built like ours: \
+             `GGML_NATIVE`, no OpenMP, -O2), `tg128` after `-d DEPTH`, mean of 2 repetitions: a cross-check of \
+             the baseline's order of magnitude, not a ratio's denominator."
+        }
+        None => "llama-bench could not be built here, so its column is empty.",
+    };
+    let markdown = format!(
+        "Baseline: `llama-native` (`benches/native`), a process of its own that does what llama-bench does on this \
+         workspace's llama.cpp build (the same kernels as the host): the model loaded and decoded on its main \
+         thread, one context (batch 512), the threads in a ggml pool attached to it (polling 50, llama-bench's \
+         default), DEPTH random tokens prefilled in batches of 512, then {TOKENS} single-token decodes of a fixed \
+         token, no sampling; a short untimed warm-up first. Extension: the bench guest appends DEPTH token ids \
+         to a new session and streams {TOKENS} greedy tokens (end-of-generation biased away) from an engine \
+         loaded with that many threads; prefill tok/s is DEPTH over the time to the first chunk, decode tok/s \
+         the tokens after the first over the time they took. The engine's attention kernel: {attention}. Each \
+         run takes baseline flash on, baseline flash off and the extension back to back; ratios are per run, \
+         then the median of {runs} runs.\n\n{cross}\n\n{}",
+        table.markdown()
+    );
+    Ok(DepthResult { markdown, targets })
+}

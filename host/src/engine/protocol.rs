@@ -1,0 +1,122 @@
+//! The lane protocol: what session handles and streams send a lane's
+//! scheduler thread, and how it answers. It is the only thing both sides of
+//! the channel share.
+
+use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
+
+use llama_cpp_2::token::LlamaToken;
+
+use super::buffer::Shared;
+use super::finish::Usage;
+use super::params::GenerateParams;
+use super::quota::Deadline;
+use super::snapshot::Snapshot;
+use crate::error::LlmError;
+
+/// A sequence of one lane's llama.cpp context: which KV stream a session
+/// owns there. Ids are per lane, from 0 to the lane's sequence count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SeqId(u32);
+
+impl SeqId {
+    pub fn new(index: usize) -> Self {
+        Self(index as u32)
+    }
+
+    /// The sequence's place in the lane's tables.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    /// llama.cpp's `llama_seq_id`.
+    pub fn llama(self) -> i32 {
+        self.0 as i32
+    }
+}
+
+/// Where the scheduler sends one command's answer.
+pub(crate) type Reply<T> = SyncSender<Result<T, LlmError>>;
+
+/// What session handles and streams ask of the scheduler.
+pub(crate) enum Command {
+    /// `shift`: keep this many first tokens and drop the oldest after them
+    /// when the context fills (else refuse).
+    Open {
+        seq: SeqId,
+        limit: u32,
+        seed: Option<u64>,
+        shift: Option<u32>,
+    },
+    Close {
+        seq: SeqId,
+    },
+    Append {
+        seq: SeqId,
+        input: Input,
+        reply: Reply<u32>,
+    },
+    /// The session's tokens.
+    Tokens {
+        seq: SeqId,
+        reply: Reply<Vec<LlamaToken>>,
+    },
+    Rewind {
+        seq: SeqId,
+        n: u32,
+        reply: Reply<u32>,
+    },
+    Reset {
+        seq: SeqId,
+        reply: Reply<()>,
+    },
+    /// Copy `seq` into the free sequence `child`.
+    Fork {
+        seq: SeqId,
+        child: SeqId,
+        reply: Reply<()>,
+    },
+    /// The session as a snapshot of the model with this identity.
+    Save {
+        seq: SeqId,
+        model: [u8; 32],
+        reply: Reply<Snapshot>,
+    },
+    /// Load a checked snapshot into the freshly opened `seq`.
+    Restore {
+        seq: SeqId,
+        snapshot: Snapshot,
+        reply: Reply<()>,
+    },
+    Generate {
+        seq: SeqId,
+        params: GenerateParams,
+        deadline: Option<Deadline>,
+        reply: Reply<Arc<Shared>>,
+    },
+    /// The raw logits for the token after the session's last (base wasi-nn's
+    /// tensor mode).
+    Logits {
+        seq: SeqId,
+        reply: Reply<Vec<f32>>,
+    },
+    /// A reader dropped or cancelled its stream before the end; the reply,
+    /// if asked for, is the usage of what was delivered.
+    Cancel {
+        seq: SeqId,
+        stream: u64,
+        reply: Option<Reply<Usage>>,
+    },
+    /// A reader made room in a full buffer.
+    Wake,
+    /// Answered once every command sent before it is handled.
+    Barrier {
+        reply: Reply<()>,
+    },
+}
+
+/// What an append adds: guest text, or token ids already checked against the vocabulary.
+pub(crate) enum Input {
+    Text(String),
+    Tokens(Vec<LlamaToken>),
+}

@@ -1,0 +1,528 @@
+//! The one thread per lane that owns the lane's llama.cpp context and decides
+//! what to decode next.
+//!
+//! Every session of the lane is a llama.cpp sequence in this context. Each
+//! decode first takes the lane's share of the model's threads
+//! (`threads.rs`). Each turn of the loop decodes one token for *every*
+//! generation that has room in its stream buffer, in a single batch (so
+//! concurrency is batching, not contention), then one prefill chunk of one
+//! appending session, so a long prompt never stalls the other streams for
+//! more than a chunk.
+//!
+//! Invariants kept per sequence (see [`Sequence`]): the KV cache holds
+//! `tokens[..n_past]`, and `n_past <= tokens.len()`; logits are read only
+//! right after the decode that produced them (`fresh` remembers whose they
+//! are until the next decode). Every position handed to llama.cpp is below
+//! the session's limit, which is at most the context's per-sequence size,
+//! and every batch is at most `n_batch` tokens: nothing a guest sends can
+//! reach a llama.cpp assertion.
+//!
+//! The KV-cache operations are `kv.rs`, snapshots `state.rs`.
+
+mod kv;
+mod sequence;
+mod state;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+
+use super::buffer::{Item, Shared};
+use super::finish::{Finish, FinishReason, Usage};
+use super::logprob::logprob;
+use super::params::GenerateParams;
+use super::protocol::{Command, Input, Reply, SeqId};
+use super::quota::Deadline;
+use super::sampler;
+use super::text::{Pushed, TextAssembler};
+use super::threads::{Cores, Workers};
+use super::tokens::tokenize;
+use crate::error::{ContextOverflow, LlmError};
+use sequence::{Generation, Prefill, Sequence};
+
+/// Tokens decoded per prefill batch; also the context's `n_batch`.
+pub(crate) const PREFILL_CHUNK: usize = 512;
+
+pub(crate) struct Scheduler<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    seqs: Vec<Option<Sequence>>,
+    prefills: VecDeque<SeqId>,
+    batch: LlamaBatch<'static>,
+    /// The sequence whose last token the context's current logits belong to,
+    /// and their index in the batch: a prefill's final chunk leaves them, so
+    /// a generation that starts before any other decode samples its first
+    /// token at once instead of decoding that token again.
+    fresh: Option<(SeqId, i32)>,
+    cores: Arc<Cores>,
+    /// Whether this lane counts as busy in `cores`.
+    busy: bool,
+    workers: Workers,
+}
+
+impl<'m> Scheduler<'m> {
+    /// `threads`: what `ctx` was created with.
+    pub fn new(
+        model: &'m LlamaModel,
+        ctx: LlamaContext<'m>,
+        threads: u32,
+        sequences: usize,
+        cores: Arc<Cores>,
+    ) -> Self {
+        let capacity = PREFILL_CHUNK.max(sequences);
+        Self {
+            model,
+            ctx,
+            seqs: (0..sequences).map(|_| None).collect(),
+            prefills: VecDeque::new(),
+            batch: LlamaBatch::new(capacity, 1),
+            fresh: None,
+            cores,
+            busy: false,
+            workers: Workers::new(threads),
+        }
+    }
+
+    /// Serve commands until every handle to the engine is gone.
+    pub fn run(mut self, commands: Receiver<Command>) {
+        loop {
+            let first = if self.has_work() {
+                match commands.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            } else {
+                // Idle until the next command: the other lanes get our threads.
+                self.cores.set_busy(&mut self.busy, false);
+                self.workers.rest(&self.ctx);
+                match commands.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => return,
+                }
+            };
+            let mut next = first;
+            while let Some(command) = next {
+                self.handle(command);
+                next = commands.try_recv().ok();
+            }
+            self.step_generations();
+            self.prefill_chunk();
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.prefills.is_empty()
+            || self.seqs.iter().flatten().any(|s| s.generation.as_ref().is_some_and(|g| g.shared.lock().has_room()))
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Open { seq, limit, seed, shift } => {
+                self.seqs[seq.index()] = Some(Sequence::new(limit as usize, seed, shift.map(|n| n as usize)));
+            }
+            Command::Close { seq } => {
+                if let Some(g) = self.seqs[seq.index()].take().and_then(|s| s.generation) {
+                    g.shared.push(Item::Finish(Finish { reason: FinishReason::Cancelled, usage: g.usage }));
+                }
+                self.prefills.retain(|&q| q != seq);
+                self.forget_logits(seq);
+                self.clear_kv(seq);
+            }
+            Command::Append { seq, input, reply } => {
+                if let Some(result) = self.append(seq, input, &reply) {
+                    let _ = reply.send(result);
+                }
+            }
+            Command::Generate { seq, params, deadline, reply } => {
+                let _ = reply.send(self.start_generation(seq, &params, deadline));
+            }
+            Command::Logits { seq, reply } => {
+                let _ = reply.send(self.logits(seq));
+            }
+            Command::Tokens { seq, reply } => {
+                let tokens = self.seqs[seq.index()].as_ref().map(|s| s.tokens.clone()).unwrap_or_default();
+                let _ = reply.send(Ok(tokens));
+            }
+            Command::Rewind { seq, n, reply } => {
+                self.forget_logits(seq);
+                let _ = reply.send(self.rewind(seq, n));
+            }
+            Command::Reset { seq, reply } => {
+                self.forget_logits(seq);
+                let _ = reply.send(self.rewind(seq, u32::MAX).map(|_| ()));
+            }
+            Command::Fork { seq, child, reply } => {
+                let _ = reply.send(self.fork(seq, child));
+            }
+            Command::Save { seq, model, reply } => {
+                let _ = reply.send(self.save(seq, model));
+            }
+            Command::Restore { seq, snapshot, reply } => {
+                self.forget_logits(seq);
+                let result = self.restore(seq, snapshot);
+                if result.is_err() {
+                    self.clear_kv(seq);
+                }
+                let _ = reply.send(result);
+            }
+            Command::Cancel { seq, stream, reply } => {
+                let usage = self.cancel(seq, stream);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(usage));
+                }
+            }
+            Command::Wake => {}
+            Command::Barrier { reply } => {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// The open sequence `seq`, free for a new request.
+    fn sequence(&mut self, seq: SeqId) -> Result<&mut Sequence, LlmError> {
+        let s = self.seqs[seq.index()].as_mut().ok_or_else(|| LlmError::EngineFailure("session is closed".into()))?;
+        // A stream whose reader took its finish no longer holds the session.
+        if s.stream.as_ref().is_some_and(|st| st.lock().drained) {
+            s.stream = None;
+        }
+        if s.stream.is_some() || s.prefill.is_some() {
+            return Err(LlmError::SessionBusy);
+        }
+        Ok(s)
+    }
+
+    /// The logits of `seq`'s last token, if the context still holds them
+    /// (their batch index); they are used up by whoever takes them.
+    fn take_fresh(&mut self, seq: SeqId) -> Option<i32> {
+        match self.fresh {
+            Some((s, index)) if s == seq => {
+                self.fresh = None;
+                Some(index)
+            }
+            _ => None,
+        }
+    }
+
+    /// `seq`'s tokens are about to change without a decode.
+    fn forget_logits(&mut self, seq: SeqId) {
+        if self.fresh.is_some_and(|(s, _)| s == seq) {
+            self.fresh = None;
+        }
+    }
+
+    /// Tokenize and queue an append; `None` means the reply comes when the prefill is done.
+    fn append(&mut self, seq: SeqId, input: Input, reply: &Reply<u32>) -> Option<Result<u32, LlmError>> {
+        let model = self.model;
+        let s = match self.sequence(seq) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let new = match input {
+            // BOS (for models that want one) opens a session, never a later turn.
+            Input::Text(text) => match tokenize(model, &text, s.tokens.is_empty()) {
+                Ok(t) => t,
+                Err(e) => return Some(Err(e)),
+            },
+            Input::Tokens(tokens) => tokens,
+        };
+        if new.is_empty() {
+            return Some(Ok(0));
+        }
+        let used = s.tokens.len();
+        if used + new.len() > s.limit {
+            let too_long = LlmError::PromptTooLong(ContextOverflow {
+                requested: (used + new.len()).min(u32::MAX as usize) as u32,
+                used: used as u32,
+                limit: s.limit as u32,
+            });
+            let needed = used + new.len() - s.limit;
+            if s.shift.is_none_or(|keep| new.len() > s.limit - keep) || self.shift(seq, needed).is_err() {
+                return Some(Err(too_long));
+            }
+        }
+        self.forget_logits(seq);
+        let s = match open(&mut self.seqs, seq) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let used = s.tokens.len();
+        let added = new.len() as u32;
+        s.turn_start.get_or_insert(s.n_past);
+        s.tokens.extend(new);
+        s.prefill = Some(Prefill { added, reply: reply.clone(), rollback_len: used });
+        self.prefills.push_back(seq);
+        None
+    }
+
+    /// Evaluate the next chunk of the first waiting append. Its final chunk
+    /// computes the logits of its last token and leaves them for a
+    /// generation that follows at once.
+    fn prefill_chunk(&mut self) {
+        let Some(&seq) = self.prefills.front() else { return };
+        let Some(s) = self.seqs[seq.index()].as_mut() else {
+            self.prefills.pop_front();
+            return;
+        };
+        let (start, len) = (s.n_past, s.tokens.len());
+        let end = len.min(start + PREFILL_CHUNK);
+        self.batch.clear();
+        for (i, &token) in s.tokens[start..end].iter().enumerate() {
+            let pos = start + i;
+            if let Err(e) = self.batch.add(token, pos as i32, &[seq.llama()], pos + 1 == len) {
+                return self.fail_prefill(seq, format!("batch: {e}"));
+            }
+        }
+        if let Err(e) = self.decode() {
+            return self.fail_prefill(seq, format!("prefill decode failed: {e}"));
+        }
+        self.copies_applied();
+        let Ok(s) = open(&mut self.seqs, seq) else { return };
+        s.n_past = end;
+        if end == len {
+            self.prefills.pop_front();
+            if let Some(p) = s.prefill.take() {
+                let _ = p.reply.send(Ok(p.added));
+            }
+            self.fresh = Some((seq, (end - start - 1) as i32));
+        }
+    }
+
+    fn fail_prefill(&mut self, seq: SeqId, why: String) {
+        self.prefills.pop_front();
+        let Some(s) = self.seqs[seq.index()].as_mut() else { return };
+        if let Some(p) = s.prefill.take() {
+            s.tokens.truncate(p.rollback_len);
+            s.n_past = s.n_past.min(p.rollback_len);
+            let keep = s.n_past;
+            self.remove_kv_from(seq, keep);
+            let _ = p.reply.send(Err(LlmError::EngineFailure(why)));
+        }
+    }
+
+    fn start_generation(
+        &mut self,
+        seq: SeqId,
+        params: &GenerateParams,
+        deadline: Option<Deadline>,
+    ) -> Result<Arc<Shared>, LlmError> {
+        let model = self.model;
+        let s = self.sequence(seq)?;
+        if s.tokens.is_empty() {
+            return Err(LlmError::invalid("the session is empty: append a prompt before generating"));
+        }
+        if s.tokens.len() >= s.limit {
+            let used = s.tokens.len() as u32;
+            return Err(LlmError::ContextFull(ContextOverflow { requested: used + 1, used, limit: s.limit as u32 }));
+        }
+        let sampler = sampler::build(model, params, s.seed, &s.tokens, s.limit)?;
+        let fresh = self.take_fresh(seq);
+        if fresh.is_none() {
+            // The first step decodes the last token again, for its logits.
+            self.uncache_last(seq)?;
+        }
+        let s = open(&mut self.seqs, seq)?;
+        let cached = s.turn_start.take().unwrap_or(s.n_past);
+        let shared = Shared::new();
+        s.generation = Some(Generation {
+            sampler,
+            text: TextAssembler::new(params.stop.clone()),
+            remaining: params.max_tokens,
+            logprobs: params.logprobs,
+            usage: Usage { prompt_tokens: s.tokens.len() as u32, cached_tokens: cached as u32, generated_tokens: 0 },
+            shared: shared.clone(),
+            deadline,
+        });
+        s.stream = Some(shared.clone());
+        if let Some(index) = fresh {
+            self.sample(seq, index);
+        }
+        Ok(shared)
+    }
+
+    /// One decode for every generation with room in its buffer, then sampling.
+    fn step_generations(&mut self) {
+        self.batch.clear();
+        let mut members = Vec::new();
+        for index in 0..self.seqs.len() {
+            let seq = SeqId::new(index);
+            let Some(s) = self.seqs[index].as_mut() else { continue };
+            let Some(g) = s.generation.as_ref() else { continue };
+            if !g.shared.lock().has_room() {
+                continue;
+            }
+            if let Some(deadline) = g.deadline.filter(|d| std::time::Instant::now() >= d.at) {
+                self.fail_generation(seq, deadline.error());
+                continue;
+            }
+            if s.tokens.len() >= s.limit && (s.shift.is_none() || self.shift(seq, 1).is_err()) {
+                self.finish(seq, FinishReason::ContextFull);
+                continue;
+            }
+            let Ok(s) = open(&mut self.seqs, seq) else { continue };
+            let pos = s.tokens.len() - 1;
+            if let Err(e) = self.batch.add(s.tokens[pos], pos as i32, &[seq.llama()], true) {
+                self.fail_generation(seq, LlmError::EngineFailure(format!("batch: {e}")));
+                continue;
+            }
+            members.push(seq);
+        }
+        if members.is_empty() {
+            return;
+        }
+        if let Err(e) = self.decode() {
+            for seq in members {
+                self.fail_generation(seq, LlmError::EngineFailure(format!("decode failed: {e}")));
+            }
+            return;
+        }
+        self.copies_applied();
+        for (index, seq) in members.into_iter().enumerate() {
+            self.sample(seq, index as i32);
+        }
+    }
+
+    /// Sample `seq`'s next token from the logits at batch `index` (its last
+    /// token's, just decoded) and hand it to the stream.
+    fn sample(&mut self, seq: SeqId, index: i32) {
+        let model = self.model;
+        let Some(s) = self.seqs[seq.index()].as_mut() else { return };
+        let Some(g) = s.generation.as_mut() else { return };
+        s.n_past = s.tokens.len();
+        let token = g.sampler.sample(&self.ctx, index);
+        let vocab = model.vocab();
+        if vocab.is_eog(token) {
+            return self.finish(seq, FinishReason::EndOfSequence);
+        }
+        let logprob = g.logprobs.map(|n| logprob(self.ctx.get_logits_ith(index), token, n as usize));
+        s.tokens.push(token);
+        let bytes = vocab.token_to_piece(token, false, None);
+        match g.text.push(token, &bytes, logprob) {
+            Pushed::Ready(chunk) => {
+                if let Some(chunk) = chunk {
+                    g.usage.generated_tokens += chunk.tokens.len() as u32;
+                    g.shared.push(Item::Chunk(chunk));
+                }
+                if let Some(r) = g.remaining.as_mut() {
+                    *r -= 1;
+                    if *r == 0 {
+                        self.finish(seq, FinishReason::MaxTokens);
+                    }
+                }
+            }
+            Pushed::Stopped(m) => {
+                // Drop what follows the stop string, keep the text before it.
+                let keep = s.tokens.len() - m.dropped;
+                s.tokens.truncate(keep);
+                let mut chunk = m.chunk;
+                if !m.straddle.is_empty() {
+                    let retok = model.vocab().tokenize(&m.straddle, false, false);
+                    chunk.tokens.extend(retok.iter().map(|t| t.0 as u32));
+                    s.tokens.extend(retok);
+                }
+                self.rewind_kv(seq, keep);
+                let Some(g) = self.seqs[seq.index()].as_mut().and_then(|s| s.generation.as_mut()) else { return };
+                g.usage.generated_tokens += chunk.tokens.len() as u32;
+                g.shared.push(Item::Chunk(chunk));
+                self.finish(seq, FinishReason::Stop(m.stop));
+            }
+        }
+    }
+
+    fn finish(&mut self, seq: SeqId, reason: FinishReason) {
+        let Some(s) = self.seqs[seq.index()].as_mut() else { return };
+        let Some(mut g) = s.generation.take() else { return };
+        if let Some(chunk) = g.text.flush() {
+            g.usage.generated_tokens += chunk.tokens.len() as u32;
+            g.shared.push(Item::Chunk(chunk));
+        }
+        g.shared.push(Item::Finish(Finish { reason, usage: g.usage }));
+    }
+
+    fn fail_generation(&mut self, seq: SeqId, error: LlmError) {
+        let Some(s) = self.seqs[seq.index()].as_mut() else { return };
+        // Keep what was delivered; the undelivered tail leaves the session.
+        let keep = s.tokens.len() - s.undelivered();
+        let Some(g) = s.generation.take() else { return };
+        g.shared.push(Item::Failed(error));
+        s.tokens.truncate(keep);
+        self.rewind_kv(seq, keep);
+    }
+
+    /// The reader is gone or gave up: the session keeps exactly the chunks it
+    /// took. Returns the usage of what was delivered.
+    fn cancel(&mut self, seq: SeqId, stream: u64) -> Usage {
+        let Some(s) = self.seqs[seq.index()].as_mut() else { return Usage::default() };
+        if s.stream.as_ref().is_none_or(|st| st.id != stream) {
+            return Usage::default();
+        }
+        let undelivered = s.undelivered();
+        let Some(shared) = s.stream.take() else { return Usage::default() };
+        let finished = shared.lock().finished_usage();
+        let mut usage = match s.generation.take() {
+            Some(g) => g.usage,
+            None => finished.unwrap_or_default(),
+        };
+        usage.generated_tokens = usage.generated_tokens.saturating_sub(undelivered as u32);
+        let keep = s.tokens.len() - undelivered;
+        s.tokens.truncate(keep);
+        self.rewind_kv(seq, keep);
+        usage
+    }
+
+    /// Raw logits for the token after `seq`'s last (base wasi-nn's tensor mode).
+    fn logits(&mut self, seq: SeqId) -> Result<Vec<f32>, LlmError> {
+        if self.sequence(seq)?.tokens.is_empty() {
+            return Err(LlmError::invalid("the session is empty: there are no logits to compute"));
+        }
+        let index = match self.take_fresh(seq) {
+            Some(index) => index,
+            None => {
+                self.decode_last(seq, true)?;
+                0
+            }
+        };
+        Ok(self.ctx.get_logits_ith(index).to_vec())
+    }
+
+    /// Decode the batch with this lane's current share of the threads.
+    fn decode(&mut self) -> Result<(), llama_cpp_2::DecodeError> {
+        self.fresh = None;
+        self.cores.set_busy(&mut self.busy, true);
+        self.workers.run_on(&mut self.ctx, self.cores.share());
+        self.ctx.decode(&mut self.batch)
+    }
+
+    /// A decode ran, so llama.cpp has applied every queued KV copy.
+    fn copies_applied(&mut self) {
+        for s in self.seqs.iter_mut().flatten() {
+            s.copy_pending = false;
+        }
+    }
+}
+
+/// The open sequence `seq`. Every caller has checked that it is open; an
+/// error here means the scheduler's own bookkeeping is wrong, and it fails
+/// the one request instead of panicking the lane.
+fn open(seqs: &mut [Option<Sequence>], seq: SeqId) -> Result<&mut Sequence, LlmError> {
+    seqs.get_mut(seq.index())
+        .and_then(Option::as_mut)
+        .ok_or_else(|| LlmError::EngineFailure(format!("sequence {} is not open", seq.index())))
+}
+
+/// However the scheduler stops (a panic included), no reader may wait forever,
+/// and the other lanes get its threads back.
+impl Drop for Scheduler<'_> {
+    fn drop(&mut self) {
+        self.cores.set_busy(&mut self.busy, false);
+        for s in self.seqs.iter_mut().flatten() {
+            if let Some(stream) = s.stream.take() {
+                stream.push(Item::Failed(LlmError::EngineFailure("the model's scheduler stopped".into())));
+            }
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! What the scheduler knows of each session: its tokens, mirrored one by one
+//! (llama.cpp has no API that reports what a sequence holds), and the work
+//! in flight on it.
+
+use std::sync::Arc;
+
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use crate::engine::buffer::Shared;
+use crate::engine::finish::Usage;
+use crate::engine::protocol::Reply;
+use crate::engine::quota::Deadline;
+use crate::engine::text::TextAssembler;
+
+/// One session's state. Invariants: the KV cache holds `tokens[..n_past]`,
+/// and `n_past <= tokens.len()`.
+pub(super) struct Sequence {
+    pub limit: usize,
+    pub seed: Option<u64>,
+    /// Context shift: the first tokens always kept; `None` refuses instead.
+    pub shift: Option<usize>,
+    pub tokens: Vec<LlamaToken>,
+    /// `tokens[..n_past]` are in the KV cache.
+    pub n_past: usize,
+    /// `n_past` when the current turn's first append came; `None` once a
+    /// generation has started. Usage's cached-tokens comes from it.
+    pub turn_start: Option<usize>,
+    pub prefill: Option<Prefill>,
+    pub generation: Option<Generation>,
+    /// The last stream handed out, until its reader has drained it.
+    pub stream: Option<Arc<Shared>>,
+    /// A fork's KV copy that llama.cpp applies only at the next decode.
+    pub copy_pending: bool,
+}
+
+impl Sequence {
+    /// An empty session.
+    pub fn new(limit: usize, seed: Option<u64>, shift: Option<usize>) -> Self {
+        Self {
+            limit,
+            seed,
+            shift,
+            tokens: Vec::new(),
+            n_past: 0,
+            turn_start: None,
+            prefill: None,
+            generation: None,
+            stream: None,
+            copy_pending: false,
+        }
+    }
+
+    /// A copy holding the same tokens (a fork), with nothing in flight.
+    pub fn fork(&self) -> Self {
+        Self {
+            tokens: self.tokens.clone(),
+            n_past: self.n_past,
+            turn_start: self.turn_start,
+            copy_pending: true,
+            ..Self::new(self.limit, self.seed, self.shift)
+        }
+    }
+
+    /// Tokens generated but not yet taken by the stream's reader.
+    pub fn undelivered(&self) -> usize {
+        self.generation.as_ref().map_or(0, |g| g.text.undelivered_tokens())
+            + self.stream.as_ref().map_or(0, |st| st.lock().undelivered_tokens())
+    }
+}
+
+/// An append waiting for its tokens to be evaluated.
+pub(super) struct Prefill {
+    pub added: u32,
+    pub reply: Reply<u32>,
+    /// Where to return to if a decode fails midway.
+    pub rollback_len: usize,
+}
+
+/// A generation in progress.
+pub(super) struct Generation {
+    pub sampler: LlamaSampler,
+    pub text: TextAssembler,
+    pub remaining: Option<u32>,
+    pub logprobs: Option<u32>,
+    pub usage: Usage,
+    pub shared: Arc<Shared>,
+    pub deadline: Option<Deadline>,
+}
