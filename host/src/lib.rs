@@ -9,7 +9,10 @@
 //! them under the operator's [`policy`], [`catalog`] fetches the known ones,
 //! and [`runner`] instantiates guests.
 
+#![warn(missing_docs)]
+
 pub mod backend;
+pub mod cache;
 pub mod catalog;
 pub mod engine;
 pub mod error;

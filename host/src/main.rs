@@ -54,8 +54,8 @@ struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = EngineConfig::default().max_sessions)]
     max_sessions: u32,
     /// llama.cpp contexts per model that sessions are spread over, each
-    /// given an equal share of the threads while busy [default: one per
-    /// thread up to 4 on a CPU, 1 with GPU layers].
+    /// given an equal share of the threads while busy [default: 1, which
+    /// batches every session in one context on all the threads].
     #[arg(long, value_name = "N")]
     lanes: Option<u32>,
     /// Attention kernel: `auto` times a short decode each way at load and

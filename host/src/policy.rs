@@ -43,6 +43,7 @@ use serde::Deserialize;
 use crate::catalog::{self, ModelSpec};
 use crate::engine::{EngineConfig, FlashAttention, QuotaLimits};
 
+/// The whole policy file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Policy {
@@ -52,12 +53,15 @@ pub struct Policy {
     /// Which components may use which models; absent, every component may
     /// use every model. Present, a component no grant names may use none.
     pub grants: Option<Vec<Grant>>,
+    /// Which front doors are open.
     #[serde(default)]
     pub interfaces: Interfaces,
+    /// The limits every guest instance runs under.
     #[serde(default)]
     pub limits: Limits,
 }
 
+/// One `[models.NAME]` table: where the model comes from and how it runs.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ModelEntry {
@@ -89,6 +93,7 @@ pub struct Grant {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Interfaces {
+    /// The `wasi-nn-llm:llm` extension.
     #[serde(default = "yes")]
     pub extension: bool,
     /// Base wasi-nn, prompt text in and text out.
@@ -264,6 +269,7 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The identity of the component read from `path` as `bytes`.
     pub fn of(path: &Path, bytes: &[u8]) -> Self {
         use sha2::{Digest, Sha256};
         let name = path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());

@@ -39,10 +39,12 @@ impl Models {
         Ok(Arc::new(Self { engines }))
     }
 
+    /// The registered names, in load order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.engines.iter().map(|e| e.name())
     }
 
+    /// The model registered as `name`.
     pub fn engine(&self, name: &str) -> Option<&Engine> {
         self.engines.iter().find(|e| e.name() == name)
     }
@@ -69,6 +71,8 @@ struct Reach {
 }
 
 impl Access {
+    /// What `guest` may reach of `models` under `policy`, its sessions
+    /// counted against `quota`.
     pub fn new(models: &Models, policy: &Policy, guest: &Identity, quota: Arc<Quota>) -> Arc<Self> {
         let interfaces = policy.interfaces.clone();
         let entries = models

@@ -53,15 +53,21 @@ pub enum Stdio {
     /// The host process's own stdin, stdout and stderr.
     Inherit,
     /// Fixed stdin; stdout and stderr captured (tests).
-    Captured { stdin: Vec<u8> },
+    Captured {
+        /// What the guest reads from stdin.
+        stdin: Vec<u8>,
+    },
 }
 
 /// A host directory the guest may use, the path it sees it at, and whether
 /// it may write there.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preopen {
+    /// The directory on the host.
     pub host: std::path::PathBuf,
+    /// The path the guest opens it at.
     pub guest: String,
+    /// Whether the guest may write there (else read only).
     pub writable: bool,
 }
 
@@ -76,8 +82,11 @@ impl Preopen {
 /// What a guest printed, when its output was captured.
 #[derive(Debug, Default)]
 pub struct Output {
+    /// The guest's exit status (1 for a trap).
     pub exit_code: i32,
+    /// Its standard output, lossily decoded.
     pub stdout: String,
+    /// Its standard error (and the trap's message), lossily decoded.
     pub stderr: String,
 }
 
@@ -91,7 +100,9 @@ pub struct Runtime {
 
 /// A compiled guest and who it is (what the policy's grants name).
 pub struct Guest {
+    /// The compiled component.
     pub component: Component,
+    /// Its file name and digest.
     pub identity: Identity,
 }
 
@@ -107,6 +118,7 @@ impl Runtime {
         Self::with_policy(models, Arc::new(Policy::default()))
     }
 
+    /// A runtime whose guests run under `policy`.
     pub fn with_policy(models: Arc<Models>, policy: Arc<Policy>) -> anyhow::Result<Self> {
         policy.check_grants(&models.names().collect::<Vec<_>>()).context("policy")?;
         let engine = Engine::new(Config::new().epoch_interruption(true))?;
@@ -128,6 +140,7 @@ impl Runtime {
         Ok(Self { engine, linker, models, policy })
     }
 
+    /// The models its guests can reach.
     pub fn models(&self) -> &Arc<Models> {
         &self.models
     }

@@ -25,6 +25,9 @@ pub const MODELS: [&str; 2] = [MODEL, GEMMA];
 /// llama.cpp runs in the tests can use the very same settings.
 pub const THREADS: u32 = 2;
 pub const CTX_SIZE: u32 = 2048;
+/// Lanes of the test host: more than the default one, so the cross-lane
+/// paths (placement, forks through the state API) stay tested.
+pub const LANES: u32 = 2;
 
 pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace")
@@ -82,7 +85,7 @@ pub fn host() -> &'static TestHost {
             ctx_size: CTX_SIZE,
             max_sessions: 8,
             gpu_layers: Some(0),
-            lanes: None,
+            lanes: Some(LANES),
             ..EngineConfig::default()
         };
         let specs: Vec<ModelSpec> = MODELS.iter().map(|&m| ModelSpec::new(m, model_path(m))).collect();

@@ -36,12 +36,15 @@ use crate::engine::{Engine, GenerateParams, Quota, Session, SessionOptions};
 use crate::error::LlmError;
 use crate::policy::Interfaces;
 
-/// The input tensor names of the text convention, and the output's.
+/// Text convention: the input holding the prompt (u8, UTF-8).
 pub const PROMPT: &str = "prompt";
+/// Text convention: the optional input holding the sampling parameters (u8, JSON).
 pub const PARAMS: &str = "params";
+/// Text convention: the output holding the reply (u8, UTF-8).
 pub const TEXT: &str = "text";
-/// The tensor convention's input and output.
+/// Tensor convention: the input holding the whole sequence's token ids (i32).
 pub const TOKENS: &str = "tokens";
+/// Tensor convention: the output holding the next token's logits (f32).
 pub const LOGITS: &str = "logits";
 
 /// The backend registered for `graph-encoding::ggml`.

@@ -45,7 +45,9 @@ pub enum FlashAttention {
     /// Measure which decodes faster on this machine (remembered).
     #[default]
     Auto,
+    /// Always flash attention.
     On,
+    /// Never flash attention.
     Off,
 }
 
@@ -76,10 +78,20 @@ pub struct Attention {
 pub enum Chosen {
     /// The operator said so.
     Configured,
-    /// Timed at this load: decode tok/s with flash attention on and off.
-    Measured { on: f64, off: f64 },
+    /// Timed at this load.
+    Measured {
+        /// Decode tok/s with flash attention.
+        on: f64,
+        /// Decode tok/s without.
+        off: f64,
+    },
     /// Timed at an earlier load on this machine, read back from the cache.
-    Remembered { on: f64, off: f64 },
+    Remembered {
+        /// Decode tok/s with flash attention.
+        on: f64,
+        /// Decode tok/s without.
+        off: f64,
+    },
     /// `auto`, but the probe failed (the reason); llama.cpp's default.
     Default(String),
 }
@@ -182,7 +194,7 @@ struct Remembered(BTreeMap<String, Seen>);
 
 impl Remembered {
     fn file() -> Option<PathBuf> {
-        crate::catalog::cache_dir().ok().map(|d| d.join("attention.json"))
+        crate::cache::dir().ok().map(|d| d.join("attention.json"))
     }
 
     fn load() -> Self {

@@ -6,17 +6,29 @@ use llama_cpp_2::token::LlamaToken;
 /// A model's metadata and the host's limits for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
+    /// The name the operator registered it under.
     pub name: String,
+    /// `general.architecture`, e.g. `llama`, `gemma3`.
     pub architecture: String,
+    /// Context length the model was trained with.
     pub trained_context: u32,
+    /// Most tokens one session may hold on this host.
     pub max_session_context: u32,
+    /// Token ids are below this.
     pub vocab_size: u32,
+    /// Beginning-of-sequence token, where the model has one.
     pub bos: Option<u32>,
+    /// End-of-sequence token, where the model has one.
     pub eos: Option<u32>,
+    /// End-of-turn token, where the model has one.
     pub eot: Option<u32>,
+    /// Number of parameters.
     pub parameters: u64,
+    /// Size of the weights in bytes.
     pub size_bytes: u64,
+    /// The chat template from the GGUF, if it has one.
     pub chat_template: Option<String>,
+    /// Weight quantization, e.g. `Q4_1` (from `general.file_type`).
     pub quantization: String,
 }
 

@@ -2,14 +2,19 @@
 //! sequences and run on their own scheduler thread (the cores they share
 //! are `threads.rs`).
 //!
-//! Why more than one context: on a CPU, batching two sequences into one
-//! decode gains little over decoding one (the step is bound by reading the
-//! weights once per thread, and two threads already saturate two cores), while
-//! two contexts decoding side by side on one core each nearly double the
-//! throughput. So sessions are spread over lanes, and before every decode a
-//! lane takes an equal share of the threads among the lanes busy at that
-//! moment: a lone busy session still gets every thread. On a GPU a batch is
-//! nearly free, so GPU builds default to one lane.
+//! Each lane decodes its own sessions together, one batch per step, and
+//! before every decode a lane takes an equal share of the threads among the
+//! lanes busy at that moment, so a lone busy session still gets them all.
+//!
+//! Why the default is one lane: a batch reads the weights once for all its
+//! sequences, so one context batching every session on all the threads
+//! beats several contexts on a share each. On the Intel kind (2 threads,
+//! SmolLM2, `benches/RESULTS.md`'s batch-shape table) one context decoded 4
+//! sequences at 150 tok/s, two lanes batching 2 on one thread each at
+//! 2 × 62; only at exactly 2 sessions did two one-thread lanes win (2 × 57
+//! against 93). Lanes looked better before only because with OpenMP every
+//! multi-threaded decode ran throttled (see `threads.rs`). `--lanes N` opts
+//! into splitting where the batch-shape figures say it pays.
 
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Mutex, MutexGuard};
@@ -73,11 +78,9 @@ impl Lane {
     }
 }
 
-/// How many lanes to run when the operator does not say: one per thread up
-/// to four on a CPU (never more than sessions), one when layers sit on a GPU.
-pub(crate) fn default_count(threads: u32, max_sessions: u32, on_gpu: bool) -> u32 {
-    if on_gpu { 1 } else { threads.min(max_sessions).clamp(1, 4) }
-}
+/// How many lanes to run when the operator does not say: one (see the
+/// module's doc), on a CPU as on a GPU.
+pub(crate) const DEFAULT_COUNT: u32 = 1;
 
 /// Sequences of lane `index` when `sessions` are spread over `lanes`.
 pub(crate) fn sequences(sessions: u32, lanes: u32, index: u32) -> u32 {

@@ -22,6 +22,7 @@ mod quota;
 mod sampler;
 mod scheduler;
 mod session;
+mod slot;
 pub mod snapshot;
 mod stream;
 mod text;
@@ -53,7 +54,7 @@ use crate::error::LlmError;
 use lanes::Lane;
 use protocol::{Command, SeqId};
 use scheduler::Scheduler;
-use session::Slot;
+use slot::Slot;
 use threads::Cores;
 
 fn scheduler_stopped() -> LlmError {
@@ -72,7 +73,7 @@ pub struct EngineConfig {
     /// Layers offloaded to the GPU; `None`: all when built with a GPU backend, else 0.
     pub gpu_layers: Option<u32>,
     /// llama.cpp contexts the sessions are spread over (see `lanes.rs`);
-    /// `None`: one per thread up to four on a CPU, one on a GPU.
+    /// `None`: one.
     pub lanes: Option<u32>,
     /// Flash attention on, off, or measured at load (see `attention.rs`).
     pub flash_attn: FlashAttention,
@@ -140,8 +141,7 @@ impl Engine {
         let ctx_size = config.ctx_size.clamp(16, model.n_ctx_train().max(16));
         let max_sessions = config.max_sessions.clamp(1, 256);
         let threads = config.threads.clamp(1, 512);
-        let on_gpu = gpu_build() && gpu_layers > 0;
-        let lanes = config.lanes.unwrap_or_else(|| lanes::default_count(threads, max_sessions, on_gpu));
+        let lanes = config.lanes.unwrap_or(lanes::DEFAULT_COUNT);
         let lanes = lanes.clamp(1, max_sessions);
         let attention = attention::choose(&model, path, config.flash_attn, threads);
         let cores = Cores::new(threads);
@@ -330,6 +330,7 @@ impl Engine {
         Ok(tokens::tokenize(self.model(), text, true)?.len() as u32)
     }
 
+    /// The model's metadata and this host's limits for it.
     pub fn info(&self) -> ModelInfo {
         info::read(self.name(), self.model(), self.ctx_size())
     }

@@ -20,7 +20,9 @@ pub struct SessionOptions {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub enum Constraint {
+    /// A GBNF grammar (root rule `root`).
     Grammar(String),
+    /// A JSON schema, turned into a grammar by llama.cpp.
     JsonSchema(String),
 }
 
@@ -31,21 +33,35 @@ pub enum Constraint {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct GenerateParams {
+    /// Most tokens to generate (else until end of generation or a full context).
     pub max_tokens: Option<u32>,
+    /// 0 samples greedily.
     pub temperature: Option<f32>,
+    /// Keep the k most likely tokens.
     pub top_k: Option<u32>,
+    /// Keep the most likely tokens up to this probability mass.
     pub top_p: Option<f32>,
+    /// Drop tokens less likely than this fraction of the most likely one.
     pub min_p: Option<f32>,
+    /// Divide the logits of recently seen tokens by this.
     pub repeat_penalty: Option<f32>,
+    /// Subtract this from the logits of tokens seen at all.
     pub presence_penalty: Option<f32>,
+    /// Subtract this times the count of each seen token.
     pub frequency_penalty: Option<f32>,
+    /// How many recent tokens the penalties look at.
     pub penalty_last_n: Option<u32>,
+    /// Seed of the sampler's random numbers (else the session's, else fixed).
     pub seed: Option<u64>,
+    /// Added to the logits of these token ids.
     #[serde(default)]
     pub logit_bias: Vec<(u32, f32)>,
+    /// Strings that end the generation (not delivered).
     #[serde(default)]
     pub stop: Vec<String>,
+    /// A grammar or JSON schema the output must follow.
     pub constraint: Option<Constraint>,
+    /// Report the log-probability of each token and of this many alternatives.
     pub logprobs: Option<u32>,
 }
 

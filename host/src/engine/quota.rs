@@ -14,10 +14,15 @@ use crate::error::LlmError;
 /// The numbers; `None` is unlimited.
 #[derive(Debug, Clone, Default)]
 pub struct QuotaLimits {
+    /// Sessions (and base wasi-nn contexts) held at once (`instance-sessions`).
     pub sessions: Option<u32>,
+    /// KV-cache bytes the sessions reserve (`instance-kv-bytes`).
     pub kv_bytes: Option<u64>,
+    /// Tokens per generation, also the default `max-tokens` (`generate-tokens`).
     pub generate_tokens: Option<u32>,
+    /// Wall time per generation (`generate-seconds`).
     pub generate_time: Option<Duration>,
+    /// Generations running at once (`concurrent-generations`).
     pub generations: Option<u32>,
 }
 
@@ -36,6 +41,7 @@ struct Held {
 }
 
 impl Quota {
+    /// A fresh quota (nothing held) under `limits`.
     pub fn new(limits: QuotaLimits) -> Arc<Self> {
         Arc::new(Self { limits, held: Mutex::default(), generating: AtomicU32::new(0) })
     }

@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use llama_cpp_2::token::LlamaToken;
 
-use super::lanes::Lane;
 use super::params::GenerateParams;
 use super::protocol::{Command, Input, Reply, SeqId};
-use super::quota::Lease;
+use super::slot::Slot;
 use super::snapshot::Snapshot;
 use super::stream::TokenStream;
 use super::{Engine, sampler};
@@ -22,45 +21,6 @@ pub struct Session {
     limit: u32,
     /// The context-shift setting it was opened with (a fork inherits it).
     shift: Option<u32>,
-}
-
-/// Ownership of one sequence id, shared by a session and its streams: a
-/// stream stays readable to its end even after its session is dropped.
-pub(crate) struct Slot {
-    lane: Arc<Lane>,
-    seq: SeqId,
-    /// The owning instance's quota share, returned with the sequence.
-    lease: Lease,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        // The scheduler handles commands in order, so the id can be reused
-        // at once: a later Open of this sequence comes after this Close.
-        let _ = self.send(Command::Close { seq: self.seq });
-        self.lane.release(self.seq);
-    }
-}
-
-impl Slot {
-    /// A sequence of `lane` and `lease`, which the slot now owns.
-    pub(super) fn new(lane: Arc<Lane>, seq: SeqId, lease: Lease) -> Self {
-        Self { lane, seq, lease }
-    }
-
-    pub(super) fn seq(&self) -> SeqId {
-        self.seq
-    }
-
-    /// Queue a command on this sequence's lane.
-    pub(super) fn send(&self, command: Command) -> Result<(), LlmError> {
-        self.lane.send(command)
-    }
-
-    /// Send a command to this sequence's lane and wait for the answer.
-    pub(super) fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
-        self.lane.request(command)
-    }
 }
 
 impl Session {

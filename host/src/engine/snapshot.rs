@@ -30,6 +30,7 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::error::{LlmError, SnapshotError};
 
 const MAGIC: &[u8; 8] = b"WNLLMSNP";
+/// The format this host writes and reads (2: XXH3-128 checksum).
 pub const FORMAT_VERSION: u32 = 2;
 /// Largest blob accepted; a session's state is far smaller (about 23 KB per
 /// token for SmolLM2, so its 4096-token context is under 100 MB).
@@ -38,16 +39,22 @@ pub const MAX_BYTES: usize = 1 << 30;
 /// A session as saved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
+    /// SHA-256 of the model file it was saved from.
     pub model: [u8; 32],
+    /// The session's context limit.
     pub limit: u32,
+    /// The session's default seed.
     pub seed: Option<u64>,
+    /// Every token the session held.
     pub tokens: Vec<u32>,
+    /// How many of them the state holds evaluated.
     pub n_past: u32,
     /// llama.cpp's sequence state, as its state file holds it.
     pub state: Vec<u8>,
 }
 
 impl Snapshot {
+    /// The blob `session.save` returns.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.state.len() + 4 * self.tokens.len() + 128);
         out.extend_from_slice(MAGIC);

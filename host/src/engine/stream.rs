@@ -7,7 +7,7 @@ use super::buffer::{Item, Shared};
 use super::finish::{Finish, FinishReason};
 use super::protocol::Command;
 use super::quota::GenerationPermit;
-use super::session::Slot;
+use super::slot::Slot;
 use super::text::Chunk;
 use crate::error::LlmError;
 

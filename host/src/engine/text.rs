@@ -14,16 +14,22 @@ use llama_cpp_2::token::LlamaToken;
 /// A token's log-probability and its best alternatives (ids and log-probabilities).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {
+    /// The token chosen.
     pub token: u32,
+    /// Its log-probability.
     pub logprob: f32,
+    /// The most likely tokens and their log-probabilities, best first.
     pub top: Vec<(u32, f32)>,
 }
 
 /// Text ready for the guest and the tokens that completed in it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Chunk {
+    /// Whole UTF-8 characters.
     pub text: String,
+    /// The tokens whose bytes end in this chunk.
     pub tokens: Vec<u32>,
+    /// One per token, when the generation asked for them.
     pub logprobs: Vec<TokenLogprob>,
 }
 
