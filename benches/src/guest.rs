@@ -44,6 +44,22 @@ impl Guest {
             .collect()
     }
 
+    /// Run another component (an example guest) on `stdin`; what it printed
+    /// on stderr (where the examples report their speed).
+    pub fn run_other(&self, wasm: &Path, args: &[&str], stdin: &str) -> Result<String> {
+        let component = self.runtime.load(wasm)?;
+        let name = wasm.file_name().map_or("guest".into(), |n| n.to_string_lossy().into_owned());
+        let argv: Vec<String> = std::iter::once(name.as_str()).chain(args.iter().copied()).map(String::from).collect();
+        let out = self
+            .runtime
+            .run(&component, &argv, Stdio::Captured { stdin: stdin.as_bytes().to_vec() }, &[])
+            .with_context(|| format!("running {name}"))?;
+        if out.exit_code != 0 {
+            bail!("{name} failed ({}): {}", out.exit_code, out.stderr.trim());
+        }
+        Ok(out.stderr)
+    }
+
     /// Run one command in each of `n` instances at once, one host thread each.
     pub fn run_parallel(&self, n: usize, args: &[&str]) -> Result<Vec<Vec<Value>>> {
         std::thread::scope(|scope| {

@@ -172,6 +172,10 @@ fn main() -> Result<()> {
             let d = depth::run(&[one, &guest], &[&one_engine, &engine], &native, rows.as_deref(), args.depth_runs)?;
             writeln!(body, "### Decode and prefill at depth\n\n{}", d.markdown)?;
             targets.extend(d.targets);
+            let chat = workspace.join("target/wasm32-wasip2/release/chat.wasm");
+            let (markdown, t) = depth::chat_guest(&guest, &engine, &native, &chat, args.depth_runs)?;
+            writeln!(body, "### The chat guest on a long reply\n\n{markdown}")?;
+            targets.extend(t);
         }
 
         if wanted(Section::Single) {

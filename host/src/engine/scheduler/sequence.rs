@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::engine::buffer::Shared;
 use crate::engine::finish::Usage;
 use crate::engine::protocol::Reply;
 use crate::engine::quota::Deadline;
+use crate::engine::sampler::Sampler;
 use crate::engine::text::TextAssembler;
 
 /// One session's state. Invariants: the KV cache holds `tokens[..n_past]`,
@@ -79,7 +79,7 @@ pub(super) struct Prefill {
 
 /// A generation in progress.
 pub(super) struct Generation {
-    pub sampler: LlamaSampler,
+    pub sampler: Sampler,
     pub text: TextAssembler,
     pub remaining: Option<u32>,
     pub logprobs: Option<u32>,
