@@ -28,6 +28,9 @@ pub struct Config {
     pub tokens: u32,
     /// Sequences batched in one context.
     pub sequences: u32,
+    /// KV cells per sequence; `None`: depth plus tokens, as llama-bench
+    /// sizes its context.
+    pub ctx: Option<u32>,
 }
 
 /// What one `llama-native` process measured (medians of its repetitions).
@@ -90,6 +93,9 @@ impl Native {
             cmd.arg(flag).arg(value.to_string());
         }
         cmd.arg("--flash").arg(if c.flash { "on" } else { "off" });
+        if let Some(ctx) = c.ctx {
+            cmd.arg("--ctx").arg(ctx.to_string());
+        }
         if let Some(at) = start_at {
             cmd.arg("--start-at").arg(at.to_string());
         }

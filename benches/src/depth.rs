@@ -51,6 +51,7 @@ pub fn run(
     ]);
     let mut targets = Vec::new();
     for (t, &threads) in THREADS.iter().enumerate() {
+        let engine_ctx = engines[t].ctx_size();
         for depth in DEPTHS {
             let (mut on, mut off, mut ext) = (Vec::new(), Vec::new(), Vec::new());
             let (mut decode_ratio, mut prefill_ratio, mut default_ratio) = (Vec::new(), Vec::new(), Vec::new());
@@ -58,7 +59,8 @@ pub fn run(
             let flash = engines[t].attention().flash;
             for run in 0..runs {
                 eprintln!("  depth {model}: {threads} thread(s), depth {depth}, run {}/{runs}", run + 1);
-                let config = |flash| Config { threads, flash, depth, tokens: TOKENS, sequences: 1 };
+                let config =
+                    |flash| Config { threads, flash, depth, tokens: TOKENS, sequences: 1, ctx: Some(engine_ctx) };
                 let a = native.run(config(true), 1)?;
                 let b = native.run(config(false), 1)?;
                 let e = &guests[t].run(&["depth", model, &TOKENS.to_string(), &depth.to_string(), PASSAGE])?[0];
@@ -160,12 +162,15 @@ pub fn run(
          workspace's llama.cpp build (the same kernels as the host): the model loaded and decoded on its main \
          thread, one context (batch 512), the threads in a ggml pool attached to it (polling 50, llama-bench's \
          default), DEPTH random tokens prefilled in batches of 512, then {TOKENS} single-token decodes of a fixed \
-         token, no sampling; a short untimed warm-up first. Extension: the bench guest appends DEPTH token ids \
+         token, no sampling; a short untimed warm-up first; as many KV cells per sequence as the engine gives a \
+         session ({} here; llama-bench would size the context to DEPTH + {TOKENS}, see the concurrency \
+         section for what that changes). Extension: the bench guest appends DEPTH token ids \
          to a new session and streams {TOKENS} greedy tokens (end-of-generation biased away) from an engine \
          loaded with that many threads; prefill tok/s is DEPTH over the time to the first chunk, decode tok/s \
          the tokens after the first over the time they took. The engine's attention kernel: {attention}. Each \
          run takes baseline flash on, baseline flash off and the extension back to back; ratios are per run, \
          then the median of {runs} runs.\n\n{cross}\n\n{}",
+        engines[0].ctx_size(),
         table.markdown()
     );
     Ok(DepthResult { markdown, targets })
@@ -185,12 +190,14 @@ pub fn chat_guest(
     let line = format!("{PASSAGE} {QUESTION}\n");
     let (mut reported, mut base, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut prompt, mut generated) = (0, 0);
+    let engine_ctx = engine.ctx_size();
     for run in 0..runs {
         eprintln!("  chat guest {model}: run {}/{runs}", run + 1);
         let stderr = guest.run_other(chat, &[model], &line)?;
         let (tps, tokens, prompt_tokens) =
             stats(&stderr).ok_or_else(|| anyhow::anyhow!("the chat guest printed no statistics line: {stderr}"))?;
-        let config = |flash| Config { threads: 2, flash, depth: prompt_tokens, tokens, sequences: 1 };
+        let config =
+            |flash| Config { threads: 2, flash, depth: prompt_tokens, tokens, sequences: 1, ctx: Some(engine_ctx) };
         let best = native.run(config(true), 1)?.decode_tps.max(native.run(config(false), 1)?.decode_tps);
         reported.push(tps);
         base.push(best);

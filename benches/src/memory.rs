@@ -51,7 +51,8 @@ pub fn run(guest: &Guest, engine: &Engine, loaded_mb: f64) -> Result<(String, Ve
     table.row(vec![format!("8 instances on {model}"), num(eight)]);
     table.row(vec!["added per extra instance".into(), num(per_instance)]);
     let markdown = format!(
-        "Resident memory of this process (both models loaded: {} MB after loading). Each instance opens a \
+        "Resident memory of this process (both models loaded: {} MB after loading; the depth section loads a \
+         second, one-thread copy of each, which the rows below include). Each instance opens a \
          session, prefills a short prompt, generates 16 tokens and holds it while memory is read. {model}'s weights \
          are {} MB; its KV cache for all sessions is allocated when the model loads, so instances add only their \
          wasm memory and host state.\n\n{}",

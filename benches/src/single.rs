@@ -51,8 +51,15 @@ pub fn run(guest: &Guest, engine: &Engine, native: &Native, gguf: &str, settings
     for run in 0..settings.runs {
         eprintln!("  single turn {model}: run {}/{}", run + 1, settings.runs);
         // The better of flash attention on and off at this depth.
-        let threads = settings.threads as u32;
-        let config = |flash| Config { threads, flash, depth: prompt_tokens as u32, tokens: n, sequences: 1 };
+        let (threads, engine_ctx) = (settings.threads as u32, engine.ctx_size());
+        let config = |flash| Config {
+            threads,
+            flash,
+            depth: prompt_tokens as u32,
+            tokens: n,
+            sequences: 1,
+            ctx: Some(engine_ctx),
+        };
         let (a, b) = (native.run(config(true), 1)?, native.run(config(false), 1)?);
         let best = if a.decode_tps >= b.decode_tps { a } else { b };
         native_f.push(prompt_tokens / best.prefill_tps * 1e3, prompt_tokens, decoded / best.decode_tps * 1e3, decoded);

@@ -131,6 +131,19 @@ impl<'m> Chat<'m> {
         })
     }
 
+    /// Whether [`undo`](Self::undo) has an exchange to forget (a restored
+    /// chat starts with none).
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// let chat = wasi_nn_llm::Chat::new(&model)?;
+    /// assert!(!chat.can_undo());
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
+    pub fn can_undo(&self) -> bool {
+        !self.turns.is_empty()
+    }
+
     /// Forget the last exchange (the last user turn and the reply to it):
     /// the session is rewound to exactly where it was before that turn.
     ///
@@ -186,7 +199,7 @@ impl<'m> Chat<'m> {
     /// ```
     pub fn restore(model: &'m Model, bytes: &[u8]) -> Result<Self, Error> {
         let corrupted = || Error::Llm(LlmError::InvalidSnapshot(SnapshotError::Corrupted));
-        let rest = bytes.strip_prefix(CHAT_MAGIC.as_slice()).ok_or_else(corrupted)?;
+        let rest = bytes.strip_prefix(CHAT_MAGIC.as_slice()).ok_or(Error::NotSavedChat)?;
         let (count, mut r) = rest.split_first_chunk::<4>().ok_or_else(corrupted)?;
         let count = u32::from_le_bytes(*count);
         let mut take = || -> Result<String, Error> {

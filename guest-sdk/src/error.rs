@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::raw::wasi::nn::errors::{Error as NnError, ErrorCode};
-use crate::raw::wasi_nn_llm::llm::types::Error as LlmError;
+use crate::raw::wasi_nn_llm::llm::types::{Error as LlmError, SnapshotError};
 
 /// An error from the extension (typed) or from base wasi-nn (a code and text).
 ///
@@ -31,6 +31,9 @@ pub enum Error {
     /// The model's chat template re-renders earlier turns differently, so the
     /// new turn cannot be sent as an append.
     TemplateNotIncremental,
+    /// The bytes given to [`Chat::restore`](crate::Chat::restore) are not a
+    /// saved conversation at all.
+    NotSavedChat,
 }
 
 impl From<LlmError> for Error {
@@ -49,18 +52,36 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Llm(e) => match e {
+                LlmError::UnsupportedGraph(why) => write!(f, "this graph is not an LLM of this host: {why}"),
+                LlmError::NotPermitted(why) => write!(f, "not permitted: {why}"),
+                LlmError::InvalidArgument(why) => write!(f, "invalid argument: {why}"),
+                LlmError::InvalidToken(t) => {
+                    write!(f, "token {} is not in the model's vocabulary of {} tokens", t.token, t.vocab_size)
+                }
                 LlmError::PromptTooLong(o) => write!(
                     f,
                     "prompt too long: the session would hold {} tokens ({} used), its limit is {}",
                     o.requested, o.used, o.limit
                 ),
                 LlmError::ContextFull(o) => write!(f, "context full: {} of {} tokens used", o.used, o.limit),
-                other => write!(f, "{other:?}"),
+                LlmError::InvalidGrammar(why) => write!(f, "invalid grammar: {why}"),
+                LlmError::InvalidSnapshot(kind) => f.write_str(match kind {
+                    SnapshotError::Truncated => "not a saved conversation, or one cut short",
+                    SnapshotError::Corrupted => "a damaged saved conversation",
+                    SnapshotError::WrongModel => "a conversation saved from another model",
+                    SnapshotError::WrongVersion => "a conversation saved by a host with another snapshot format",
+                    SnapshotError::TooLarge => "larger than any saved conversation can be",
+                }),
+                LlmError::LimitExceeded(l) => write!(f, "the host's limit {} ({}) is reached", l.name, l.max),
+                LlmError::SessionBusy => f.write_str("the session is busy: finish or drop its reply first"),
+                LlmError::Unsupported(why) => write!(f, "unsupported: {why}"),
+                LlmError::EngineFailure(why) => write!(f, "the host's engine failed: {why}"),
             },
             Self::Nn { code, message } => write!(f, "wasi-nn {code:?}: {message}"),
             Self::TemplateNotIncremental => {
                 f.write_str("the chat template re-renders earlier turns; the turn cannot be appended")
             }
+            Self::NotSavedChat => f.write_str("not a saved conversation"),
         }
     }
 }

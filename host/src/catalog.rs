@@ -64,13 +64,23 @@ pub fn resolve(source: &str) -> anyhow::Result<PathBuf> {
     if is_path(source) {
         return Ok(PathBuf::from(source));
     }
-    named(source).context("a path contains `/` or ends in `.gguf`")
+    match find(source) {
+        Some(entry) => entry.ensure(),
+        None => bail!(
+            "{source:?} is neither a path (a path contains `/` or ends in `.gguf`) nor a catalog model ({})",
+            known()
+        ),
+    }
+}
+
+/// The catalog's names, for messages.
+fn known() -> String {
+    MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
 }
 
 /// The cached GGUF of catalog model `name`, fetched and verified first if
 /// it is not cached yet.
 pub fn named(name: &str) -> anyhow::Result<PathBuf> {
-    let known = || MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ");
     find(name).with_context(|| format!("{name:?} is not a catalog model ({})", known()))?.ensure()
 }
 

@@ -32,10 +32,12 @@ enum Cmd {
 
 #[derive(Args)]
 struct RunArgs {
-    /// A model guests may load by name: NAME=PATH to a GGUF, or a catalog
-    /// name (fetched and cached on first use). Repeatable; adds to the
-    /// policy's models.
-    #[arg(long = "model", value_name = "NAME=PATH|NAME", required_unless_present = "policy")]
+    /// A model guests may load by name: NAME=PATH to a GGUF (a path
+    /// contains `/` or ends in `.gguf`), NAME=CATALOG to register a catalog
+    /// model under another name, or a catalog name alone (smollm2, gemma3;
+    /// fetched and cached on first use). Repeatable; adds to the policy's
+    /// models.
+    #[arg(long = "model", value_name = "NAME=PATH|NAME=CATALOG|CATALOG", required_unless_present = "policy")]
     models: Vec<String>,
     /// The operator's policy (TOML): models, which components may use
     /// which, open interfaces, limits. See `host/src/policy.rs`.
@@ -44,19 +46,23 @@ struct RunArgs {
     /// Layers to offload to the GPU [default: all with a GPU build, else 0].
     #[arg(long, value_name = "N")]
     gpu_layers: Option<u32>,
-    /// CPU threads for inference [default: all cores].
-    #[arg(long, value_name = "N")]
+    /// CPU threads for inference, 1 to 512 [default: all cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=512))]
     threads: Option<u32>,
-    /// Most tokens one session may hold (capped at the model's trained context).
-    #[arg(long, value_name = "N", default_value_t = EngineConfig::default().ctx_size)]
+    /// Most tokens one session may hold, 16 to 1048576 (capped at the
+    /// model's trained context).
+    #[arg(long, value_name = "N", default_value_t = EngineConfig::default().ctx_size,
+          value_parser = clap::value_parser!(u32).range(16..=1 << 20))]
     ctx_size: u32,
-    /// Sessions that may be open at once per model.
-    #[arg(long, value_name = "N", default_value_t = EngineConfig::default().max_sessions)]
+    /// Sessions that may be open at once per model, 1 to 256.
+    #[arg(long, value_name = "N", default_value_t = EngineConfig::default().max_sessions,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
     max_sessions: u32,
     /// llama.cpp contexts per model that sessions are spread over, each
-    /// given an equal share of the threads while busy [default: 1, which
-    /// batches every session in one context on all the threads].
-    #[arg(long, value_name = "N")]
+    /// given an equal share of the threads while busy, 1 to 256 (at most
+    /// --max-sessions) [default: 1, which batches every session in one
+    /// context on all the threads].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     lanes: Option<u32>,
     /// Attention kernel: `auto` times a short decode each way at load and
     /// keeps the faster (remembered per model, CPU and thread count); `on`
@@ -100,6 +106,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Run(args) => {
+            // Before any model is fetched or loaded: a wrong file fails in milliseconds.
+            Runtime::check_component(&args.component)?;
             let mut config =
                 EngineConfig { ctx_size: args.ctx_size, max_sessions: args.max_sessions, ..EngineConfig::default() };
             config.gpu_layers = args.gpu_layers;

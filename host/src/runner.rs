@@ -145,6 +145,28 @@ impl Runtime {
         &self.models
     }
 
+    /// Check that `path` holds a valid WebAssembly component, without
+    /// compiling it: milliseconds, so a command line naming the wrong file
+    /// fails before any model is loaded.
+    pub fn check_component(path: &Path) -> anyhow::Result<()> {
+        let shown = path.display();
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!("no such file: {shown}"),
+            Err(e) => anyhow::bail!("{shown} cannot be read: {e}"),
+        };
+        if !bytes.starts_with(b"\0asm") {
+            anyhow::bail!("{shown} is not WebAssembly (a component starts with \"\\0asm\")");
+        }
+        if !wasmparser::Parser::is_component(&bytes) {
+            anyhow::bail!("{shown} is a core WebAssembly module, not a component: build the guest for wasm32-wasip2");
+        }
+        wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
+            .validate_all(&bytes)
+            .map_err(|e| anyhow::anyhow!("{shown} is not a valid component: {e}"))?;
+        Ok(())
+    }
+
     /// Compile a guest component (a `wasm32-wasip2` command).
     pub fn load(&self, path: &Path) -> anyhow::Result<Guest> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

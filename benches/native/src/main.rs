@@ -46,6 +46,10 @@ struct Args {
     /// Tokens decoded one step at a time, per sequence.
     #[arg(long, default_value_t = 128)]
     tokens: usize,
+    /// KV cells per sequence [default: depth + tokens, rounded up to 256, as
+    /// llama-bench sizes its context].
+    #[arg(long)]
+    ctx: Option<u32>,
     /// Sequences decoded together in one batch per step (llama-batched-bench's `-npl`).
     #[arg(long, default_value_t = 1)]
     sequences: u32,
@@ -74,7 +78,9 @@ fn main() -> Result<()> {
     backend.void_logs();
     let model = LlamaModel::load_from_file(&backend, &args.model, &LlamaModelParams::default().with_n_gpu_layers(0))
         .with_context(|| format!("loading {}", args.model.display()))?;
-    let per_seq = (args.depth + args.tokens).next_multiple_of(256) as u32;
+    let needed = (args.depth + args.tokens) as u32;
+    let per_seq = args.ctx.unwrap_or(needed.next_multiple_of(256));
+    anyhow::ensure!(per_seq >= needed, "--ctx {per_seq} is smaller than --depth plus --tokens ({needed})");
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(per_seq * args.sequences))
         .with_n_batch(BATCH as u32)

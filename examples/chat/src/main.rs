@@ -14,6 +14,7 @@ use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use wasi_nn_llm::raw::wasi_nn_llm::llm::types::{Error as LlmError, SnapshotError};
 use wasi_nn_llm::{Chat, Error, FinishReason, Model, Params};
 
 const SYSTEM: &str = "You are a helpful assistant. Answer briefly and accurately.";
@@ -68,6 +69,7 @@ fn run(name: &str) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 _ => eprintln!("[branches are numbered 0 to {}]", branches.len() - 1),
             },
+            ("/undo", _) if !branches[current].can_undo() => eprintln!("[nothing to undo]"),
             ("/undo", _) => report(branches[current].undo()),
             ("/save", file) if !file.is_empty() => {
                 let saved = branches[current].save().map(|bytes| std::fs::write(file, bytes));
@@ -84,13 +86,27 @@ fn run(name: &str) -> Result<(), Box<dyn std::error::Error>> {
                         current = branches.len() - 1;
                         eprintln!("[loaded {file} as branch {current}]");
                     }
-                    Err(e) => eprintln!("[{e}]"),
+                    Err(e) => eprintln!("[{file} {}]", load_failure(&e, name)),
                 },
                 Err(e) => eprintln!("[{file}: {e}]"),
             },
             (command, _) if command.starts_with('/') => eprintln!("[unknown command; {HELP}]"),
             _ => say(&mut branches[current], line, &params),
         }
+    }
+}
+
+/// Why `/load FILE` failed, as the end of a sentence that starts with FILE.
+fn load_failure(e: &Error, model: &str) -> String {
+    match e {
+        Error::NotSavedChat => "is not a saved conversation".into(),
+        Error::Llm(LlmError::InvalidSnapshot(SnapshotError::WrongModel)) => {
+            format!("was saved from another model (this chat runs {model:?})")
+        }
+        Error::Llm(LlmError::InvalidSnapshot(SnapshotError::Truncated | SnapshotError::Corrupted)) => {
+            "is damaged".into()
+        }
+        other => format!("cannot be loaded: {other}"),
     }
 }
 

@@ -120,18 +120,26 @@ impl Attention {
     }
 }
 
-/// Decide the kernel for `model` (the GGUF at `path`) decoding on `threads`.
-pub(crate) fn choose(model: &LlamaModel, path: &Path, wanted: FlashAttention, threads: u32) -> Attention {
+/// Decide the kernel for `model` (the GGUF at `path`) decoding on `threads`
+/// in sessions of `ctx_size` tokens.
+pub(crate) fn choose(
+    model: &LlamaModel,
+    path: &Path,
+    wanted: FlashAttention,
+    threads: u32,
+    ctx_size: u32,
+) -> Attention {
     match wanted {
         FlashAttention::On => return Attention { flash: true, chosen: Chosen::Configured },
         FlashAttention::Off => return Attention { flash: false, chosen: Chosen::Configured },
         FlashAttention::Auto => {}
     }
-    let key = cache_key(path, threads);
+    let key = cache_key(path, threads, ctx_size);
     if let Some(seen) = key.as_ref().and_then(|k| Remembered::load().0.get(k).copied()) {
         return Attention { flash: seen.on > seen.off, chosen: Chosen::Remembered { on: seen.on, off: seen.off } };
     }
-    let measured = probe(model, true, threads).and_then(|on| Ok((on, probe(model, false, threads)?)));
+    let measured =
+        probe(model, true, threads, ctx_size).and_then(|on| Ok((on, probe(model, false, threads, ctx_size)?)));
     match measured {
         Ok((on, off)) => {
             if let Some(key) = key {
@@ -143,12 +151,14 @@ pub(crate) fn choose(model: &LlamaModel, path: &Path, wanted: FlashAttention, th
     }
 }
 
-/// Decode tok/s of one kernel: a context like a lane's, `PROBE_DEPTH` tokens
-/// prefilled in one batch, then `PROBE_STEPS` single-token decodes timed.
-fn probe(model: &LlamaModel, flash: bool, threads: u32) -> anyhow::Result<f64> {
-    let n_ctx = (PROBE_DEPTH + PROBE_STEPS + 1) as u32;
+/// Decode tok/s of one kernel: a context like a lane's (a session's worth
+/// of KV cells: without flash attention the V cache is stored transposed,
+/// so its size changes what a step reads), `PROBE_DEPTH` tokens prefilled in
+/// one batch, then `PROBE_STEPS` single-token decodes timed.
+fn probe(model: &LlamaModel, flash: bool, threads: u32, ctx_size: u32) -> anyhow::Result<f64> {
+    let n_ctx = ctx_size.max((PROBE_DEPTH + PROBE_STEPS + 1) as u32).next_multiple_of(256);
     let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx.next_multiple_of(256)))
+        .with_n_ctx(NonZeroU32::new(n_ctx))
         .with_n_batch(PROBE_DEPTH as u32)
         .with_n_ubatch(PROBE_DEPTH as u32)
         .with_n_seq_max(1)
@@ -225,8 +235,9 @@ impl Remembered {
 }
 
 /// What a measurement depends on: the model file (name, size, modification
-/// time), the CPU, the thread count and this host's build (its llama.cpp).
-fn cache_key(path: &Path, threads: u32) -> Option<String> {
+/// time), the CPU, the thread count, the session context and this host's
+/// build (its llama.cpp).
+fn cache_key(path: &Path, threads: u32, ctx_size: u32) -> Option<String> {
     let meta = std::fs::metadata(path).ok()?;
     let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -237,5 +248,6 @@ fn cache_key(path: &Path, threads: u32) -> Option<String> {
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
     let file = path.file_name()?.to_string_lossy();
-    Some(format!("{file} {} {modified} | {cpu} | {threads} threads | host {}", meta.len(), env!("CARGO_PKG_VERSION")))
+    let version = env!("CARGO_PKG_VERSION");
+    Some(format!("{file} {} {modified} | {cpu} | {threads} threads | context {ctx_size} | host {version}", meta.len()))
 }

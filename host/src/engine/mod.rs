@@ -16,6 +16,7 @@ mod finish;
 mod info;
 mod lanes;
 mod logprob;
+mod model_file;
 mod params;
 mod protocol;
 mod quota;
@@ -134,8 +135,16 @@ impl Engine {
         let backend = backend()?;
         let gpu_layers = config.gpu_layers.unwrap_or(if gpu_build() { u32::MAX } else { 0 });
         let model_params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
-        let model = LlamaModel::load_from_file(backend, path, &model_params)
-            .with_context(|| format!("loading model {name:?} from {}", path.display()))?;
+        let checked = model_file::check(path).with_context(|| format!("model {name:?}"))?;
+        let model = LlamaModel::load_from_file(backend, path, &model_params).map_err(|e| {
+            let architecture = checked.architecture.as_deref().unwrap_or("none named");
+            anyhow!(
+                "model {name:?}: llama.cpp cannot load {} (architecture {architecture:?}; {e}): this build's \
+                 llama.cpp may not know the architecture, or the file is damaged; WASI_NN_LLM_LOG=info shows \
+                 llama.cpp's own reason",
+                path.display()
+            )
+        })?;
         let model = Arc::new(model);
 
         let ctx_size = config.ctx_size.clamp(16, model.n_ctx_train().max(16));
@@ -143,7 +152,7 @@ impl Engine {
         let threads = config.threads.clamp(1, 512);
         let lanes = config.lanes.unwrap_or(lanes::DEFAULT_COUNT);
         let lanes = lanes.clamp(1, max_sessions);
-        let attention = attention::choose(&model, path, config.flash_attn, threads);
+        let attention = attention::choose(&model, path, config.flash_attn, threads, ctx_size);
         let cores = Cores::new(threads);
         let lanes = (0..lanes)
             .map(|index| {

@@ -2,6 +2,7 @@
 //! every value first: llama.cpp asserts (and so aborts the process) on some
 //! out-of-range inputs, and one guest must never take the host down.
 
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 
 use llama_cpp_2::context::LlamaContext;
@@ -61,15 +62,52 @@ pub(crate) fn validate(params: &GenerateParams) -> Result<(), LlmError> {
 pub(crate) enum Sampler {
     /// llama.cpp's sampler chain.
     Chain(LlamaSampler),
-    /// Plain greedy decoding with logit biases (token index, bias, sorted by
-    /// token): the
-    /// argmax of the biased logits, taken here. llama.cpp's chain first
-    /// copies every logit into a candidate array, a few percent of a decode
-    /// step on a large vocabulary (`perf`: about 5 % of the time with
-    /// gemma3's 262k tokens at 8 sessions) while the lane's workers wait.
-    /// Same result: the same f32 additions, and the first maximum wins, as
-    /// in llama.cpp's greedy sampler.
-    Greedy(Vec<(usize, f32)>),
+    /// Greedy decoding with logit biases (token index, bias, sorted by token)
+    /// and repetition penalties: the argmax of the adjusted logits, taken
+    /// here. llama.cpp's chain first copies every logit into a candidate
+    /// array, a few percent of a decode step on a large vocabulary (`perf`:
+    /// about 5 % of the time with gemma3's 262k tokens at 8 sessions) while
+    /// the lane's workers wait. Same result: the same f32 operations in the
+    /// same order as llama.cpp's logit-bias, penalties and greedy samplers,
+    /// and the first maximum wins.
+    Greedy { biases: Vec<(usize, f32)>, penalties: Option<Penalties> },
+}
+
+/// llama.cpp's repetition penalties (`llama_sampler_init_penalties`), with
+/// the window's counts kept densely so a step reads them alongside the logits.
+pub(crate) struct Penalties {
+    last_n: usize,
+    repeat: f32,
+    frequency: f32,
+    presence: f32,
+    recent: VecDeque<usize>,
+    counts: Vec<u32>,
+}
+
+impl Penalties {
+    fn new(n_vocab: usize, last_n: usize, repeat: f32, frequency: f32, presence: f32) -> Self {
+        Self { last_n, repeat, frequency, presence, recent: VecDeque::new(), counts: vec![0; n_vocab] }
+    }
+
+    /// A token joins the window (the oldest leaves once it is full).
+    fn accept(&mut self, token: usize) {
+        if self.last_n == 0 || token >= self.counts.len() {
+            return;
+        }
+        self.counts[token] += 1;
+        if self.recent.len() >= self.last_n
+            && let Some(old) = self.recent.pop_front()
+        {
+            self.counts[old] -= 1;
+        }
+        self.recent.push_back(token);
+    }
+
+    /// `logit` of a token seen `count` times in the window.
+    fn apply(&self, logit: f32, count: u32) -> f32 {
+        let logit = if logit <= 0.0 { logit * self.repeat } else { logit / self.repeat };
+        logit - (count as f32 * self.frequency + f32::from(u8::from(count > 0)) * self.presence)
+    }
 }
 
 impl Sampler {
@@ -77,7 +115,7 @@ impl Sampler {
     pub fn sample(&mut self, ctx: &LlamaContext<'_>, index: i32) -> LlamaToken {
         match self {
             Self::Chain(chain) => chain.sample(ctx, index),
-            Self::Greedy(biases) => {
+            Self::Greedy { biases, penalties } => {
                 // `biases` is sorted by token: walk it alongside the logits.
                 let mut pending = biases.iter().peekable();
                 let (mut best, mut best_logit) = (0, f32::NEG_INFINITY);
@@ -86,9 +124,17 @@ impl Sampler {
                     while let Some((_, bias)) = pending.next_if(|&&(t, _)| t == i) {
                         logit += bias;
                     }
+                    if let Some(p) = penalties.as_ref()
+                        && let Some(&count) = p.counts.get(i).filter(|&&c| c > 0)
+                    {
+                        logit = p.apply(logit, count);
+                    }
                     if i == 0 || logit > best_logit {
                         (best, best_logit) = (i, logit);
                     }
+                }
+                if let Some(p) = penalties.as_mut() {
+                    p.accept(best);
                 }
                 LlamaToken(best as i32)
             }
@@ -114,8 +160,12 @@ pub(crate) fn build(
     let presence = params.presence_penalty.unwrap_or(0.0);
     let frequency = params.frequency_penalty.unwrap_or(0.0);
     let penalties = repeat != 1.0 || presence != 0.0 || frequency != 0.0;
+    // A window past the session's context sees nothing more, and llama.cpp
+    // allocates the whole window up front: an unclamped u32::MAX-ish guest
+    // value was a 13 GB allocation (found by fuzzing).
+    let last_n = (params.penalty_last_n.unwrap_or(64) as usize).min(context);
     let temperature = params.temperature.unwrap_or(0.8);
-    if temperature == 0.0 && params.constraint.is_none() && !penalties {
+    if temperature == 0.0 && params.constraint.is_none() {
         let mut biases = params
             .logit_bias
             .iter()
@@ -123,7 +173,14 @@ pub(crate) fn build(
             .collect::<Result<Vec<_>, LlmError>>()?;
         // Stable: a token's biases are added in the order given, as llama.cpp does.
         biases.sort_by_key(|&(token, _)| token);
-        return Ok(Sampler::Greedy(biases));
+        let penalties = penalties.then(|| {
+            let mut p = Penalties::new(n_vocab.max(0) as usize, last_n, repeat, frequency, presence);
+            for t in &history[history.len().saturating_sub(last_n)..] {
+                p.accept(t.0.max(0) as usize);
+            }
+            p
+        });
+        return Ok(Sampler::Greedy { biases, penalties });
     }
     let mut chain = Vec::new();
 
@@ -151,10 +208,6 @@ pub(crate) fn build(
     }
 
     if penalties {
-        // A window past the session's context sees nothing more, and
-        // llama.cpp allocates the whole window up front: an unclamped
-        // u32::MAX-ish guest value was a 13 GB allocation (found by fuzzing).
-        let last_n = (params.penalty_last_n.unwrap_or(64) as usize).min(context);
         let mut penalties = LlamaSampler::penalties(n_vocab, last_n as i32, repeat, frequency, presence);
         let start = history.len().saturating_sub(last_n);
         penalties.accept_many(&history[start..]);

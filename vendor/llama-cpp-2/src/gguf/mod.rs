@@ -96,6 +96,33 @@ impl GgufContext {
     pub fn n_tensors(&self) -> i64 {
         unsafe { llama_cpp_sys_2::gguf_get_n_tensors(self.ctx.as_ptr()) }
     }
+
+    /// The string value of `key`, or `None` if the key is absent or holds
+    /// another type (checked first, so no llama.cpp assertion can fire).
+    ///
+    /// Added by wasi-nn-llm (not in the published 0.1.160).
+    pub fn string(&self, key: &str) -> Option<&str> {
+        let idx = self.find_key(key);
+        (idx >= 0 && self.kv_type(idx) == llama_cpp_sys_2::GGUF_TYPE_STRING).then(|| self.val_str(idx)).flatten()
+    }
+
+    /// Where the last tensor's data ends, in bytes from the start of the
+    /// file: a complete file is at least this long.
+    ///
+    /// Added by wasi-nn-llm (not in the published 0.1.160).
+    pub fn data_end(&self) -> u64 {
+        // SAFETY: `self.ctx` is a live context, and every id is below
+        // `n_tensors`, as the getters require.
+        let (base, ends) = unsafe {
+            let ctx = self.ctx.as_ptr();
+            let ends = (0..self.n_tensors()).map(|id| {
+                llama_cpp_sys_2::gguf_get_tensor_offset(ctx, id) as u64
+                    + llama_cpp_sys_2::gguf_get_tensor_size(ctx, id) as u64
+            });
+            (llama_cpp_sys_2::gguf_get_data_offset(ctx) as u64, ends.max().unwrap_or(0))
+        };
+        base + ends
+    }
 }
 
 impl Drop for GgufContext {
