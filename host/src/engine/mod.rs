@@ -1,14 +1,19 @@
 //! The inference engine: one loaded model and its lanes (llama.cpp contexts,
-//! each with one scheduler thread, see `lanes.rs`), shared by every guest
-//! instance and session (and by both front doors, base wasi-nn and the
-//! extension, so comparisons between them measure the interface and nothing
-//! else).
+//! each with one scheduler thread, see `lanes.rs`; one by default), shared by
+//! every guest instance and session (and by both front doors, base wasi-nn
+//! and the extension, so comparisons between them measure the interface and
+//! nothing else).
 //!
 //! A token's way: a guest's [`Session::append`] or [`TokenStream`] read sends
-//! a command to its lane's scheduler thread (`scheduler.rs`), which batches
-//! the work of the lane's sessions into `llama_decode` calls, samples
-//! (`sampler.rs`), turns token bytes into whole-character chunks
-//! (`text.rs`), and pushes them into the stream's buffer (`stream.rs`).
+//! a command of the lane protocol (`protocol.rs`) through its sequence's
+//! slot (`slot.rs`) to its lane's scheduler thread (`scheduler/`), which
+//! batches the work of the lane's sessions into `llama_decode` calls on the
+//! lane's thread pool (`threads.rs`), samples (`sampler.rs`), turns token
+//! bytes into whole-character chunks (`text.rs`), and pushes them into the
+//! stream's buffer (`buffer.rs`), which the reader drains (`stream.rs`).
+//! Which attention kernel the contexts run is measured at load
+//! (`attention.rs`); the model file is checked before llama.cpp reads it
+//! (`model_file.rs`).
 
 mod attention;
 mod buffer;
