@@ -57,6 +57,7 @@ pub fn run(
             let (mut decode_ratio, mut prefill_ratio, mut default_ratio) = (Vec::new(), Vec::new(), Vec::new());
             let mut same_kernel = Vec::new();
             let flash = engines[t].attention().flash;
+            let attention = engines[t].attention().to_string();
             for run in 0..runs {
                 eprintln!("  depth {model}: {threads} thread(s), depth {depth}, run {}/{runs}", run + 1);
                 let config =
