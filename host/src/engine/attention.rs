@@ -7,9 +7,10 @@
 //! decode at a depth of 316 tokens ran at 27 tok/s with flash attention and
 //! 73 without; on an AMD EPYC the two were within 6 % of each other, and
 //! flash attention won at depths 16 and 1000 (`benches/RESULTS.md`). So
-//! `auto` times one short decode each way at load, after a prefill deep
-//! enough for attention to show, and remembers the answer per model file,
-//! CPU and thread count, so later loads pay nothing.
+//! `auto` times a short decode each way at load, the steps of the two taken
+//! in turn, after a prefill deep enough for attention to show, and
+//! remembers the answer per model file, CPU and thread count, so later
+//! loads pay nothing.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -138,9 +139,7 @@ pub(crate) fn choose(
     if let Some(seen) = key.as_ref().and_then(|k| Remembered::load().0.get(k).copied()) {
         return Attention { flash: seen.on > seen.off, chosen: Chosen::Remembered { on: seen.on, off: seen.off } };
     }
-    let measured =
-        probe(model, true, threads, ctx_size).and_then(|on| Ok((on, probe(model, false, threads, ctx_size)?)));
-    match measured {
+    match probe(model, threads, ctx_size) {
         Ok((on, off)) => {
             if let Some(key) = key {
                 Remembered::store(key, Seen { on, off });
@@ -151,44 +150,63 @@ pub(crate) fn choose(
     }
 }
 
-/// Decode tok/s of one kernel: a context like a lane's (a session's worth
-/// of KV cells: without flash attention the V cache is stored transposed,
-/// so its size changes what a step reads), `PROBE_DEPTH` tokens prefilled in
-/// one batch, then `PROBE_STEPS` single-token decodes timed.
-fn probe(model: &LlamaModel, flash: bool, threads: u32, ctx_size: u32) -> anyhow::Result<f64> {
+/// Decode tok/s of each kernel (flash on, off): two contexts like a lane's
+/// (a session's worth of KV cells: without flash attention the V cache is
+/// stored transposed, so its size changes what a step reads), each
+/// prefilled with `PROBE_DEPTH` tokens, then `PROBE_STEPS` single-token
+/// decodes timed on each in turn, and the median step of each kept. Taking
+/// the steps in turn puts both kernels under the same load (this machine's
+/// speed drifts within seconds); an earlier probe that timed one kernel
+/// after the other once measured gemma's flash attention at 28 tok/s where
+/// it decodes at 35–37, and the wrong choice was remembered.
+fn probe(model: &LlamaModel, threads: u32, ctx_size: u32) -> anyhow::Result<(f64, f64)> {
     let n_ctx = ctx_size.max((PROBE_DEPTH + PROBE_STEPS + 1) as u32).next_multiple_of(256);
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(PROBE_DEPTH as u32)
-        .with_n_ubatch(PROBE_DEPTH as u32)
-        .with_n_seq_max(1)
-        .with_n_threads(threads as i32)
-        .with_n_threads_batch(threads as i32)
-        .with_flash_attention_policy(if flash { FLASH_ATTN_ENABLED } else { FLASH_ATTN_DISABLED });
-    let mut ctx = model.new_context(backend()?, params).context("creating a probe context")?;
-    let mut workers = Workers::new(threads);
-    workers.run_on(&mut ctx, threads);
+    let context = |flash: bool| {
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(PROBE_DEPTH as u32)
+            .with_n_ubatch(PROBE_DEPTH as u32)
+            .with_n_seq_max(1)
+            .with_n_threads(threads as i32)
+            .with_n_threads_batch(threads as i32)
+            .with_flash_attention_policy(if flash { FLASH_ATTN_ENABLED } else { FLASH_ATTN_DISABLED });
+        model.new_context(backend()?, params).context("creating a probe context")
+    };
     // Any valid ids do: the time of a step does not depend on them.
     let n_vocab = model.n_vocab().max(1) as usize;
     let token = |i: usize| LlamaToken((i * 7919 % n_vocab) as i32);
     let mut batch = LlamaBatch::new(PROBE_DEPTH, 1);
-    for i in 0..PROBE_DEPTH {
-        batch.add(token(i), i as i32, &[0], i + 1 == PROBE_DEPTH)?;
+    let mut kernels = Vec::new();
+    for flash in [true, false] {
+        let mut ctx = context(flash)?;
+        let mut workers = Workers::new(threads);
+        workers.run_on(&mut ctx, threads);
+        batch.clear();
+        for i in 0..PROBE_DEPTH {
+            batch.add(token(i), i as i32, &[0], i + 1 == PROBE_DEPTH)?;
+        }
+        ctx.decode(&mut batch).context("probe prefill")?;
+        workers.rest(&ctx);
+        kernels.push((ctx, workers, Vec::with_capacity(PROBE_STEPS)));
     }
-    ctx.decode(&mut batch).context("probe prefill")?;
-    let mut timed = 0.0;
     for step in 0..=PROBE_STEPS {
         let pos = PROBE_DEPTH + step;
-        batch.clear();
-        batch.add(token(pos), pos as i32, &[0], true)?;
-        let start = Instant::now();
-        ctx.decode(&mut batch).context("probe decode")?;
-        if step > 0 {
-            timed += start.elapsed().as_secs_f64();
+        for (ctx, workers, steps) in &mut kernels {
+            batch.clear();
+            batch.add(token(pos), pos as i32, &[0], true)?;
+            let start = Instant::now();
+            ctx.decode(&mut batch).context("probe decode")?;
+            if step > 0 {
+                steps.push(start.elapsed().as_secs_f64());
+            }
+            workers.rest(ctx);
         }
     }
-    workers.rest(&ctx);
-    Ok(PROBE_STEPS as f64 / timed)
+    let tps = |steps: &mut Vec<f64>| {
+        steps.sort_by(f64::total_cmp);
+        1.0 / steps[steps.len() / 2]
+    };
+    Ok((tps(&mut kernels[0].2), tps(&mut kernels[1].2)))
 }
 
 /// One remembered measurement.
@@ -249,5 +267,9 @@ fn cache_key(path: &Path, threads: u32, ctx_size: u32) -> Option<String> {
         .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
     let file = path.file_name()?.to_string_lossy();
     let version = env!("CARGO_PKG_VERSION");
-    Some(format!("{file} {} {modified} | {cpu} | {threads} threads | context {ctx_size} | host {version}", meta.len()))
+    // "probe 2": steps interleaved (see `probe`); earlier entries are measured again.
+    Some(format!(
+        "{file} {} {modified} | {cpu} | {threads} threads | context {ctx_size} | host {version} | probe 2",
+        meta.len()
+    ))
 }
