@@ -20,6 +20,18 @@ impl Model {
         Ok(Self { graph: graph::load_by_name(name)? })
     }
 
+    /// The names this component may [`load`](Self::load), as the host's
+    /// policy grants them (wasi:nn itself cannot list its graphs).
+    ///
+    /// ```no_run
+    /// for name in wasi_nn_llm::Model::list() {
+    ///     println!("{name}");
+    /// }
+    /// ```
+    pub fn list() -> Vec<String> {
+        llm_model::list_models()
+    }
+
     /// The underlying wasi:nn graph, for base wasi-nn calls.
     ///
     /// ```no_run

@@ -35,6 +35,27 @@ impl Session {
         Ok(Self { raw: raw::Session::open(model.graph(), options)? })
     }
 
+    /// A session holding `prompt` (token ids), continued from the longest
+    /// prefix of it the host's prefix cache keeps for this component: only
+    /// the rest is evaluated, and the first reply's
+    /// [`Usage::cached_tokens`](crate::Usage) counts what was not. Dropped
+    /// (with its stream gone), the session goes into that cache, so a later
+    /// instance of this component sending the same conversation plus a new
+    /// turn evaluates only the new turn: what a stateless HTTP handler needs.
+    ///
+    /// ```no_run
+    /// # use wasi_nn_llm::{Model, Session, SessionOptions};
+    /// let model = Model::load("smollm2")?;
+    /// let prompt = model.tokenize("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", true, true)?;
+    /// let options = SessionOptions { context_length: None, seed: None, overflow: None };
+    /// let session = Session::open_cached(&model, options, &prompt)?;
+    /// assert_eq!(session.tokens(), prompt);
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
+    pub fn open_cached(model: &Model, options: SessionOptions, prompt: &[u32]) -> Result<Self, Error> {
+        Ok(Self { raw: raw::Session::open_cached(model.graph(), options, prompt)? })
+    }
+
     /// Evaluate `text` into the session (special tokens such as `<|im_start|>`
     /// are parsed); returns how many tokens were added.
     ///

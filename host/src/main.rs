@@ -131,7 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 specs.push(spec);
             }
             anyhow::ensure!(!specs.is_empty(), "no models: give --model or a policy with [models]");
-            policy.apply_limits(&config, &mut specs);
+            policy.apply_limits(&mut config, &mut specs);
             for spec in &specs {
                 eprintln!(
                     "loading model {:?} from {} ({} threads, {} GPU layers)",

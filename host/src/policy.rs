@@ -41,7 +41,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::catalog::{self, ModelSpec};
-use crate::engine::{EngineConfig, FlashAttention, QuotaLimits};
+use crate::engine::{CacheLimits, EngineConfig, FlashAttention, QuotaLimits};
 
 /// The whole policy file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -135,6 +135,12 @@ pub struct Limits {
     pub guest_memory_bytes: Option<u64>,
     /// Wall time of one guest run, in seconds (guest code is interrupted).
     pub guest_seconds: Option<f64>,
+    /// Conversations each model's prefix cache keeps for `open-cached`
+    /// (0 turns it off) [default: 256].
+    pub prefix_cache_entries: Option<u32>,
+    /// Host memory each model's prefix cache may fill with conversations
+    /// saved out of the KV cache [default: 1 GiB].
+    pub prefix_cache_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -220,8 +226,14 @@ impl Policy {
             .collect()
     }
 
-    /// Fold the session context cap into every model's context.
-    pub fn apply_limits(&self, config: &EngineConfig, specs: &mut [ModelSpec]) {
+    /// Fold the session context cap into every model's context, and the
+    /// prefix-cache bounds into the engine's configuration.
+    pub fn apply_limits(&self, config: &mut EngineConfig, specs: &mut [ModelSpec]) {
+        let default = CacheLimits::default();
+        config.prefix_cache = CacheLimits {
+            entries: self.limits.prefix_cache_entries.map_or(default.entries, |n| n as usize),
+            spill_bytes: self.limits.prefix_cache_bytes.unwrap_or(default.spill_bytes),
+        };
         if let Some(cap) = self.limits.session_context {
             for spec in specs.iter_mut() {
                 spec.context = Some(spec.context.unwrap_or(config.ctx_size).min(cap));

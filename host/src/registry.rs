@@ -13,7 +13,7 @@ use wasmtime_wasi_nn::{Graph, GraphRegistry, Registry};
 
 use crate::backend::ggml;
 use crate::catalog::ModelSpec;
-use crate::engine::{Engine, EngineConfig, Quota};
+use crate::engine::{Engine, EngineConfig, Namespace, Quota};
 use crate::error::LlmError;
 use crate::policy::{Identity, Interfaces, Policy};
 
@@ -55,6 +55,14 @@ impl Models {
     }
 }
 
+impl Drop for Models {
+    /// The conversations a prefix cache keeps hold their engine: let them
+    /// go, so the engines (their contexts and threads) go with the models.
+    fn drop(&mut self) {
+        self.engines.iter().for_each(Engine::clear_cache);
+    }
+}
+
 /// What one guest instance can reach: every registered model as a wasi:nn
 /// graph, either bound to an engine and the instance's quota, or denied by
 /// the policy (so using it answers `not-permitted`, naming the model).
@@ -62,6 +70,8 @@ pub struct Access {
     entries: Vec<Reach>,
     quota: Arc<Quota>,
     interfaces: Interfaces,
+    /// Whose entries of the prefix caches this instance may continue from.
+    namespace: Namespace,
 }
 
 struct Reach {
@@ -89,7 +99,18 @@ impl Access {
                 }
             })
             .collect();
-        Arc::new(Self { entries, quota, interfaces })
+        Arc::new(Self { entries, quota, interfaces, namespace: Namespace(guest.digest.clone()) })
+    }
+
+    /// The models the policy lets this instance use, in load order.
+    pub fn permitted(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().filter(|e| e.engine.is_ok()).map(|e| e.name.as_str())
+    }
+
+    /// The instance's namespace in the prefix caches: its component's digest,
+    /// so one component never continues another's conversation.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
     }
 
     /// This instance's quota.

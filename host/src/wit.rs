@@ -153,6 +153,10 @@ impl model::Host for LlmView<'_> {
         let messages: Vec<_> = messages.into_iter().map(|m| (m.role, m.content)).collect();
         Ok(engine.apply_chat_template(&messages, add_assistant_turn).map_err(Into::into))
     }
+
+    fn list_models(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.ctx.access.permitted().map(str::to_owned).collect())
+    }
 }
 
 impl session::Host for LlmView<'_> {}
@@ -164,13 +168,23 @@ impl session::HostSession for LlmView<'_> {
         options: types::SessionOptions,
     ) -> wasmtime::Result<Result<Resource<Session>, types::Error>> {
         let engine = try_llm!(self.engine(&graph)?);
-        let shift_keep = match options.overflow {
-            Some(types::OverflowPolicy::Shift(keep)) => Some(keep),
-            Some(types::OverflowPolicy::Refuse) | None => None,
-        };
-        let options = engine::SessionOptions { context_length: options.context_length, seed: options.seed, shift_keep };
+        let options: engine::SessionOptions = options.into();
         tracing::trace!(model = engine.name(), ?options, "session.open");
         let session = try_llm!(engine.open_session(&options, self.ctx.access.quota()));
+        Ok(Ok(self.table.push(session)?))
+    }
+
+    fn open_cached(
+        &mut self,
+        graph: Resource<Graph>,
+        options: types::SessionOptions,
+        prompt: Vec<u32>,
+    ) -> wasmtime::Result<Result<Resource<Session>, types::Error>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        let options: engine::SessionOptions = options.into();
+        tracing::trace!(model = engine.name(), ?options, tokens = prompt.len(), "session.open-cached");
+        let access = &self.ctx.access;
+        let session = try_llm!(engine.open_cached(&options, &prompt, access.namespace(), access.quota()));
         Ok(Ok(self.table.push(session)?))
     }
 
@@ -289,6 +303,16 @@ impl session::HostTokenStream for LlmView<'_> {
     fn drop(&mut self, stream: Resource<TokenStream>) -> wasmtime::Result<()> {
         self.table.delete(stream)?;
         Ok(())
+    }
+}
+
+impl From<types::SessionOptions> for engine::SessionOptions {
+    fn from(o: types::SessionOptions) -> Self {
+        let shift_keep = match o.overflow {
+            Some(types::OverflowPolicy::Shift(keep)) => Some(keep),
+            Some(types::OverflowPolicy::Refuse) | None => None,
+        };
+        Self { context_length: o.context_length, seed: o.seed, shift_keep }
     }
 }
 

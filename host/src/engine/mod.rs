@@ -23,6 +23,7 @@ mod lanes;
 mod logprob;
 mod model_file;
 mod params;
+mod prefix_cache;
 mod protocol;
 mod quota;
 mod sampler;
@@ -51,6 +52,7 @@ pub use attention::{Attention, Chosen, FlashAttention};
 pub use finish::{Finish, FinishReason, Usage};
 pub use info::ModelInfo;
 pub use params::{Constraint, GenerateParams, SessionOptions};
+pub use prefix_cache::{CacheLimits, Namespace};
 pub use quota::{Quota, QuotaLimits};
 pub use session::Session;
 pub use stream::TokenStream;
@@ -58,6 +60,7 @@ pub use text::{Chunk, TokenLogprob};
 
 use crate::error::LlmError;
 use lanes::Lane;
+use prefix_cache::{PrefixCache, Shape, Start};
 use protocol::{Command, SeqId};
 use scheduler::Scheduler;
 use slot::Slot;
@@ -83,6 +86,8 @@ pub struct EngineConfig {
     pub lanes: Option<u32>,
     /// Flash attention on, off, or measured at load (see `attention.rs`).
     pub flash_attn: FlashAttention,
+    /// What the model's prefix cache may keep (see `prefix_cache.rs`).
+    pub prefix_cache: CacheLimits,
 }
 
 impl Default for EngineConfig {
@@ -95,6 +100,7 @@ impl Default for EngineConfig {
             gpu_layers: None,
             lanes: None,
             flash_attn: FlashAttention::Auto,
+            prefix_cache: CacheLimits::default(),
         }
     }
 }
@@ -132,6 +138,8 @@ struct Inner {
     path: PathBuf,
     /// SHA-256 of the GGUF, computed on first use (snapshots carry it).
     identity: OnceLock<Result<[u8; 32], String>>,
+    /// Conversations kept for `open_cached`.
+    cache: PrefixCache,
 }
 
 impl Engine {
@@ -176,6 +184,7 @@ impl Engine {
             attention,
             path: path.to_owned(),
             identity: OnceLock::new(),
+            cache: PrefixCache::new(config.prefix_cache),
         })))
     }
 
@@ -202,6 +211,20 @@ impl Engine {
     /// Open an empty session, taking one of the model's sequence slots and
     /// a share of `quota` (its instance's).
     pub fn open_session(&self, options: &SessionOptions, quota: &Arc<Quota>) -> Result<Session, LlmError> {
+        let shape = self.shape(options)?;
+        self.open_shaped(shape, quota)
+    }
+
+    fn open_shaped(&self, shape: Shape, quota: &Arc<Quota>) -> Result<Session, LlmError> {
+        let lease = quota.lease(self.kv_bytes(shape.limit))?;
+        let (lane, seq) = self.take_slot()?;
+        let session = Session::new(self.clone(), Slot::new(lane, seq, lease), shape);
+        session.send(Command::Open { seq: session.seq(), limit: shape.limit, seed: shape.seed, shift: shape.shift })?;
+        Ok(session)
+    }
+
+    /// The session `options` ask for, checked against this model.
+    fn shape(&self, options: &SessionOptions) -> Result<Shape, LlmError> {
         let limit = match options.context_length {
             None => self.0.ctx_size,
             Some(0) => return Err(LlmError::invalid("context-length must be at least 1")),
@@ -218,11 +241,100 @@ impl Engine {
             }
             self.check_shiftable()?;
         }
-        let lease = quota.lease(self.kv_bytes(limit))?;
-        let (lane, seq) = self.take_slot()?;
-        let session = Session::new(self.clone(), Slot::new(lane, seq, lease), limit, options.shift_keep);
-        session.send(Command::Open { seq: session.seq(), limit, seed: options.seed, shift: options.shift_keep })?;
+        Ok(Shape { limit, shift: options.shift_keep, seed: options.seed })
+    }
+
+    /// A session holding `prompt`, continued from the longest prefix of it
+    /// that `namespace`'s entries in the prefix cache hold (see
+    /// `prefix_cache.rs`); only the rest is evaluated. The session goes into
+    /// the cache when dropped.
+    pub fn open_cached(
+        &self,
+        options: &SessionOptions,
+        prompt: &[u32],
+        namespace: &Namespace,
+        quota: &Arc<Quota>,
+    ) -> Result<Session, LlmError> {
+        let n_vocab = self.model().n_vocab();
+        for &t in prompt {
+            sampler::checked_token(t, n_vocab)?;
+        }
+        let shape = self.shape(options)?;
+        if prompt.len() > shape.limit as usize && shape.shift.is_none() {
+            return Err(LlmError::PromptTooLong(crate::error::ContextOverflow {
+                requested: prompt.len() as u32,
+                used: 0,
+                limit: shape.limit,
+            }));
+        }
+        let continued = match self.0.cache.lookup(namespace, shape, prompt) {
+            Start::Fork(entry, shared) => {
+                let lease = quota.lease(self.kv_bytes(shape.limit))?;
+                match entry.fork_with(lease) {
+                    // No free sequence to copy into (every other one is a
+                    // live session's): the entry gives up its own, its state
+                    // kept in host memory, and the new session is restored
+                    // from that.
+                    Err(LlmError::LimitExceeded { .. }) => {
+                        let id = Arc::as_ptr(&entry);
+                        drop(entry);
+                        match self.0.cache.spill_entry(id) {
+                            Some(snapshot) => self.restore_cached(&snapshot, shape, quota).map(|s| (s, shared)),
+                            None => Err(LlmError::invalid("the cached conversation went away")),
+                        }
+                    }
+                    forked => forked.map(|s| (s, shared)),
+                }
+            }
+            Start::Restore(snapshot, shared) => self.restore_cached(&snapshot, shape, quota).map(|s| (s, shared)),
+            Start::Empty => Err(LlmError::invalid("nothing cached")),
+        };
+        let (mut session, shared) = match continued {
+            Ok((session, shared)) => {
+                let held = session.tokens()?.len();
+                session.rewind(held.saturating_sub(shared) as u32)?;
+                (session, shared)
+            }
+            // A quota or sequence limit is the caller's to see; anything
+            // else (nothing cached, a failed copy) starts from scratch.
+            Err(e @ LlmError::LimitExceeded { .. }) => return Err(e),
+            Err(_) => (self.open_shaped(shape, quota)?, 0),
+        };
+        if shared < prompt.len() {
+            session.append_tokens(&prompt[shared..])?;
+        }
+        if self.0.cache.enabled() {
+            session.keep_for(namespace.clone());
+        }
         Ok(session)
+    }
+
+    /// A new session holding a spilled prefix-cache entry's state.
+    fn restore_cached(
+        &self,
+        snapshot: &snapshot::Snapshot,
+        shape: Shape,
+        quota: &Arc<Quota>,
+    ) -> Result<Session, LlmError> {
+        let lease = quota.lease(self.kv_bytes(shape.limit))?;
+        let (lane, seq) = self.take_slot()?;
+        self.restore_into(Slot::new(lane, seq, lease), snapshot.clone(), shape.shift)
+    }
+
+    /// The model's prefix cache.
+    fn cache(&self) -> &PrefixCache {
+        &self.0.cache
+    }
+
+    /// Drop every conversation the prefix cache keeps (they hold the engine
+    /// alive; see `registry::Models`'s drop).
+    pub fn clear_cache(&self) {
+        self.0.cache.clear();
+    }
+
+    /// Entries in the prefix cache: (live, spilled) — for tests and benchmarks.
+    pub fn cached_entries(&self) -> (usize, usize) {
+        self.0.cache.counts()
     }
 
     /// Context shift moves KV positions, which recurrent state and
@@ -259,7 +371,7 @@ impl Engine {
 
     /// A new session on `slot` holding `snapshot` (already checked).
     fn restore_into(&self, slot: Slot, snapshot: snapshot::Snapshot, shift: Option<u32>) -> Result<Session, LlmError> {
-        let session = Session::new(self.clone(), slot, snapshot.limit, shift);
+        let session = Session::new(self.clone(), slot, Shape { limit: snapshot.limit, shift, seed: snapshot.seed });
         let open = Command::Open { seq: session.seq(), limit: snapshot.limit, seed: snapshot.seed, shift };
         session.send(open)?;
         session.load(snapshot)?;
@@ -286,10 +398,16 @@ impl Engine {
         // Most free first; on a tie the lowest index, so placement is deterministic.
         let mut order: Vec<&Arc<Lane>> = lanes.iter().collect();
         order.sort_by_key(|l| std::cmp::Reverse(l.free()));
-        order
-            .into_iter()
-            .find_map(|l| l.take().map(|seq| (l.clone(), seq)))
-            .ok_or_else(|| LlmError::LimitExceeded { name: "sessions".into(), max: self.max_sessions() as u64 })
+        let free = || order.iter().find_map(|l| l.take().map(|seq| ((*l).clone(), seq)));
+        loop {
+            if let Some(slot) = free() {
+                return Ok(slot);
+            }
+            // A conversation the prefix cache keeps gives way to a live session.
+            if !self.0.cache.spill_one() {
+                return Err(LlmError::LimitExceeded { name: "sessions".into(), max: self.max_sessions() as u64 });
+            }
+        }
     }
 
     /// KV-cache bytes a session of `tokens` context reserves: keys and values

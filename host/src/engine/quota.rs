@@ -135,6 +135,12 @@ impl Lease {
     pub(super) fn renew(&self) -> Result<Lease, LlmError> {
         self.quota.lease(self.kv_bytes)
     }
+
+    /// A lease of the same size from `quota`, to replace this one (a
+    /// session passing from its instance to the prefix cache).
+    pub(super) fn move_to(&self, quota: &Arc<Quota>) -> Result<Lease, LlmError> {
+        quota.lease(self.kv_bytes)
+    }
 }
 
 impl Drop for Lease {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use llama_cpp_2::token::LlamaToken;
 
 use super::params::GenerateParams;
+use super::prefix_cache::{Namespace, Shape};
 use super::protocol::{Command, Input, Reply, SeqId};
+use super::quota::Lease;
 use super::slot::Slot;
 use super::snapshot::Snapshot;
 use super::stream::TokenStream;
@@ -21,12 +23,28 @@ pub struct Session {
     limit: u32,
     /// The context-shift setting it was opened with (a fork inherits it).
     shift: Option<u32>,
+    /// The default seed it was opened with.
+    seed: Option<u64>,
+    /// Set for a session from [`Engine::open_cached`]: whose prefix cache
+    /// it goes into when dropped.
+    kept_for: Option<Namespace>,
 }
 
 impl Session {
     /// A session of `engine` on `slot`.
-    pub(super) fn new(engine: Engine, slot: Slot, limit: u32, shift: Option<u32>) -> Self {
-        Self { engine, slot: Arc::new(slot), limit, shift }
+    pub(super) fn new(engine: Engine, slot: Slot, shape: Shape) -> Self {
+        let Shape { limit, shift, seed } = shape;
+        Self { engine, slot: Arc::new(slot), limit, shift, seed, kept_for: None }
+    }
+
+    /// What another session must share with this one to continue from it.
+    pub(super) fn shape(&self) -> Shape {
+        Shape { limit: self.limit, shift: self.shift, seed: self.seed }
+    }
+
+    /// Put this session into `namespace`'s prefix cache when it is dropped.
+    pub(super) fn keep_for(&mut self, namespace: Namespace) {
+        self.kept_for = Some(namespace);
     }
 
     pub(super) fn seq(&self) -> SeqId {
@@ -92,19 +110,28 @@ impl Session {
     /// this session's lane (a cell copy) when it has a free sequence, else
     /// through the state API into another lane.
     pub fn fork(&self) -> Result<Session, LlmError> {
+        self.fork_with(self.slot.lease.renew()?)
+    }
+
+    /// [`fork`](Self::fork), the child holding `lease` (of any quota).
+    pub(super) fn fork_with(&self, lease: Lease) -> Result<Session, LlmError> {
         let engine = self.engine();
-        let lease = self.slot.lease.renew()?;
         let lane = &self.slot.lane;
         let Some(child) = lane.take() else {
-            // An in-process copy, never encoded: no model identity needed.
-            let snapshot = self.request(|reply| Command::Save { seq: self.seq(), model: [0; 32], reply })?;
+            let snapshot = self.copy_state()?;
             let (lane, seq) = engine.take_slot()?;
             return engine.restore_into(Slot::new(lane, seq, lease), snapshot, self.shift);
         };
         // From here the child owns its slot: dropping it on failure frees it.
-        let forked = Session::new(engine.clone(), Slot::new(lane.clone(), child, lease), self.limit, self.shift);
+        let forked = Session::new(engine.clone(), Slot::new(lane.clone(), child, lease), self.shape());
         self.request(|reply| Command::Fork { seq: self.seq(), child, reply })?;
         Ok(forked)
+    }
+
+    /// The session's tokens and KV state as an in-process copy: never
+    /// encoded, so no model identity is needed.
+    pub(super) fn copy_state(&self) -> Result<Snapshot, LlmError> {
+        self.request(|reply| Command::Save { seq: self.seq(), model: [0; 32], reply })
     }
 
     /// Start generating from the end of the session.
@@ -131,5 +158,23 @@ impl Session {
 
     fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
         self.slot.request(command)
+    }
+}
+
+impl Drop for Session {
+    /// A session from `open_cached` goes into its model's prefix cache, on
+    /// the cache's quota (no longer its instance's), unless a stream of it
+    /// is still running: then its tokens are still changing.
+    fn drop(&mut self) {
+        let Some(namespace) = self.kept_for.take() else { return };
+        let cache = self.engine.cache();
+        let Some(slot) = Arc::get_mut(&mut self.slot) else { return };
+        match slot.lease.move_to(cache.quota()) {
+            Ok(lease) => slot.lease = lease,
+            Err(_) => return,
+        }
+        let Ok(tokens) = self.tokens() else { return };
+        let kept = Session { slot: self.slot.clone(), engine: self.engine.clone(), kept_for: None, ..*self };
+        cache.keep(namespace, self.shape(), tokens, kept);
     }
 }

@@ -1,0 +1,291 @@
+//! The prefix cache: conversations kept past the session (and the guest
+//! instance) that built them, so that a stateless front door — an HTTP
+//! handler runs one request per instance — prefills only what is new.
+//!
+//! A session opened with [`Engine::open_cached`] goes into the cache when it
+//! is dropped with no stream left. A later `open_cached` of the same
+//! component (its namespace) and the same session shape finds the entry
+//! sharing the longest token prefix with its prompt, forks it (a KV-cell
+//! copy, no evaluation), rewinds the fork to the shared prefix and
+//! evaluates only the rest: llama-server's `cache_prompt` across slots,
+//! with the entry left in place for the next request that branches there.
+//!
+//! Bounds (the operator's, [`CacheLimits`]): a number of entries, least
+//! recently used dropped first; entries hold KV sequences of the model's
+//! lanes only while sequences are free — when a new session finds none, the
+//! least recently used entry is saved to host memory through the state API
+//! (a "spill", llama-server's `--cache-ram`) and its sequence given up;
+//! spilled entries are restored, not re-evaluated, and their bytes are
+//! bounded too. Entries never cross namespaces, so one component never sees
+//! another's conversations.
+//!
+//! Why this shape, for the RFC (the alternatives weighed):
+//! - Sessions that outlive an instance under a key the guest names: a
+//!   stateless API's requests carry no conversation id, so the guest would
+//!   hash messages into keys, an edited or branched history would find
+//!   nothing, and someone must decide when a keyed session dies. Matching
+//!   the longest token prefix needs no key and serves edits and branches.
+//! - Guest-side `save`/`restore` through storage the guest is granted: every
+//!   request copies the whole state through guest memory (about 23 KB per
+//!   token on SmolLM2) and the guest needs a store; restore is fast, but the
+//!   cache here usually forks a live sequence and copies nothing.
+//! - Caching every dropped session (llama-server caches every slot): that
+//!   would keep a 0.1.0 guest's conversations in host memory after it let
+//!   them go; `open-cached` makes keeping them the guest's choice.
+//! - Matching text instead of tokens: two renderings of one conversation
+//!   can tokenize differently; tokens are what the KV cache holds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::quota::Quota;
+use super::session::Session;
+use super::snapshot::Snapshot;
+use crate::error::LlmError;
+
+/// How much the prefix cache of one model may keep.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CacheLimits {
+    /// Conversations kept, live or spilled (`prefix-cache-entries`); 0 turns
+    /// the cache off.
+    pub entries: usize,
+    /// Host-memory bytes of spilled conversations (`prefix-cache-bytes`).
+    pub spill_bytes: u64,
+}
+
+impl Default for CacheLimits {
+    /// 256 conversations and 1 GiB of spill: SmolLM2 keeps about 23 KB per
+    /// token, so that is some 45,000 spilled tokens. Live entries are bounded
+    /// by the model's free sequences anyway; the count keeps many short
+    /// one-off prompts from pushing out the conversations still going on.
+    fn default() -> Self {
+        Self { entries: 256, spill_bytes: 1 << 30 }
+    }
+}
+
+/// Whose conversations an entry holds: the SHA-256 of the component that
+/// built it (what the policy's digest grants name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace(pub String);
+
+/// What a session must share with an entry to continue from it: the
+/// context limit, context-shift setting and default seed it was opened with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Shape {
+    pub limit: u32,
+    pub shift: Option<u32>,
+    pub seed: Option<u64>,
+}
+
+/// One model's prefix cache.
+pub(super) struct PrefixCache {
+    limits: CacheLimits,
+    entries: Mutex<Vec<Entry>>,
+    /// Holds the leases of the sessions kept here, so that a kept session no
+    /// longer counts against the instance that made it.
+    quota: Arc<Quota>,
+    clock: AtomicU64,
+}
+
+struct Entry {
+    namespace: Namespace,
+    shape: Shape,
+    tokens: Vec<u32>,
+    held: Held,
+    /// When it was last put in or used (the cache's clock).
+    used: u64,
+}
+
+enum Held {
+    /// A session on one of the lanes' sequences.
+    Live(Arc<Session>),
+    /// Saved to host memory; its sequence went to someone else.
+    Spilled(Arc<Snapshot>),
+}
+
+/// Where a new session starts from.
+pub(super) enum Start {
+    /// Fork this session, then keep `shared` tokens of it.
+    Fork(Arc<Session>, usize),
+    /// Restore this snapshot, then keep `shared` tokens of it.
+    Restore(Arc<Snapshot>, usize),
+    /// Nothing shares a prefix: start empty.
+    Empty,
+}
+
+impl PrefixCache {
+    pub(super) fn new(limits: CacheLimits) -> Self {
+        Self { limits, entries: Mutex::default(), quota: Quota::unlimited(), clock: AtomicU64::new(0) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(super) fn quota(&self) -> &Arc<Quota> {
+        &self.quota
+    }
+
+    /// Whether sessions are kept at all.
+    pub(super) fn enabled(&self) -> bool {
+        self.limits.entries > 0
+    }
+
+    /// The entry of `namespace` and `shape` that shares the longest prefix
+    /// with `prompt`. At least one token of the prompt is always left to
+    /// evaluate, so the new session's last token has fresh logits.
+    pub(super) fn lookup(&self, namespace: &Namespace, shape: Shape, prompt: &[u32]) -> Start {
+        let now = self.tick();
+        let mut entries = self.lock();
+        let best = entries
+            .iter_mut()
+            .filter(|e| &e.namespace == namespace && e.shape == shape)
+            .map(|e| (common_prefix(&e.tokens, prompt).min(prompt.len().saturating_sub(1)), e))
+            .filter(|(shared, _)| *shared > 0)
+            .max_by_key(|(shared, e)| (*shared, matches!(e.held, Held::Live(_)), e.used));
+        match best {
+            Some((shared, entry)) => {
+                entry.used = now;
+                match &entry.held {
+                    Held::Live(session) => Start::Fork(session.clone(), shared),
+                    Held::Spilled(snapshot) => Start::Restore(snapshot.clone(), shared),
+                }
+            }
+            None => Start::Empty,
+        }
+    }
+
+    /// Keep `session` (already moved onto this cache's quota) holding
+    /// `tokens`. An entry it extends is dropped (it is a prefix of this
+    /// one); if an entry already extends it, the session is not kept.
+    pub(super) fn keep(&self, namespace: Namespace, shape: Shape, tokens: Vec<u32>, session: Session) {
+        if tokens.is_empty() || !self.enabled() {
+            return;
+        }
+        let now = self.tick();
+        let mut dropped = Vec::new();
+        let mut entries = self.lock();
+        let same = |e: &Entry| e.namespace == namespace && e.shape == shape;
+        if entries.iter().any(|e| same(e) && e.tokens.starts_with(&tokens)) {
+            return;
+        }
+        let mut i = 0;
+        while i < entries.len() {
+            if same(&entries[i]) && tokens.starts_with(&entries[i].tokens) {
+                dropped.push(entries.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        entries.push(Entry { namespace, shape, tokens, held: Held::Live(Arc::new(session)), used: now });
+        while entries.len() > self.limits.entries {
+            let oldest = oldest(&entries, |_| true).expect("more entries than the limit");
+            dropped.push(entries.swap_remove(oldest));
+        }
+        // Sessions close (a command to their lane) after the lock is released.
+        drop(entries);
+        drop(dropped);
+    }
+
+    /// Give up the sequence of the least recently used live entry, saving
+    /// it to host memory if the spill bytes allow: called when a new
+    /// session finds no free sequence. Returns whether a sequence was freed.
+    pub(super) fn spill_one(&self) -> bool {
+        // Only an entry nobody is forking right now frees its sequence.
+        self.spill(|s| Arc::strong_count(s) == 1).is_some()
+    }
+
+    /// Spill the live entry holding `session` (which the caller no longer
+    /// holds): for a fork that found no sequence to copy into, so that the
+    /// entry's own sequence takes the copy instead. Returns its state.
+    pub(super) fn spill_entry(&self, session: *const Session) -> Option<Arc<Snapshot>> {
+        self.spill(|s| std::ptr::eq(Arc::as_ptr(s), session) && Arc::strong_count(s) == 1)?
+    }
+
+    /// Take the least recently used live entry whose session `pick` accepts
+    /// off its sequence, keeping its state in host memory (as the spill
+    /// bytes allow). `None`: no such entry; `Some(None)`: its state could not
+    /// be saved, and it is gone.
+    fn spill(&self, pick: impl Fn(&Arc<Session>) -> bool) -> Option<Option<Arc<Snapshot>>> {
+        let taken = {
+            let mut entries = self.lock();
+            let i = oldest(&entries, |e| matches!(&e.held, Held::Live(s) if pick(s)))?;
+            entries.swap_remove(i)
+        };
+        let Held::Live(session) = taken.held else { return Some(None) };
+        let snapshot: Result<Snapshot, LlmError> = session.copy_state();
+        drop(session);
+        match snapshot {
+            Ok(snapshot) => {
+                let snapshot = Arc::new(snapshot);
+                self.keep_spilled(Entry { held: Held::Spilled(snapshot.clone()), ..taken });
+                Some(Some(snapshot))
+            }
+            Err(e) => {
+                tracing::warn!("saving a prefix-cache entry to host memory failed; it is dropped: {e}");
+                Some(None)
+            }
+        }
+    }
+
+    /// Put a spilled entry back, dropping the oldest spilled ones until the
+    /// spill bytes hold it (or dropping it, if it alone is too big).
+    fn keep_spilled(&self, entry: Entry) {
+        let size = |e: &Entry| match &e.held {
+            Held::Spilled(s) => s.state.len() as u64 + 4 * s.tokens.len() as u64,
+            Held::Live(_) => 0,
+        };
+        if size(&entry) > self.limits.spill_bytes {
+            return;
+        }
+        let mut entries = self.lock();
+        let mut dropped = Vec::new();
+        while entries.iter().map(size).sum::<u64>() + size(&entry) > self.limits.spill_bytes {
+            let Some(i) = oldest(&entries, |e| matches!(e.held, Held::Spilled(_))) else { break };
+            dropped.push(entries.swap_remove(i));
+        }
+        entries.push(entry);
+        drop(entries);
+        drop(dropped);
+    }
+
+    /// Drop every entry. A live entry's session holds its engine, so the
+    /// owner of the engines empties the caches when it is done with them.
+    pub(super) fn clear(&self) {
+        let entries = std::mem::take(&mut *self.lock());
+        drop(entries);
+    }
+
+    /// How many entries are held, live and spilled (tests, benchmarks).
+    pub(super) fn counts(&self) -> (usize, usize) {
+        let entries = self.lock();
+        let live = entries.iter().filter(|e| matches!(e.held, Held::Live(_))).count();
+        (live, entries.len() - live)
+    }
+}
+
+/// Index of the least recently used entry among those `pick` accepts.
+fn oldest(entries: &[Entry], pick: impl Fn(&Entry) -> bool) -> Option<usize> {
+    entries.iter().enumerate().filter(|(_, e)| pick(e)).min_by_key(|(_, e)| e.used).map(|(i, _)| i)
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::common_prefix;
+
+    #[test]
+    fn common_prefix_counts_the_shared_start() {
+        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4]), 2);
+        assert_eq!(common_prefix(&[1, 2], &[1, 2, 3]), 2);
+        assert_eq!(common_prefix(&[], &[1]), 0);
+        assert_eq!(common_prefix(&[5], &[1]), 0);
+    }
+}
