@@ -5,11 +5,15 @@
 GUESTS := target/wasm32-wasip2/release
 HOST := cargo run --release --quiet -p wasi-nn-llm-host --
 
-.PHONY: chat test bench fuzz bootstrap guests
+.PHONY: chat serve test bench fuzz bootstrap guests
 
 ## Streaming chat on the default model (fetched and cached on first use).
 chat: guests
 	@$(HOST) run --model smollm2 --dir . $(GUESTS)/chat.wasm
+
+## The OpenAI-compatible API on the default model, at http://127.0.0.1:8080/v1.
+serve: guests
+	@$(HOST) serve --model smollm2 $(GUESTS)/openai-server.wasm
 
 ## The whole test suite, on the real model.
 test: guests
@@ -20,7 +24,7 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 guests: bootstrap
-	@cargo build --release --quiet --target wasm32-wasip2 -p chat -p chat-base -p chat-tensor -p probe -p compat-0-1-0 -p hostile -p conformance -p bench-guest
+	@cargo build --release --quiet --target wasm32-wasip2 -p chat -p chat-base -p chat-tensor -p openai-server -p probe -p compat-0-1-0 -p hostile -p conformance -p bench-guest
 
 ## Regenerate benches/RESULTS.md and its plots (see its header for how
 ## long; the first run also builds llama-bench, about 10 minutes).

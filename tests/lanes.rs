@@ -3,17 +3,11 @@
 //! full lane crosses into another through the state API, continuing exactly
 //! as a fork inside the lane does.
 
-use wasi_nn_llm_host::engine::{GenerateParams, Quota, Session, SessionOptions};
-use wasi_nn_llm_tests::{LANES, MODELS, host, serial};
+use wasi_nn_llm_host::engine::{Quota, Session, SessionOptions};
+use wasi_nn_llm_tests::{LANES, MODELS, greedy_reply, host, serial};
 
-/// Greedy tokens of one generation.
 fn reply(session: &Session) -> (Vec<u32>, u32) {
-    let mut stream = session.generate(&GenerateParams::greedy(24)).expect("generate");
-    let mut tokens = Vec::new();
-    while let Some(chunk) = stream.next_chunk().expect("a chunk") {
-        tokens.extend(chunk.tokens);
-    }
-    (tokens, stream.finish().expect("a finish").usage.cached_tokens)
+    greedy_reply(session, 24)
 }
 
 #[test]

@@ -3,17 +3,11 @@
 //! sends it with more, never by another component; under pressure it is
 //! saved to host memory and restored, continuing exactly as before.
 
-use wasi_nn_llm_host::engine::{Engine, GenerateParams, Namespace, Quota, QuotaLimits, Session, SessionOptions};
-use wasi_nn_llm_tests::{MODELS, host, serial};
+use wasi_nn_llm_host::engine::{Engine, Namespace, Quota, QuotaLimits, Session, SessionOptions};
+use wasi_nn_llm_tests::{MODELS, greedy_reply, host, serial};
 
-/// Greedy tokens of one generation and its cached-token count.
 fn reply(session: &Session) -> (Vec<u32>, u32) {
-    let mut stream = session.generate(&GenerateParams::greedy(16)).expect("generate");
-    let mut tokens = Vec::new();
-    while let Some(chunk) = stream.next_chunk().expect("a chunk") {
-        tokens.extend(chunk.tokens);
-    }
-    (tokens, stream.finish().expect("a finish").usage.cached_tokens)
+    greedy_reply(session, 16)
 }
 
 fn prompt(engine: &Engine, model: &str, user: &str) -> Vec<u32> {

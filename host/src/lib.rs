@@ -2,7 +2,8 @@
 //! one llama.cpp engine.
 //!
 //! Where a token goes: [`wit`] (extension) or [`backend::ggml`] (base
-//! wasi-nn) receives the guest's call → [`engine::Session`] sends it to the
+//! wasi-nn) receives the guest's call (for an HTTP guest, [`serve`] turns a
+//! request into that guest's instance first) → [`engine::Session`] sends it to the
 //! model's scheduler thread ([`engine`]) → llama.cpp decodes and samples →
 //! whole-character chunks come back through a [`engine::TokenStream`].
 //! [`registry`] decides which models exist and what each guest may reach of
@@ -19,6 +20,7 @@ pub mod error;
 pub mod policy;
 pub mod registry;
 pub mod runner;
+pub mod serve;
 pub mod wit;
 
 pub use error::LlmError;

@@ -1,6 +1,8 @@
 //! `wasi-nn-llm`: run a guest component against base wasi-nn and the LLM
-//! extension, with models from the operator's registry.
+//! extension, with models from the operator's registry, or serve HTTP with
+//! one.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use wasi_nn_llm_host::engine::{EngineConfig, FlashAttention, gpu_build};
 use wasi_nn_llm_host::policy::Policy;
 use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
+use wasi_nn_llm_host::serve::Server;
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -23,6 +26,9 @@ struct Cli {
 enum Cmd {
     /// Run a wasm32-wasip2 command component.
     Run(RunArgs),
+    /// Serve HTTP with a component exporting wasi:http/incoming-handler
+    /// (e.g. examples/openai-server), one fresh instance per request.
+    Serve(ServeArgs),
     /// Fetch a catalog model into the cache and print its path.
     Fetch {
         /// Catalog name (e.g. smollm2).
@@ -32,6 +38,37 @@ enum Cmd {
 
 #[derive(Args)]
 struct RunArgs {
+    #[command(flatten)]
+    host: HostArgs,
+    /// A host directory the guest may use: `HOST[::GUEST]` (guest path
+    /// defaults to the host path). Repeatable.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    dirs: Vec<String>,
+    /// As `--dir`, but the guest may only read there (e.g. a model's GGUF
+    /// for a guest that tokenizes itself). Repeatable.
+    #[arg(long = "ro-dir", value_name = "HOST[::GUEST]")]
+    ro_dirs: Vec<String>,
+    /// The guest component.
+    component: PathBuf,
+    /// Arguments for the guest.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Socket address to listen on.
+    #[arg(long, value_name = "SOCKADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    #[command(flatten)]
+    host: HostArgs,
+    /// The HTTP guest component.
+    component: PathBuf,
+}
+
+/// What `run` and `serve` share: the models and how the engine runs them.
+#[derive(Args)]
+struct HostArgs {
     /// A model guests may load by name: NAME=PATH to a GGUF (a path
     /// contains `/` or ends in `.gguf`), NAME=CATALOG to register a catalog
     /// model under another name, or a catalog name alone (smollm2, gemma3;
@@ -69,19 +106,6 @@ struct RunArgs {
     /// or `off` forces llama.cpp's flash attention on or off.
     #[arg(long, value_name = "auto|on|off", default_value = "auto")]
     flash_attn: FlashAttention,
-    /// A host directory the guest may use: `HOST[::GUEST]` (guest path
-    /// defaults to the host path). Repeatable.
-    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
-    dirs: Vec<String>,
-    /// As `--dir`, but the guest may only read there (e.g. a model's GGUF
-    /// for a guest that tokenizes itself). Repeatable.
-    #[arg(long = "ro-dir", value_name = "HOST[::GUEST]")]
-    ro_dirs: Vec<String>,
-    /// The guest component.
-    component: PathBuf,
-    /// Arguments for the guest.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -108,48 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Run(args) => {
             // Before any model is fetched or loaded: a wrong file fails in milliseconds.
             Runtime::check_component(&args.component)?;
-            let mut config =
-                EngineConfig { ctx_size: args.ctx_size, max_sessions: args.max_sessions, ..EngineConfig::default() };
-            config.gpu_layers = args.gpu_layers;
-            config.lanes = args.lanes;
-            config.flash_attn = args.flash_attn;
-            if let Some(t) = args.threads {
-                config.threads = t;
-            }
-            let policy = match &args.policy {
-                Some(path) => Policy::read(path)?,
-                None => Policy::default(),
-            };
-            let mut specs = policy.model_specs()?;
-            for flag in &args.models {
-                let spec = ModelSpec::parse(flag)?;
-                anyhow::ensure!(
-                    !specs.iter().any(|s| s.name == spec.name),
-                    "model {:?} is in both --model and the policy",
-                    spec.name
-                );
-                specs.push(spec);
-            }
-            anyhow::ensure!(!specs.is_empty(), "no models: give --model or a policy with [models]");
-            policy.apply_limits(&mut config, &mut specs);
-            for spec in &specs {
-                eprintln!(
-                    "loading model {:?} from {} ({} threads, {} GPU layers)",
-                    spec.name,
-                    spec.path.display(),
-                    config.threads,
-                    config
-                        .gpu_layers
-                        .map_or_else(|| if gpu_build() { "all".into() } else { "0".into() }, |n| n.to_string()),
-                );
-            }
-            let models = Models::load(&specs, &config)?;
-            for name in models.names() {
-                if let Some(engine) = models.engine(name) {
-                    eprintln!("model {name:?}: {}", engine.attention());
-                }
-            }
-            let runtime = Runtime::with_policy(models, Arc::new(policy))?;
+            let runtime = args.host.runtime()?;
             let guest = runtime.load(&args.component)?;
             let name = args.component.file_name().map_or("guest".into(), |n| n.to_string_lossy().into_owned());
             let argv: Vec<String> = std::iter::once(name).chain(args.args).collect();
@@ -158,5 +141,60 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 .collect();
             Ok(runtime.run(&guest, &argv, Stdio::Inherit, &dirs)?.exit_code)
         }
+        Cmd::Serve(args) => {
+            Runtime::check_component(&args.component)?;
+            let runtime = Arc::new(args.host.runtime()?);
+            let guest = runtime.load(&args.component)?;
+            Server::new(runtime, guest)?.serve(args.addr)?;
+            Ok(0)
+        }
+    }
+}
+
+impl HostArgs {
+    /// Load the models (policy and flags) and make the runtime for guests.
+    fn runtime(&self) -> anyhow::Result<Runtime> {
+        let mut config =
+            EngineConfig { ctx_size: self.ctx_size, max_sessions: self.max_sessions, ..EngineConfig::default() };
+        config.gpu_layers = self.gpu_layers;
+        config.lanes = self.lanes;
+        config.flash_attn = self.flash_attn;
+        if let Some(t) = self.threads {
+            config.threads = t;
+        }
+        let policy = match &self.policy {
+            Some(path) => Policy::read(path)?,
+            None => Policy::default(),
+        };
+        let mut specs = policy.model_specs()?;
+        for flag in &self.models {
+            let spec = ModelSpec::parse(flag)?;
+            anyhow::ensure!(
+                !specs.iter().any(|s| s.name == spec.name),
+                "model {:?} is in both --model and the policy",
+                spec.name
+            );
+            specs.push(spec);
+        }
+        anyhow::ensure!(!specs.is_empty(), "no models: give --model or a policy with [models]");
+        policy.apply_limits(&mut config, &mut specs);
+        for spec in &specs {
+            eprintln!(
+                "loading model {:?} from {} ({} threads, {} GPU layers)",
+                spec.name,
+                spec.path.display(),
+                config.threads,
+                config
+                    .gpu_layers
+                    .map_or_else(|| if gpu_build() { "all".into() } else { "0".into() }, |n| n.to_string()),
+            );
+        }
+        let models = Models::load(&specs, &config)?;
+        for name in models.names() {
+            if let Some(engine) = models.engine(name) {
+                eprintln!("model {name:?}: {}", engine.attention());
+            }
+        }
+        Runtime::with_policy(models, Arc::new(policy))
     }
 }

@@ -19,11 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
 
 use crate::backend::ggml;
@@ -33,10 +34,12 @@ use crate::registry::{Access, Models};
 use crate::wit::{LlmCtx, LlmView};
 
 /// Everything one guest instance's store holds; one resource table serves
-/// WASI, wasi-nn and the extension alike.
+/// WASI, wasi:http, wasi-nn and the extension alike.
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: WasiHttpCtx,
+    hooks: NoOutgoingHttp,
     nn: WasiNnCtx,
     llm: LlmCtx,
     limits: StoreLimits,
@@ -45,6 +48,31 @@ pub struct HostState {
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// wasi:http's hooks for guests of this host: incoming requests only (the
+/// `serve` front door); a guest's outgoing request is refused, since no
+/// policy grants network access.
+struct NoOutgoingHttp;
+
+type HttpBody = wasmtime_wasi_http::WasiBody;
+type HttpIo = Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>;
+
+impl WasiHttpHooks for NoOutgoingHttp {
+    fn send_request(
+        &mut self,
+        _request: hyper::Request<HttpBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _io: HttpIo,
+    ) -> Box<dyn Future<Output = Result<(hyper::Response<HttpBody>, HttpIo), wasmtime_wasi_http::Error>> + Send> {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 
@@ -136,6 +164,7 @@ impl Runtime {
         wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut HostState| {
             WasiNnView::new(&mut s.table, &mut s.nn)
         })?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
         crate::wit::add_to_linker(&mut linker, |s: &mut HostState| LlmView::new(&mut s.table, &mut s.llm))?;
         Ok(Self { engine, linker, models, policy })
     }
@@ -176,6 +205,42 @@ impl Runtime {
         Ok(Guest { component, identity: Identity::of(path, &bytes) })
     }
 
+    /// A guest linked against this host's interfaces, ready to instantiate
+    /// once per request without compiling or linking again.
+    pub fn instance_pre(&self, guest: &Guest) -> anyhow::Result<InstancePre<HostState>> {
+        Ok(self.linker.instantiate_pre(&guest.component)?)
+    }
+
+    /// A fresh store for one instance of `guest`, inside the policy's fences
+    /// (models, quota, memory, wall time), its WASI given by `wasi`.
+    pub fn store(&self, guest: &Guest, wasi: WasiCtx) -> Store<HostState> {
+        let limits = &self.policy.limits;
+        let access = Access::new(&self.models, &self.policy, &guest.identity, Quota::new(limits.quota()));
+        let mut memory = StoreLimitsBuilder::new();
+        if let Some(bytes) = limits.guest_memory_bytes {
+            memory = memory.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
+        }
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            hooks: NoOutgoingHttp,
+            nn: WasiNnCtx::new([ggml::backend()], access.nn_registry()),
+            llm: LlmCtx::new(access),
+            limits: memory.build(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let ticks = limits.guest_seconds.map_or(u64::MAX / 2, |s| (s / EPOCH_TICK.as_secs_f64()).ceil() as u64);
+        store.set_epoch_deadline(ticks.max(1));
+        store
+    }
+
+    /// The policy's `guest-seconds`, for the message when a guest is stopped.
+    pub fn guest_seconds(&self) -> Option<f64> {
+        self.policy.limits.guest_seconds
+    }
+
     /// Run a command component to completion in a fresh instance.
     pub fn run(&self, guest: &Guest, args: &[String], stdio: Stdio, dirs: &[Preopen]) -> anyhow::Result<Output> {
         let mut wasi = WasiCtxBuilder::new();
@@ -197,23 +262,7 @@ impl Runtime {
                 Some((out, err))
             }
         };
-        let limits = &self.policy.limits;
-        let access = Access::new(&self.models, &self.policy, &guest.identity, Quota::new(limits.quota()));
-        let mut memory = StoreLimitsBuilder::new();
-        if let Some(bytes) = limits.guest_memory_bytes {
-            memory = memory.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
-        }
-        let state = HostState {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            nn: WasiNnCtx::new([ggml::backend()], access.nn_registry()),
-            llm: LlmCtx::new(access),
-            limits: memory.build(),
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
-        let ticks = limits.guest_seconds.map_or(u64::MAX / 2, |s| (s / EPOCH_TICK.as_secs_f64()).ceil() as u64);
-        store.set_epoch_deadline(ticks.max(1));
+        let mut store = self.store(guest, wasi.build());
         let command = Command::instantiate(&mut store, &guest.component, &self.linker)?;
         let ended = match command.wasi_cli_run().call_run(&mut store) {
             Ok(Ok(())) => Ok(0),
@@ -221,7 +270,7 @@ impl Runtime {
             Err(e) => match (e.downcast_ref::<I32Exit>(), e.downcast_ref::<Trap>()) {
                 (Some(exit), _) => Ok(exit.0),
                 (None, Some(Trap::Interrupt)) => {
-                    let secs = limits.guest_seconds.unwrap_or_default();
+                    let secs = self.guest_seconds().unwrap_or_default();
                     Err(anyhow::anyhow!("the guest ran past limits.guest-seconds ({secs} s) and was stopped"))
                 }
                 _ => Err(anyhow::Error::from(e).context("the guest trapped")),

@@ -229,3 +229,14 @@ fn json_lines(name: &str, stdout: &str) -> Vec<Value> {
 pub fn case<'a>(lines: &'a [Value], name: &str) -> &'a Value {
     lines.iter().find(|l| l["case"] == name).unwrap_or_else(|| panic!("case {name} missing in {lines:#?}"))
 }
+
+/// Greedy tokens of one `max`-token generation on `session`, and how many
+/// of the session's tokens its usage counts as cached.
+pub fn greedy_reply(session: &wasi_nn_llm_host::engine::Session, max: u32) -> (Vec<u32>, u32) {
+    let mut stream = session.generate(&wasi_nn_llm_host::engine::GenerateParams::greedy(max)).expect("generate");
+    let mut tokens = Vec::new();
+    while let Some(chunk) = stream.next_chunk().expect("a chunk") {
+        tokens.extend(chunk.tokens);
+    }
+    (tokens, stream.finish().expect("a finish").usage.cached_tokens)
+}

@@ -1,0 +1,318 @@
+//! `wasi-nn-llm serve` with the OpenAI-compatible guest
+//! (`examples/openai-server`), driven from outside as users drive it: the
+//! stock `openai` Python client (`tests/serve/client.py`, installed by the
+//! test command's bootstrap), curl, and a raw socket for a client that
+//! goes away. Every server is a separate host process on the real model.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wasi_nn_llm_tests::{MODEL, guest, host_cli, model_path, workspace_root};
+
+/// A server process; stopped with SIGTERM when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Start serving SmolLM2 (as `smollm2`) with `extra` flags; returns
+    /// once the server listens.
+    fn start(extra: &[&str], log_filter: Option<&str>) -> Server {
+        let model = format!("{MODEL}={}", model_path(MODEL).display());
+        let mut command = Command::new(host_cli());
+        command
+            .args(["serve", "--addr", "127.0.0.1:0", "--threads", "2", "--ctx-size", "2048", "--model", &model])
+            .args(extra)
+            .arg(guest("openai-server"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(filter) = log_filter {
+            command.env("WASI_NN_LLM_LOG", filter);
+        }
+        let mut child = command.spawn().expect("starting the server");
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut addr = None;
+        let mut line = String::new();
+        while addr.is_none() {
+            line.clear();
+            let n = stderr.read_line(&mut line).expect("reading the server's stderr");
+            assert!(n > 0, "the server exited before listening; it said:\n{}", log.lock().unwrap());
+            log.lock().unwrap().push_str(&line);
+            if let Some(rest) = line.split(" on http://").nth(1) {
+                addr = Some(rest.split('/').next().expect("an address").to_owned());
+            }
+        }
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Server { child, addr: addr.expect("an address"), log }
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// What the server printed so far.
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// `METHOD path` with a JSON (or raw) body through curl: status and body.
+    fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let url = format!("http://{}{path}", self.addr);
+        let mut command = Command::new("curl");
+        command.args(["-s", "-X", method, "-w", "\n%{http_code}", "-H", "content-type: application/json"]);
+        if body.is_some() {
+            command.args(["--data-binary", "@-"]);
+        }
+        let mut child = command.arg(&url).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("curl");
+        child.stdin.take().expect("stdin").write_all(body.unwrap_or("").as_bytes()).expect("writing to curl");
+        let out = child.wait_with_output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').expect("curl printed the status");
+        (status.trim().parse().expect("a status"), body.to_owned())
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (status, text) = self.request("POST", path, Some(&body.to_string()));
+        (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+    }
+
+    /// A short greedy chat that must succeed: what follows every error.
+    fn assert_healthy(&self) {
+        let (status, reply) = self.post("/v1/chat/completions", &chat_body("Say hello.", 4));
+        assert_eq!(status, 200, "a normal request after an error: {reply}");
+        assert_eq!(reply["choices"][0]["message"]["role"], "assistant", "{reply}");
+    }
+
+    /// Run `tests/serve/client.py MODE ARGS` against this server.
+    fn client(&self, mode: &str, args: &[&str]) -> Value {
+        let python = workspace_root().join("target/py/bin/python");
+        assert!(python.is_file(), "{} is missing: `make test` installs the openai client", python.display());
+        let script: PathBuf = workspace_root().join("tests/serve/client.py");
+        let out = Command::new(python).arg(script).arg(self.base()).arg(mode).args(args).output().expect("python");
+        assert!(out.status.success(), "client.py {mode} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("client.py prints JSON")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn chat_body(user: &str, max_tokens: u32) -> Value {
+    json!({ "model": MODEL, "messages": [{ "role": "user", "content": user }], "temperature": 0, "max_tokens": max_tokens })
+}
+
+/// The server most tests share (default settings).
+fn shared() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| Server::start(&[], None))
+}
+
+#[test]
+fn the_openai_client_streams_what_the_extensions_chat_says() {
+    let question = "What is the capital of France? Answer in one sentence.";
+    let streamed = shared().client("stream-chat", &[MODEL, question, "48"]);
+    // The same greedy request through the SDK's Chat, in a host of its own.
+    let model = format!("{MODEL}={}", model_path(MODEL).display());
+    let out = Command::new(host_cli())
+        .args(["run", "--threads", "2", "--ctx-size", "2048", "--model", &model])
+        .arg(guest("probe"))
+        .args(["chat", MODEL, "48", question])
+        .output()
+        .expect("running the probe");
+    assert!(out.status.success(), "probe: {}", String::from_utf8_lossy(&out.stderr));
+    let reference: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert!(!streamed["text"].as_str().unwrap().is_empty(), "{streamed}");
+    assert_eq!(streamed["text"], reference["text"], "streamed {streamed} vs Chat {reference}");
+    assert!(streamed["chunks"].as_u64().unwrap() > 3, "streamed in pieces: {streamed}");
+    let usage = &streamed["usage"];
+    assert_eq!(usage["completion_tokens"], reference["finish"]["generated"], "{usage} vs {reference}");
+    assert_eq!(usage["prompt_tokens"], reference["finish"]["prompt"], "{usage} vs {reference}");
+}
+
+#[test]
+fn curl_reads_the_sse_stream() {
+    let server = shared();
+    let mut body = chat_body("Count from one to five.", 24);
+    body["stream"] = json!(true);
+    let out = Command::new("curl")
+        .args(["-sN", "-H", "content-type: application/json", "-d", &body.to_string()])
+        .arg(format!("http://{}/v1/chat/completions", server.addr))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert!(events.iter().all(|e| e.starts_with("data: ")), "every event is a data line: {text}");
+    assert_eq!(events.last(), Some(&"data: [DONE]"), "{text}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(&e["data: ".len()..]).expect("a JSON chunk"))
+        .collect();
+    assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect::<Vec<_>>().concat();
+    assert!(content.contains('1') || content.to_lowercase().contains("one"), "{content:?}");
+    let last = chunks.last().expect("chunks");
+    assert!(matches!(last["choices"][0]["finish_reason"].as_str(), Some("stop" | "length")), "{last}");
+}
+
+#[test]
+fn a_conversation_through_the_api_prefills_only_each_new_turn() {
+    let seen = shared().client("conversation", &[MODEL, "5"]);
+    let turns = seen["turns"].as_array().expect("turns");
+    assert_eq!(turns.len(), 5);
+    for pair in turns.windows(2) {
+        let (before, now) = (&pair[0], &pair[1]);
+        let (prompt_before, prompt, cached) =
+            (before["prompt"].as_u64().unwrap(), now["prompt"].as_u64().unwrap(), now["cached"].as_u64().unwrap());
+        // The whole earlier prompt came from the prefix cache, though the
+        // request ran in a fresh instance...
+        assert!(cached >= prompt_before, "turn cached {cached} of the earlier prompt's {prompt_before}: {seen}");
+        // ...and what was evaluated is the earlier reply and the new turn.
+        let new = prompt - cached;
+        let bound = before["completion"].as_u64().unwrap() + 32;
+        assert!(new <= bound, "evaluated {new} tokens, more than the last reply and a user turn ({bound}): {seen}");
+    }
+}
+
+#[test]
+fn eight_clients_of_ten_requests_each_get_every_answer() {
+    let seen = shared().client("concurrent", &[MODEL, "8", "10"]);
+    assert_eq!(seen["errors"], json!([]), "{seen}");
+    assert_eq!(seen["replies"], 80, "{seen}");
+}
+
+#[test]
+fn three_choices_come_from_one_prefill() {
+    let server = Server::start(&[], Some("wasi_nn_llm_host=trace"));
+    let seen = server.client("choices", &[MODEL, "3"]);
+    assert_eq!(seen["indices"], json!([0, 1, 2]), "{seen}");
+    let texts: Vec<&str> = seen["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert!(texts.iter().all(|t| !t.is_empty()), "{seen}");
+    assert!(texts[0] != texts[1] || texts[1] != texts[2], "sampled choices differ: {seen}");
+    let log = server.log();
+    assert_eq!(log.matches("session.open-cached").count(), 1, "one prompt session:\n{log}");
+    assert_eq!(log.matches("session.fork").count(), 2, "two forks of it:\n{log}");
+    assert_eq!(log.matches("session.append").count(), 0, "nothing else evaluated:\n{log}");
+    assert!(seen["usage"]["completion_tokens"].as_u64().unwrap() >= 3, "{seen}");
+}
+
+#[test]
+fn every_error_answers_in_openais_shape_and_the_server_carries_on() {
+    let dir = std::env::temp_dir().join(format!("wasi-nn-llm-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.toml");
+    let gguf = model_path(MODEL);
+    std::fs::write(
+        &policy,
+        format!(
+            "[models.denied]\npath = {:?}\n\n[[grants]]\ncomponent = \"openai-server\"\nmodels = [\"{MODEL}\"]\n\n\
+             [limits]\ngenerate-tokens = 64\n",
+            gguf.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(&["--policy", policy.to_str().unwrap()], None);
+
+    let long = "word ".repeat(3000);
+    let cases: Vec<(&str, Option<String>, u16, Option<&str>)> = vec![
+        ("malformed JSON", Some("{\"model\": ".into()), 400, None),
+        ("not an object", Some("[1, 2]".into()), 400, None),
+        ("messages missing", Some(json!({ "model": MODEL }).to_string()), 400, None),
+        ("temperature ill-typed", Some(json!({ "model": MODEL, "messages": [], "temperature": "hot" }).to_string()), 400, None),
+        ("temperature out of range", Some(json!({ "model": MODEL, "messages": [{ "role": "user", "content": "hi" }], "temperature": 5 }).to_string()), 400, None),
+        ("unknown role", Some(json!({ "model": MODEL, "messages": [{ "role": "wizard", "content": "hi" }] }).to_string()), 400, None),
+        ("prompt longer than the context", Some(chat_body(&long, 8).to_string()), 400, Some("context_length_exceeded")),
+        ("invalid schema", Some(json!({ "model": MODEL, "messages": [{ "role": "user", "content": "hi" }],
+            "response_format": { "type": "json_schema", "json_schema": { "name": "x", "schema": { "type": "no-such-type" } } } }).to_string()), 400, Some("invalid_schema")),
+        ("unknown model", Some(json!({ "model": "nope", "messages": [{ "role": "user", "content": "hi" }] }).to_string()), 404, Some("model_not_found")),
+        ("model the policy denies", Some(json!({ "model": "denied", "messages": [{ "role": "user", "content": "hi" }] }).to_string()), 403, None),
+        ("over the token quota", Some(chat_body("hi", 100).to_string()), 429, Some("rate_limit_exceeded")),
+    ];
+    for (case, body, status, code) in cases {
+        let (got, text) = server.request("POST", "/v1/chat/completions", body.as_deref());
+        let error: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{case}: not JSON ({e}): {text}"));
+        assert_eq!(got, status, "{case}: {text}");
+        let e = &error["error"];
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{case}: {text}");
+        assert!(e["type"].is_string() && e.get("param").is_some() && e.get("code").is_some(), "{case}: {text}");
+        if let Some(code) = code {
+            assert_eq!(e["code"], code, "{case}: {text}");
+        }
+        server.assert_healthy();
+    }
+    let (status, text) = server.request("GET", "/v1/nowhere", None);
+    assert_eq!(status, 404, "{text}");
+    server.assert_healthy();
+
+    // The models the policy lets this component use, and no other.
+    assert_eq!(server.client("models", &[]), json!({ "models": [MODEL] }));
+    let (status, text) = server.request("GET", "/health", None);
+    assert_eq!((status, text.as_str()), (200, "{\"status\":\"ok\"}"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_client_that_goes_away_cancels_its_generation() {
+    // One sequence only: a generation still running would hold it, and the
+    // next request would be refused.
+    let server = Server::start(&["--max-sessions", "1"], Some("wasi_nn_llm_host=debug"));
+    let mut body = chat_body("Tell me a very long story about a dragon.", 1500);
+    body["stream"] = json!(true);
+    let body = body.to_string();
+    let mut socket = TcpStream::connect(&server.addr).expect("connecting");
+    write!(
+        socket,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"content\":\"") || seen.len() < 1200 {
+        let n = socket.read(&mut buf).expect("reading the stream");
+        assert!(n > 0, "the stream ended early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(socket);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !server.log().contains("the guest stopped after answering") {
+        assert!(Instant::now() < deadline, "the guest never stopped:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its sequence is free again at once.
+    server.assert_healthy();
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let mut server = Server::start(&[], None);
+    server.assert_healthy();
+    let id = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &id]).status().unwrap().success());
+    let status = server.child.wait().expect("waiting for the server");
+    assert!(status.success(), "exit status {status}:\n{}", server.log());
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(server.log().contains("stopping"), "{}", server.log());
+}

@@ -1,0 +1,106 @@
+"""The stock OpenAI client against `wasi-nn-llm serve` (tests/serve.rs runs it).
+
+Each mode prints one JSON line with what it saw; the Rust test asserts on it.
+Usage: client.py BASE_URL MODE ARGS...
+"""
+
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from openai import OpenAI
+
+
+def stream_chat(client, model, question, max_tokens):
+    """A greedy chat streamed through the client: the text and the usage."""
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": question}],
+        temperature=0,
+        max_tokens=int(max_tokens),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, finish, usage, chunks = "", None, None, 0
+    for chunk in stream:
+        chunks += 1
+        if chunk.usage is not None:
+            usage = chunk.usage.model_dump()
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+    return {"text": text, "finish": finish, "usage": usage, "chunks": chunks}
+
+
+def conversation(client, model, turns):
+    """A multi-turn chat, the whole history sent each turn (the API is
+    stateless): each turn's usage."""
+    messages, seen = [], []
+    for turn in range(int(turns)):
+        messages.append({"role": "user", "content": f"Name one fruit, please (turn {turn + 1})."})
+        reply = client.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=24)
+        messages.append({"role": "assistant", "content": reply.choices[0].message.content})
+        usage = reply.usage
+        seen.append({
+            "prompt": usage.prompt_tokens,
+            "cached": usage.prompt_tokens_details.cached_tokens,
+            "completion": usage.completion_tokens,
+        })
+    return {"turns": seen}
+
+
+def choices(client, model, n):
+    """`n` sampled completions of one prompt."""
+    reply = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Write a short poem about the sea."}],
+        temperature=1.0,
+        seed=7,
+        max_tokens=24,
+        n=int(n),
+    )
+    return {
+        "texts": [c.message.content for c in reply.choices],
+        "indices": [c.index for c in reply.choices],
+        "usage": reply.usage.model_dump(),
+    }
+
+
+def concurrent(client, model, clients, requests):
+    """`clients` threads, each sending `requests` short chats: every
+    failure, by message."""
+    def one(worker):
+        errors, replies = [], 0
+        for r in range(int(requests)):
+            try:
+                reply = client.chat.completions.create(
+                    model=model,
+                    messages=[{"role": "user", "content": f"Say a number (client {worker}, request {r})."}],
+                    temperature=0,
+                    max_tokens=8,
+                )
+                if reply.choices[0].message.content is not None:
+                    replies += 1
+            except Exception as e:  # every error is counted, none raised
+                errors.append(repr(e))
+        return replies, errors
+
+    with ThreadPoolExecutor(max_workers=int(clients)) as pool:
+        results = list(pool.map(one, range(int(clients))))
+    return {"replies": sum(r for r, _ in results), "errors": [e for _, es in results for e in es]}
+
+
+def models(client):
+    return {"models": [m.id for m in client.models.list()]}
+
+
+def main():
+    base, mode, *args = sys.argv[1:]
+    client = OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=300)
+    modes = {"stream-chat": stream_chat, "conversation": conversation, "choices": choices,
+             "concurrent": concurrent, "models": models}
+    print(json.dumps(modes[mode](client, *args)))
+
+
+if __name__ == "__main__":
+    main()
