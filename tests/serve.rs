@@ -124,7 +124,7 @@ fn chat_body(user: &str, max_tokens: u32) -> Value {
 /// The server most tests share (default settings).
 fn shared() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| Server::start(&[], None))
+    SERVER.get_or_init(|| Server::start(&[], Some("wasi_nn_llm_host=debug")))
 }
 
 #[test]
@@ -187,7 +187,11 @@ fn a_conversation_through_the_api_prefills_only_each_new_turn() {
             (before["prompt"].as_u64().unwrap(), now["prompt"].as_u64().unwrap(), now["cached"].as_u64().unwrap());
         // The whole earlier prompt came from the prefix cache, though the
         // request ran in a fresh instance...
-        assert!(cached >= prompt_before, "turn cached {cached} of the earlier prompt's {prompt_before}: {seen}");
+        assert!(
+            cached >= prompt_before,
+            "turn cached {cached} of the earlier prompt's {prompt_before}: {seen}\nserver:\n{}",
+            shared().log()
+        );
         // ...and what was evaluated is the earlier reply and the new turn.
         let new = prompt - cached;
         let bound = before["completion"].as_u64().unwrap() + 32;

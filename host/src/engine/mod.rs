@@ -275,12 +275,14 @@ impl Engine {
                     // live session's): the entry gives up its own, its state
                     // kept in host memory, and the new session is restored
                     // from that.
-                    Err(LlmError::LimitExceeded { .. }) => {
+                    // If another session is copying it right now, this one
+                    // finds no sequence, like any session when all are taken.
+                    Err(e @ LlmError::LimitExceeded { .. }) => {
                         let id = Arc::as_ptr(&entry);
                         drop(entry);
                         match self.0.cache.spill_entry(id) {
                             Some(snapshot) => self.restore_cached(&snapshot, shape, quota).map(|s| (s, shared)),
-                            None => Err(LlmError::invalid("the cached conversation went away")),
+                            None => Err(e),
                         }
                     }
                     forked => forked.map(|s| (s, shared)),
@@ -298,7 +300,10 @@ impl Engine {
             // A quota or sequence limit is the caller's to see; anything
             // else (nothing cached, a failed copy) starts from scratch.
             Err(e @ LlmError::LimitExceeded { .. }) => return Err(e),
-            Err(_) => (self.open_shaped(shape, quota)?, 0),
+            Err(e) => {
+                tracing::debug!(model = self.name(), "open-cached starts from nothing: {e}");
+                (self.open_shaped(shape, quota)?, 0)
+            }
         };
         if shared < prompt.len() {
             session.append_tokens(&prompt[shared..])?;

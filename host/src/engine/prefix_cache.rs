@@ -41,7 +41,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::quota::Quota;
 use super::session::Session;
 use super::snapshot::Snapshot;
-use crate::error::LlmError;
 
 /// How much the prefix cache of one model may keep.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -210,47 +209,44 @@ impl PrefixCache {
     /// off its sequence, keeping its state in host memory (as the spill
     /// bytes allow). `None`: no such entry; `Some(None)`: its state could not
     /// be saved, and it is gone.
+    ///
+    /// The entry stays in place, live, while its state is copied (which
+    /// waits for its lane): a lookup meanwhile still finds it, and may fork
+    /// it. Its sequence is free once the last fork of it has its copy.
     fn spill(&self, pick: impl Fn(&Arc<Session>) -> bool) -> Option<Option<Arc<Snapshot>>> {
-        let taken = {
-            let mut entries = self.lock();
+        let session = {
+            let entries = self.lock();
             let i = oldest(&entries, |e| matches!(&e.held, Held::Live(s) if pick(s)))?;
-            entries.swap_remove(i)
+            let Held::Live(session) = &entries[i].held else { return Some(None) };
+            session.clone()
         };
-        let Held::Live(session) = taken.held else { return Some(None) };
-        let snapshot: Result<Snapshot, LlmError> = session.copy_state();
-        drop(session);
-        match snapshot {
-            Ok(snapshot) => {
-                let snapshot = Arc::new(snapshot);
-                self.keep_spilled(Entry { held: Held::Spilled(snapshot.clone()), ..taken });
-                Some(Some(snapshot))
-            }
+        let snapshot = session.copy_state().map(Arc::new);
+        let mut entries = self.lock();
+        let at = entries.iter().position(|e| matches!(&e.held, Held::Live(s) if Arc::ptr_eq(s, &session)));
+        // Superseded or dropped meanwhile: its sequence goes with `session`.
+        let at = at?;
+        let saved = match snapshot {
+            Ok(snapshot) => snapshot,
             Err(e) => {
                 tracing::warn!("saving a prefix-cache entry to host memory failed; it is dropped: {e}");
-                Some(None)
+                let gone = entries.swap_remove(at);
+                drop(entries);
+                drop(gone);
+                return Some(None);
             }
-        }
-    }
-
-    /// Put a spilled entry back, dropping the oldest spilled ones until the
-    /// spill bytes hold it (or dropping it, if it alone is too big).
-    fn keep_spilled(&self, entry: Entry) {
-        let size = |e: &Entry| match &e.held {
-            Held::Spilled(s) => s.state.len() as u64 + 4 * s.tokens.len() as u64,
-            Held::Live(_) => 0,
         };
-        if size(&entry) > self.limits.spill_bytes {
-            return;
-        }
-        let mut entries = self.lock();
-        let mut dropped = Vec::new();
-        while entries.iter().map(size).sum::<u64>() + size(&entry) > self.limits.spill_bytes {
+        let size = saved.state.len() as u64 + 4 * saved.tokens.len() as u64;
+        let mut dropped = vec![std::mem::replace(&mut entries[at].held, Held::Spilled(saved.clone()))];
+        // The least recently used spilled entries go until the rest fit.
+        while spilled_bytes(&entries) > self.limits.spill_bytes {
             let Some(i) = oldest(&entries, |e| matches!(e.held, Held::Spilled(_))) else { break };
-            dropped.push(entries.swap_remove(i));
+            dropped.push(entries.swap_remove(i).held);
         }
-        entries.push(entry);
         drop(entries);
         drop(dropped);
+        drop(session);
+        tracing::debug!(bytes = size, "a prefix-cache entry gave up its sequence, kept in host memory");
+        Some(Some(saved))
     }
 
     /// Drop every entry. A live entry's session holds its engine, so the
@@ -266,6 +262,17 @@ impl PrefixCache {
         let live = entries.iter().filter(|e| matches!(e.held, Held::Live(_))).count();
         (live, entries.len() - live)
     }
+}
+
+/// Host-memory bytes of the spilled entries.
+fn spilled_bytes(entries: &[Entry]) -> u64 {
+    entries
+        .iter()
+        .map(|e| match &e.held {
+            Held::Spilled(s) => s.state.len() as u64 + 4 * s.tokens.len() as u64,
+            Held::Live(_) => 0,
+        })
+        .sum()
 }
 
 /// Index of the least recently used entry among those `pick` accepts.
