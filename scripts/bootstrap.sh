@@ -29,6 +29,14 @@ OPENAI_VERSION=3.57.0
 venv=target/py
 if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
     echo "bootstrap: installing the openai Python client $OPENAI_VERSION into $venv" >&2
+    if ! python3 -c "import ensurepip" 2>/dev/null; then
+        # Debian keeps venv's pip bootstrap in a package of its own.
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    fi
+    rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "openai==$OPENAI_VERSION"
 fi

@@ -11,7 +11,9 @@
 //! lane's thread pool (`threads.rs`), samples (`sampler.rs`), turns token
 //! bytes into whole-character chunks (`text.rs`), and pushes them into the
 //! stream's buffer (`buffer.rs`), which the reader drains (`stream.rs`).
-//! Which attention kernel the contexts run is measured at load
+//! Conversations kept past their session for `open_cached` live in the
+//! model's prefix cache (`prefix_cache.rs`). Which attention kernel the
+//! contexts run is measured at load
 //! (`attention.rs`); the model file is checked before llama.cpp reads it
 //! (`model_file.rs`).
 
