@@ -108,8 +108,7 @@ impl Server {
     /// 500 if it failed before answering.
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, Infallible> {
         let (sender, receiver) = oneshot::channel();
-        let server = self.clone();
-        let guest = tokio::task::spawn_blocking(move || server.run_guest(request, sender));
+        let guest = tokio::task::spawn_blocking(move || self.run_guest(request, sender));
         let response = match receiver.await {
             Ok(Ok(response)) => {
                 // The body may still be streaming; the guest's end is logged.

@@ -42,16 +42,21 @@ impl ApiError {
         }
     }
 
+    /// A 404 for a model this server does not have.
+    pub fn unknown_model(name: &str) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: format!("the model {name:?} does not exist (GET /v1/models lists those this server has)"),
+            kind: "invalid_request_error",
+            param: Some("model"),
+            code: Some("model_not_found"),
+        }
+    }
+
     /// The error from loading model `name`, or from using it.
     pub fn from_model(name: &str, error: Error) -> Self {
         match &error {
-            Error::Nn { code: ErrorCode::NotFound, .. } => Self {
-                status: StatusCode::NOT_FOUND,
-                message: format!("the model {name:?} does not exist (GET /v1/models lists those this server has)"),
-                kind: "invalid_request_error",
-                param: Some("model"),
-                code: Some("model_not_found"),
-            },
+            Error::Nn { code: ErrorCode::NotFound, .. } => Self::unknown_model(name),
             _ => error.into(),
         }
     }

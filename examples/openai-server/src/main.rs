@@ -76,13 +76,8 @@ fn model(name: &str) -> Result<Response<Body>, ApiError> {
     if Model::list().iter().any(|m| m == name) {
         Ok(json_response(&model_object(name)))
     } else {
-        Err(ApiError::from_model(name, missing(name)))
+        Err(ApiError::unknown_model(name))
     }
-}
-
-/// The error wasi:nn gives for a name it does not know.
-fn missing(name: &str) -> wasi_nn_llm::Error {
-    wasi_nn_llm::Error::Nn { code: wasi_nn_llm::raw::wasi::nn::errors::ErrorCode::NotFound, message: name.to_owned() }
 }
 
 /// A model by name: an unknown one is wasi:nn's `not-found` (404); one the

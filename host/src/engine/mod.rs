@@ -218,9 +218,7 @@ impl Engine {
     }
 
     fn open_shaped(&self, shape: Shape, quota: &Arc<Quota>) -> Result<Session, LlmError> {
-        let lease = quota.lease(self.kv_bytes(shape.limit))?;
-        let (lane, seq) = self.take_slot()?;
-        let session = Session::new(self.clone(), Slot::new(lane, seq, lease), shape);
+        let session = Session::new(self.clone(), self.new_slot(shape.limit, quota)?, shape);
         session.send(Command::Open { seq: session.seq(), limit: shape.limit, seed: shape.seed, shift: shape.shift })?;
         Ok(session)
     }
@@ -276,9 +274,10 @@ impl Engine {
                     // No free sequence to copy into (every other one is a
                     // live session's): the entry gives up its own, its state
                     // kept in host memory, and the new session is restored
-                    // from that.
-                    // If another session is copying it right now, this one
-                    // finds no sequence, like any session when all are taken.
+                    // from that. If another session is forking the entry
+                    // right now, it cannot give its sequence up, and this
+                    // session finds none, as any session does when all are
+                    // taken.
                     Err(e @ LlmError::LimitExceeded { .. }) => {
                         let id = Arc::as_ptr(&entry);
                         drop(entry);
@@ -323,9 +322,7 @@ impl Engine {
         shape: Shape,
         quota: &Arc<Quota>,
     ) -> Result<Session, LlmError> {
-        let lease = quota.lease(self.kv_bytes(shape.limit))?;
-        let (lane, seq) = self.take_slot()?;
-        self.restore_into(Slot::new(lane, seq, lease), snapshot.clone(), shape.shift)
+        self.restore_into(self.new_slot(shape.limit, quota)?, snapshot.clone(), shape.shift)
     }
 
     /// The model's prefix cache.
@@ -371,9 +368,7 @@ impl Engine {
         for &t in &snapshot.tokens {
             sampler::checked_token(t, n_vocab)?;
         }
-        let lease = quota.lease(self.kv_bytes(snapshot.limit))?;
-        let (lane, seq) = self.take_slot()?;
-        self.restore_into(Slot::new(lane, seq, lease), snapshot, None)
+        self.restore_into(self.new_slot(snapshot.limit, quota)?, snapshot, None)
     }
 
     /// A new session on `slot` holding `snapshot` (already checked).
@@ -395,6 +390,14 @@ impl Engine {
             Ok(hasher.finalize().into())
         });
         id.clone().map_err(|e| LlmError::EngineFailure(format!("hashing the model file: {e}")))
+    }
+
+    /// A slot for a new session of a `limit`-token context: its share of
+    /// `quota`, then a sequence.
+    fn new_slot(&self, limit: u32, quota: &Arc<Quota>) -> Result<Slot, LlmError> {
+        let lease = quota.lease(self.kv_bytes(limit))?;
+        let (lane, seq) = self.take_slot()?;
+        Ok(Slot::new(lane, seq, lease))
     }
 
     /// Reserve a free sequence in the lane with the most free sequences (so

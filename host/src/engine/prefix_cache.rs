@@ -235,7 +235,7 @@ impl PrefixCache {
                 return Some(None);
             }
         };
-        let size = saved.state.len() as u64 + 4 * saved.tokens.len() as u64;
+        let size = spilled_size(&saved);
         let mut dropped = vec![std::mem::replace(&mut entries[at].held, Held::Spilled(saved.clone()))];
         // The least recently used spilled entries go until the rest fit.
         while spilled_bytes(&entries) > self.limits.spill_bytes {
@@ -269,10 +269,15 @@ fn spilled_bytes(entries: &[Entry]) -> u64 {
     entries
         .iter()
         .map(|e| match &e.held {
-            Held::Spilled(s) => s.state.len() as u64 + 4 * s.tokens.len() as u64,
+            Held::Spilled(s) => spilled_size(s),
             Held::Live(_) => 0,
         })
         .sum()
+}
+
+/// Host memory one spilled entry takes: its state and its tokens.
+fn spilled_size(snapshot: &Snapshot) -> u64 {
+    snapshot.state.len() as u64 + 4 * snapshot.tokens.len() as u64
 }
 
 /// Index of the least recently used entry among those `pick` accepts.
