@@ -139,7 +139,12 @@ pub fn run(
                         }
                     )),
             );
-            if depth >= 300 && on_m.decode < off_m.decode {
+            // Only where the default is slower beyond the runs' spread: with
+            // the two kernels within noise of each other, the goal measures
+            // nothing.
+            let on_best = on.iter().map(|p| p.decode).fold(0.0, f64::max);
+            let off_worst = off.iter().map(|p| p.decode).fold(f64::INFINITY, f64::min);
+            if depth >= 300 && on_best < off_worst {
                 targets.push(Target::new(
                     format!("{at}: extension decode vs llama.cpp's default (flash on), where that is slower"),
                     "≥ 1.8×",

@@ -113,8 +113,10 @@ impl Server {
             Ok(Ok(response)) => {
                 // The body may still be streaming; the guest's end is logged.
                 tokio::spawn(async move {
-                    if let Ok(Err(e)) = guest.await {
-                        tracing::debug!("the guest stopped after answering (a client that went away, say): {e:#}");
+                    match guest.await {
+                        Ok(Ok(())) => tracing::debug!("the guest finished its response"),
+                        Ok(Err(e)) => tracing::warn!("the guest trapped after answering: {e:#}"),
+                        Err(e) => tracing::warn!("the guest's thread failed after answering: {e}"),
                     }
                 });
                 return Ok(response);
