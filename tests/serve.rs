@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wasi_nn_llm_tests::{MODEL, guest, host_cli, model_path, workspace_root};
+use wasi_nn_llm_tests::{MODEL, guest, host_cli, llama_cpp_embedding, model_path, workspace_root};
 
 /// A server process; stopped with SIGTERM when dropped.
 struct Server {
@@ -221,6 +221,67 @@ fn three_choices_come_from_one_prefill() {
     assert!(seen["usage"]["completion_tokens"].as_u64().unwrap() >= 3, "{seen}");
 }
 
+const PARAPHRASES: [&str; 3] =
+    ["The cat sat on the mat.", "A cat was sitting on the rug.", "Quarterly revenue grew by eight percent."];
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f64>();
+    dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt())
+}
+
+#[test]
+fn embeddings_of_paraphrases_are_closer_and_equal_llama_cpp_driven_directly() {
+    // Flash attention off on both sides, so both run the same kernels.
+    let server = Server::start(&["--flash-attn", "off"], None);
+    let seen = server.client("embed", &[MODEL, PARAPHRASES[0], PARAPHRASES[1], PARAPHRASES[2]]);
+    let vectors: Vec<Vec<f64>> = seen["vectors"]
+        .as_array()
+        .expect("vectors")
+        .iter()
+        .map(|v| v.as_array().expect("a vector").iter().map(|x| x.as_f64().expect("a number")).collect())
+        .collect();
+    assert_eq!(vectors.len(), 3, "{seen}");
+    let (same, other1, other2) =
+        (cosine(&vectors[0], &vectors[1]), cosine(&vectors[0], &vectors[2]), cosine(&vectors[1], &vectors[2]));
+    assert!(same > other1 && same > other2, "paraphrases {same:.4}, unrelated {other1:.4} / {other2:.4}");
+    for v in &vectors {
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "unit length, not {norm}");
+    }
+
+    // The same vectors as llama.cpp's own pooling computes them.
+    let backend = wasi_nn_llm_host::engine::backend().expect("llama.cpp backend");
+    let model = llama_cpp_2::model::LlamaModel::load_from_file(backend, model_path(MODEL), &Default::default())
+        .expect("loading SmolLM2 directly");
+    assert!(vectors.iter().all(|v| v.len() == model.n_embd() as usize), "the model's hidden size");
+    let mut tokens = 0;
+    for (text, ours) in PARAPHRASES.iter().zip(&vectors) {
+        tokens += model.vocab().tokenize(text.as_bytes(), true, true).len();
+        let direct = llama_cpp_embedding(&model, &model.vocab().tokenize(text.as_bytes(), true, true), false);
+        let worst = ours.iter().zip(&direct).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-5, "{text:?}: largest difference from llama.cpp {worst:e}");
+    }
+    assert_eq!(seen["usage"]["prompt_tokens"], tokens, "{seen}");
+
+    // JSON numbers (curl's default) carry the same floats as base64 (the client's).
+    let body = json!({ "model": MODEL, "input": PARAPHRASES[0], "encoding_format": "float" }).to_string();
+    let (status, text) = server.request("POST", "/v1/embeddings", Some(&body));
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    let floats: Vec<f64> =
+        answer["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(floats, vectors[0]);
+
+    // Token ids in, the same vector out.
+    let ids = model.vocab().tokenize(PARAPHRASES[0].as_bytes(), true, true);
+    let ids: Vec<i32> = ids.iter().map(|t| t.0).collect();
+    let body = json!({ "model": MODEL, "input": ids, "encoding_format": "float" }).to_string();
+    let (status, text) = server.request("POST", "/v1/embeddings", Some(&body));
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["data"][0]["embedding"], json!(floats));
+}
+
 #[test]
 fn every_error_answers_in_openais_shape_and_the_server_carries_on() {
     let dir = std::env::temp_dir().join(format!("wasi-nn-llm-serve-{}", std::process::id()));
@@ -253,8 +314,47 @@ fn every_error_answers_in_openais_shape_and_the_server_carries_on() {
         ("model the policy denies", Some(json!({ "model": "denied", "messages": [{ "role": "user", "content": "hi" }] }).to_string()), 403, None),
         ("over the token quota", Some(chat_body("hi", 100).to_string()), 429, Some("rate_limit_exceeded")),
     ];
-    for (case, body, status, code) in cases {
-        let (got, text) = server.request("POST", "/v1/chat/completions", body.as_deref());
+    let embeddings = |input: Value, extra: Value| {
+        let mut body = json!({ "model": MODEL, "input": input });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        Some(body.to_string())
+    };
+    let embedding_cases: Vec<(&str, Option<String>, u16, Option<&str>)> = vec![
+        ("embeddings: input missing", Some(json!({ "model": MODEL }).to_string()), 400, None),
+        ("embeddings: empty input", embeddings(json!([]), json!({})), 400, None),
+        ("embeddings: an empty string", embeddings(json!(["a", ""]), json!({})), 400, None),
+        ("embeddings: input ill-typed", embeddings(json!({ "text": "hi" }), json!({})), 400, None),
+        (
+            "embeddings: longer than the context",
+            embeddings(json!(long), json!({})),
+            400,
+            Some("context_length_exceeded"),
+        ),
+        (
+            "embeddings: a token id outside the vocabulary",
+            embeddings(json!([1, 99_999_999]), json!({})),
+            400,
+            Some("invalid_token"),
+        ),
+        ("embeddings: unknown encoding", embeddings(json!("hi"), json!({ "encoding_format": "hex" })), 400, None),
+        ("embeddings: dimensions it cannot give", embeddings(json!("hi"), json!({ "dimensions": 7 })), 400, None),
+        (
+            "embeddings: unknown model",
+            Some(json!({ "model": "nope", "input": "hi" }).to_string()),
+            404,
+            Some("model_not_found"),
+        ),
+        (
+            "embeddings: model the policy denies",
+            Some(json!({ "model": "denied", "input": "hi" }).to_string()),
+            403,
+            None,
+        ),
+    ];
+    let cases = cases.into_iter().map(|c| ("/v1/chat/completions", c));
+    let cases = cases.chain(embedding_cases.into_iter().map(|c| ("/v1/embeddings", c)));
+    for (path, (case, body, status, code)) in cases {
+        let (got, text) = server.request("POST", path, body.as_deref());
         let error: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{case}: not JSON ({e}): {text}"));
         assert_eq!(got, status, "{case}: {text}");
         let e = &error["error"];

@@ -45,6 +45,7 @@ pub use params::Params;
 /// Wait on several pollables (e.g. [`TokenStream::subscribe`]); returns the
 /// indices of those that are ready.
 pub use raw::wasi::io::poll::{Pollable, poll};
+pub use raw::wasi_nn_llm::llm::embeddings::{EmbedInput, EmbedOptions, Embedding, Pooling};
 pub use raw::wasi_nn_llm::llm::types::{
     Chunk, Finish, FinishReason, Message, ModelMetadata, OverflowPolicy, SessionOptions, TokenLogprob, Usage,
 };

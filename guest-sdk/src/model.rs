@@ -1,8 +1,9 @@
 //! A model from the operator's registry.
 
 use crate::raw::wasi::nn::graph::{self, Graph};
+use crate::raw::wasi_nn_llm::llm::embeddings;
 use crate::raw::wasi_nn_llm::llm::model as llm_model;
-use crate::{Error, Message, ModelMetadata};
+use crate::{EmbedInput, EmbedOptions, Embedding, Error, Message, ModelMetadata};
 
 /// A loaded model: a wasi:nn graph the extension can open sessions on.
 pub struct Model {
@@ -103,5 +104,25 @@ impl Model {
     /// ```
     pub fn apply_chat_template(&self, messages: &[Message], add_assistant_turn: bool) -> Result<String, Error> {
         Ok(llm_model::apply_chat_template(&self.graph, messages, add_assistant_turn)?)
+    }
+
+    /// One embedding per input, computed by the host's engine with no
+    /// session held (extension 0.1.3).
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// use wasi_nn_llm::{EmbedInput, EmbedOptions};
+    /// let inputs = [EmbedInput::Text("A cat sat on the mat.".into())];
+    /// let vectors = model.embed(&inputs, EmbedOptions { pooling: None, normalize: true })?;
+    /// assert_eq!(vectors[0].vector.len() as u32, model.dimensions()?);
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
+    pub fn embed(&self, inputs: &[EmbedInput], options: EmbedOptions) -> Result<Vec<Embedding>, Error> {
+        Ok(embeddings::embed(&self.graph, inputs, options)?)
+    }
+
+    /// Length of the model's embedding vectors.
+    pub fn dimensions(&self) -> Result<u32, Error> {
+        Ok(embeddings::dimensions(&self.graph)?)
     }
 }

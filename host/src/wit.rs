@@ -36,7 +36,7 @@ pub mod bindings {
     });
 }
 
-use bindings::wasi_nn_llm::llm::{model, session, types};
+use bindings::wasi_nn_llm::llm::{embeddings, model, session, types};
 
 /// Per-instance state of the extension: what the instance may reach.
 pub struct LlmCtx {
@@ -77,6 +77,7 @@ pub fn add_to_linker<T: Send + 'static>(
     types::add_to_linker::<T, HasLlmView>(linker, f)?;
     model::add_to_linker::<T, HasLlmView>(linker, f)?;
     session::add_to_linker::<T, HasLlmView>(linker, f)?;
+    embeddings::add_to_linker::<T, HasLlmView>(linker, f)?;
     Ok(())
 }
 
@@ -156,6 +157,37 @@ impl model::Host for LlmView<'_> {
 
     fn list_models(&mut self) -> wasmtime::Result<Vec<String>> {
         Ok(self.ctx.access.permitted().map(str::to_owned).collect())
+    }
+}
+
+impl embeddings::Host for LlmView<'_> {
+    fn embed(
+        &mut self,
+        graph: Resource<Graph>,
+        inputs: Vec<embeddings::EmbedInput>,
+        options: embeddings::EmbedOptions,
+    ) -> wasmtime::Result<Result<Vec<embeddings::Embedding>, types::Error>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        tracing::trace!(model = engine.name(), inputs = inputs.len(), ?options, "embeddings.embed");
+        let inputs: Vec<_> = inputs
+            .into_iter()
+            .map(|input| match input {
+                embeddings::EmbedInput::Text(text) => engine::EmbedInput::Text(text),
+                embeddings::EmbedInput::Tokens(tokens) => engine::EmbedInput::Tokens(tokens),
+            })
+            .collect();
+        let pooling = options.pooling.map(|p| match p {
+            embeddings::Pooling::Mean => engine::Pooling::Mean,
+            embeddings::Pooling::Cls => engine::Pooling::Cls,
+            embeddings::Pooling::Last => engine::Pooling::Last,
+        });
+        let vectors = try_llm!(engine.embed(&inputs, pooling, options.normalize, self.ctx.access.quota()));
+        Ok(Ok(vectors.into_iter().map(|e| embeddings::Embedding { vector: e.vector, tokens: e.tokens }).collect()))
+    }
+
+    fn dimensions(&mut self, graph: Resource<Graph>) -> wasmtime::Result<Result<u32, types::Error>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        Ok(Ok(engine.dimensions()))
     }
 }
 

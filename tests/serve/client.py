@@ -90,6 +90,15 @@ def concurrent(client, model, clients, requests):
     return {"replies": sum(r for r, _ in results), "errors": [e for _, es in results for e in es]}
 
 
+def embed(client, model, *texts):
+    """Embeddings of `texts` (the client asks for base64 and decodes it)."""
+    reply = client.embeddings.create(model=model, input=list(texts))
+    return {
+        "vectors": [d.embedding for d in sorted(reply.data, key=lambda d: d.index)],
+        "usage": reply.usage.model_dump(),
+    }
+
+
 def models(client):
     return {"models": [m.id for m in client.models.list()]}
 
@@ -98,7 +107,7 @@ def main():
     base, mode, *args = sys.argv[1:]
     client = OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=300)
     modes = {"stream-chat": stream_chat, "conversation": conversation, "choices": choices,
-             "concurrent": concurrent, "models": models}
+             "concurrent": concurrent, "embed": embed, "models": models}
     print(json.dumps(modes[mode](client, *args)))
 
 

@@ -240,3 +240,36 @@ pub fn greedy_reply(session: &wasi_nn_llm_host::engine::Session, max: u32) -> (V
     }
     (tokens, stream.finish().expect("a finish").usage.cached_tokens)
 }
+
+/// The unit-length embedding of `tokens` as llama.cpp computes it when
+/// driven directly, as its `llama-embedding` tool does: a context of its
+/// own with embeddings on and llama.cpp's own mean pooling, the whole input
+/// in one batch; `flash`: the attention kernel.
+pub fn llama_cpp_embedding(
+    model: &llama_cpp_2::model::LlamaModel,
+    tokens: &[llama_cpp_2::token::LlamaToken],
+    flash: bool,
+) -> Vec<f64> {
+    use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
+    use llama_cpp_2::llama_batch::LlamaBatch;
+    let backend = wasi_nn_llm_host::engine::backend().expect("llama.cpp backend");
+    let n = tokens.len().max(1) as u32;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(std::num::NonZeroU32::new(n.max(256)))
+        .with_n_batch(n)
+        .with_n_ubatch(n)
+        .with_embeddings(true)
+        .with_pooling_type(LlamaPoolingType::Mean)
+        .with_n_threads(THREADS as i32)
+        .with_n_threads_batch(THREADS as i32)
+        .with_flash_attention_policy(i32::from(flash));
+    let mut ctx = model.new_context(backend, params).expect("an embedding context");
+    let mut batch = LlamaBatch::new(tokens.len(), 1);
+    for (i, &t) in tokens.iter().enumerate() {
+        batch.add(t, i as i32, &[0], true).expect("a batch of the input's size");
+    }
+    ctx.decode(&mut batch).expect("decode");
+    let v: Vec<f64> = ctx.embeddings_seq_ith(0).expect("pooled embedding").iter().map(|&x| f64::from(x)).collect();
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    v.iter().map(|x| x / norm).collect()
+}

@@ -61,6 +61,15 @@ impl ApiError {
         }
     }
 
+    /// The same error, blamed on request field `param` where it names one
+    /// (the extension's error cannot know which field held the input).
+    pub fn at(mut self, param: &'static str) -> Self {
+        if self.param.is_some() {
+            self.param = Some(param);
+        }
+        self
+    }
+
     /// The JSON object, for a response body or an SSE `data:` line.
     pub fn body(&self) -> serde_json::Value {
         json!({ "error": { "message": self.message, "type": self.kind, "param": self.param, "code": self.code } })

@@ -1,7 +1,7 @@
 //! An OpenAI-compatible HTTP API as a wasi:http guest of `wasi-nn-llm serve`,
 //! on the LLM extension: `GET /health`, `GET /v1/models`,
 //! `POST /v1/chat/completions` and `POST /v1/completions` (streamed as SSE
-//! with `"stream": true`).
+//! with `"stream": true`), and `POST /v1/embeddings`.
 //!
 //! Every request runs in a fresh instance, yet a conversation sent again
 //! with one more turn prefills only that turn: the prompt's session comes
@@ -13,6 +13,7 @@
 #![no_main]
 
 mod completion;
+mod embeddings;
 mod error;
 mod request;
 
@@ -68,6 +69,10 @@ async fn route(mut request: Request<Body>) -> Response<Body> {
         },
         ("POST", "/v1/completions") => match body(&mut request).await {
             Ok(body) => complete(&body),
+            Err(e) => Err(e),
+        },
+        ("POST", "/v1/embeddings") => match body(&mut request).await {
+            Ok(body) => embeddings::embed(&body).map(|answer| json_response(&answer)),
             Err(e) => Err(e),
         },
         _ => Err(ApiError::no_route(&method, &path)),

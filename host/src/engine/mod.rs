@@ -12,13 +12,15 @@
 //! bytes into whole-character chunks (`text.rs`), and pushes them into the
 //! stream's buffer (`buffer.rs`), which the reader drains (`stream.rs`).
 //! Conversations kept past their session for `open_cached` live in the
-//! model's prefix cache (`prefix_cache.rs`). Which attention kernel the
+//! model's prefix cache (`prefix_cache.rs`); embeddings take the same lane
+//! (`embed.rs`, then `scheduler/embed.rs`). Which attention kernel the
 //! contexts run is measured at load
 //! (`attention.rs`); the model file is checked before llama.cpp reads it
 //! (`model_file.rs`).
 
 mod attention;
 mod buffer;
+mod embed;
 mod finish;
 mod info;
 mod lanes;
@@ -44,13 +46,14 @@ use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context as _, anyhow};
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel, RopeType};
 
 pub use attention::{Attention, Chosen, FlashAttention};
+pub use embed::{EmbedInput, Embedding, Pooling};
 pub use finish::{Finish, FinishReason, Usage};
 pub use info::ModelInfo;
 pub use params::{Constraint, GenerateParams, SessionOptions};
@@ -543,6 +546,18 @@ fn start_lane(name: &str, lane: &LaneSetup, model: &Arc<LlamaModel>, cores: &Arc
         .with_n_threads_batch(threads as i32)
         .with_flash_attention_policy(lane.flash_attn)
         .with_no_perf(false);
+    // Embeddings: one sequence of up to a session's context, every token's
+    // hidden state out (pooled by the engine), in prefill-sized chunks.
+    let embed_params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(ctx_size))
+        .with_n_batch(scheduler::PREFILL_CHUNK as u32)
+        .with_n_ubatch(scheduler::PREFILL_CHUNK as u32)
+        .with_n_seq_max(1)
+        .with_embeddings(true)
+        .with_pooling_type(LlamaPoolingType::None)
+        .with_n_threads(threads as i32)
+        .with_n_threads_batch(threads as i32)
+        .with_flash_attention_policy(lane.flash_attn);
 
     let (commands, receiver) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
@@ -563,7 +578,7 @@ fn start_lane(name: &str, lane: &LaneSetup, model: &Arc<LlamaModel>, cores: &Arc
                 }
             };
             let _ = ready_tx.send(Ok(()));
-            Scheduler::new(model, ctx, threads, sequences as usize, cores).run(receiver);
+            Scheduler::new(model, ctx, embed_params, threads, sequences as usize, cores).run(receiver);
         })
         .context("spawning the scheduler thread")?;
     ready_rx.recv().context("scheduler thread died")?.map_err(|e| anyhow!("{e}"))?;

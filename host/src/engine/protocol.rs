@@ -8,6 +8,7 @@ use std::sync::mpsc::SyncSender;
 use llama_cpp_2::token::LlamaToken;
 
 use super::buffer::Shared;
+use super::embed::Pooling;
 use super::finish::Usage;
 use super::params::GenerateParams;
 use super::quota::Deadline;
@@ -106,6 +107,15 @@ pub(crate) enum Command {
         seq: SeqId,
         stream: u64,
         reply: Option<Reply<Usage>>,
+    },
+    /// Evaluate checked inputs (each 1..=context tokens) for their
+    /// embeddings; the reply is each input's pooled vector (not yet
+    /// normalized) and token count.
+    Embed {
+        inputs: Vec<Vec<LlamaToken>>,
+        pooling: Pooling,
+        deadline: Option<Deadline>,
+        reply: Reply<Vec<(Vec<f32>, u32)>>,
     },
     /// A reader made room in a full buffer.
     Wake,

@@ -102,7 +102,13 @@ impl Quota {
                 None => params.max_tokens = Some(max),
             }
         }
-        Ok(self.limits.generate_time.map(|t| Deadline { at: Instant::now() + t, limit: t }))
+        Ok(self.deadline())
+    }
+
+    /// When a generation (or a call that counts as one) starting now must
+    /// stop, if the quota sets a time.
+    pub(super) fn deadline(&self) -> Option<Deadline> {
+        self.limits.generate_time.map(|t| Deadline { at: Instant::now() + t, limit: t })
     }
 }
 

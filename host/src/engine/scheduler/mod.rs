@@ -17,8 +17,10 @@
 //! and every batch is at most `n_batch` tokens: nothing a guest sends can
 //! reach a llama.cpp assertion.
 //!
-//! The KV-cache operations are `kv.rs`, snapshots `state.rs`.
+//! The KV-cache operations are `kv.rs`, snapshots `state.rs`, embedding
+//! jobs (a context of their own, chunk by chunk like a prefill) `embed.rs`.
 
+mod embed;
 mod kv;
 mod sequence;
 mod state;
@@ -28,6 +30,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
 
 use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 
@@ -42,6 +45,7 @@ use super::text::{Pushed, TextAssembler};
 use super::threads::{Cores, Workers};
 use super::tokens::tokenize;
 use crate::error::{ContextOverflow, LlmError};
+use embed::{EmbedContext, EmbedJob};
 use sequence::{Generation, Prefill, Sequence};
 
 /// Tokens decoded per prefill batch; also the context's `n_batch`.
@@ -62,13 +66,18 @@ pub(crate) struct Scheduler<'m> {
     /// Whether this lane counts as busy in `cores`.
     busy: bool,
     workers: Workers,
+    /// Embedding calls waiting or in progress, first come first served.
+    embeds: VecDeque<EmbedJob>,
+    embed_context: EmbedContext<'m>,
 }
 
 impl<'m> Scheduler<'m> {
-    /// `threads`: what `ctx` was created with.
+    /// `threads`: what `ctx` and `embed` (the embedding context's
+    /// parameters, made at the first embedding call) were created with.
     pub fn new(
         model: &'m LlamaModel,
         ctx: LlamaContext<'m>,
+        embed: LlamaContextParams,
         threads: u32,
         sequences: usize,
         cores: Arc<Cores>,
@@ -84,6 +93,8 @@ impl<'m> Scheduler<'m> {
             cores,
             busy: false,
             workers: Workers::new(threads),
+            embeds: VecDeque::new(),
+            embed_context: EmbedContext::NotYet { params: embed, threads },
         }
     }
 
@@ -112,11 +123,13 @@ impl<'m> Scheduler<'m> {
             }
             self.step_generations();
             self.prefill_chunk();
+            self.embed_chunk();
         }
     }
 
     fn has_work(&self) -> bool {
         !self.prefills.is_empty()
+            || !self.embeds.is_empty()
             || self.seqs.iter().flatten().any(|s| s.generation.as_ref().is_some_and(|g| g.shared.lock().has_room()))
     }
 
@@ -175,6 +188,9 @@ impl<'m> Scheduler<'m> {
                 if let Some(reply) = reply {
                     let _ = reply.send(Ok(usage));
                 }
+            }
+            Command::Embed { inputs, pooling, deadline, reply } => {
+                self.embeds.push_back(EmbedJob::new(inputs, pooling, deadline, reply));
             }
             Command::Wake => {}
             Command::Barrier { reply } => {
