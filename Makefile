@@ -27,9 +27,10 @@ guests: bootstrap
 	@cargo build --release --quiet --target wasm32-wasip2 -p chat -p chat-base -p chat-tensor -p openai-server -p probe -p compat-0-1-0 -p hostile -p conformance -p bench-guest
 
 ## Regenerate benches/RESULTS.md and its plots (see its header for how
-## long; the first run also builds llama-bench, about 10 minutes).
+## long; the first run also builds llama-bench and llama-server, about 15
+## minutes).
 bench: guests
-	cargo build --release --quiet -p wasi-nn-llm-native
+	cargo build --release --quiet -p wasi-nn-llm-native -p wasi-nn-llm-host
 	cargo run --release --quiet -p wasi-nn-llm-bench -- --out benches
 
 ## Fuzz the extension's calls against the real engine (README: Fuzzing).

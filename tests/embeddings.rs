@@ -17,7 +17,7 @@ fn embed(engine: &Engine, texts: &[&str], pooling: Option<Pooling>) -> Vec<Embed
 fn an_input_of_several_chunks_pools_as_llama_cpp_does_in_one_batch() {
     let _serial = serial();
     let engine = host().engine();
-    // About 1200 tokens: three of the engine's 512-token chunks.
+    // About 1200 tokens: ten of the engine's 128-token embedding chunks.
     let text = "The quick brown fox jumps over the lazy dog near the river bank. ".repeat(90);
     let ours = &embed(engine, &[&text], Some(Pooling::Mean))[0];
     let tokens = engine.model().vocab().tokenize(text.as_bytes(), true, true);

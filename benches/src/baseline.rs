@@ -5,7 +5,7 @@
 //! - `llama-native` (`benches/native`): this workspace's llama.cpp build
 //!   driven as llama-bench drives it, so both sides run the same kernels;
 //! - llama.cpp's own `llama-bench`, built from the llama.cpp tree vendored
-//!   in the `llama-cpp-python` sdist (`scripts/llama-bench.sh`): a
+//!   in the `llama-cpp-python` sdist (`scripts/llama-tool.sh`): a
 //!   cross-check only, since it is a newer llama.cpp than the crate's.
 
 use std::path::{Path, PathBuf};
@@ -136,14 +136,7 @@ pub struct BenchRow {
 impl LlamaBench {
     /// Build it if needed (about 10 minutes the first time).
     pub fn build(workspace: &Path) -> Result<Self> {
-        let out = Command::new(workspace.join("scripts/llama-bench.sh"))
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .context("running scripts/llama-bench.sh")?;
-        if !out.status.success() {
-            bail!("scripts/llama-bench.sh failed ({})", out.status);
-        }
-        Ok(Self { bin: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()) })
+        Ok(Self { bin: llama_tool(workspace, "llama-bench")? })
     }
 
     /// Decode tok/s for every combination, as llama-bench reports them (the
@@ -172,4 +165,18 @@ impl LlamaBench {
             })
             .collect())
     }
+}
+
+/// One of llama.cpp's own tools (`llama-bench`, `llama-server`), built by
+/// `scripts/llama-tool.sh` if needed: its path.
+pub fn llama_tool(workspace: &Path, tool: &str) -> Result<PathBuf> {
+    let out = Command::new(workspace.join("scripts/llama-tool.sh"))
+        .arg(tool)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running scripts/llama-tool.sh")?;
+    if !out.status.success() {
+        bail!("scripts/llama-tool.sh {tool} failed ({})", out.status);
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }

@@ -156,7 +156,7 @@ pub fn run(
     }
     let cross = match llama_bench {
         Some(_) => {
-            "The llama-bench column is llama.cpp's own tool (`scripts/llama-bench.sh`: the llama.cpp tree vendored \
+            "The llama-bench column is llama.cpp's own tool (`scripts/llama-tool.sh`: the llama.cpp tree vendored \
              in the `llama-cpp-python` 0.3.36 sdist, a newer llama.cpp than the crate's, built like ours: \
              `GGML_NATIVE`, no OpenMP, -O2), `tg128` after `-d DEPTH`, mean of 2 repetitions: a cross-check of \
              the baseline's order of magnitude, not a ratio's denominator."

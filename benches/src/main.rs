@@ -17,6 +17,7 @@ mod memory;
 mod plot;
 mod report;
 mod restore;
+mod serve;
 mod single;
 
 use std::fmt::Write as _;
@@ -70,6 +71,7 @@ enum Section {
     Concurrency,
     Restore,
     Memory,
+    Serve,
 }
 
 /// What every measurement shares.
@@ -138,9 +140,16 @@ fn main() -> Result<()> {
     } else {
         None
     };
+    // The serve section runs on the first model only (the one `make serve`
+    // serves): a run of it on gemma3 would take most of an hour.
+    let llama_server = if wanted(Section::Serve) {
+        baseline::llama_tool(workspace, "llama-server").map_err(|e| eprintln!("llama-server unavailable: {e:#}")).ok()
+    } else {
+        None
+    };
     let mut body = String::new();
     let mut targets: Vec<Target> = Vec::new();
-    for spec in &specs {
+    for (index, spec) in specs.iter().enumerate() {
         let name = spec.name.as_str();
         eprintln!("{name}:");
         let engine = guest.runtime.models().engine(name).context("a loaded model")?.clone();
@@ -222,6 +231,37 @@ fn main() -> Result<()> {
             let (markdown, t) = restore::run(&guest, &engine, &settings)?;
             writeln!(body, "### Restore vs re-prefill\n\n{markdown}")?;
             targets.extend(t);
+        }
+
+        if let Some(bin) = llama_server.as_ref().filter(|_| index == 0) {
+            let setup = serve::Setup {
+                workspace,
+                llama_server: bin.clone(),
+                model: name,
+                gguf: &spec.path,
+                flash: engine.attention().flash,
+                runs: args.chat_runs,
+            };
+            let s = serve::run(&setup)?;
+            let svg = format!("serve-ttft-per-turn-{name}.svg");
+            let series: Vec<(&str, Vec<(f64, f64)>)> = s
+                .series
+                .iter()
+                .map(|(side, ms)| (*side, ms.iter().enumerate().map(|(t, &ms)| ((t + 1) as f64, ms)).collect()))
+                .collect();
+            plot::lines(
+                &args.out.join(&svg),
+                &format!("{name}: time to first token per chat turn, over HTTP"),
+                "turn",
+                "ms",
+                &series,
+            )?;
+            writeln!(
+                body,
+                "### Serving over HTTP vs llama-server\n\n{}\n![time to first token per turn]({svg})\n",
+                s.markdown
+            )?;
+            targets.extend(s.targets);
         }
 
         if wanted(Section::Memory) {

@@ -5,10 +5,10 @@
 //! its own, made at the first call, interleaved chunk by chunk with the
 //! lane's generations as a prefill is. That context returns every token's
 //! last hidden state (llama.cpp's pooling "none") and the pooling is done
-//! here, so an input of any length up to the session context runs in
-//! prefill-sized chunks: llama.cpp's own pooling needs a whole input in one
-//! micro-batch, and its output buffer holds logits for every token of it
-//! (the vocabulary times the context: gigabytes for gemma3).
+//! here, so an input of any length up to the session context runs in small
+//! chunks: llama.cpp's own pooling needs a whole input in one micro-batch,
+//! and its output buffer holds logits for every token of it (the vocabulary
+//! times the context: gigabytes for gemma3).
 
 use std::sync::Arc;
 

@@ -547,11 +547,11 @@ fn start_lane(name: &str, lane: &LaneSetup, model: &Arc<LlamaModel>, cores: &Arc
         .with_flash_attention_policy(lane.flash_attn)
         .with_no_perf(false);
     // Embeddings: one sequence of up to a session's context, every token's
-    // hidden state out (pooled by the engine), in prefill-sized chunks.
+    // hidden state out (pooled by the engine), in small chunks.
     let embed_params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(ctx_size))
-        .with_n_batch(scheduler::PREFILL_CHUNK as u32)
-        .with_n_ubatch(scheduler::PREFILL_CHUNK as u32)
+        .with_n_batch(scheduler::EMBED_CHUNK as u32)
+        .with_n_ubatch(scheduler::EMBED_CHUNK as u32)
         .with_n_seq_max(1)
         .with_embeddings(true)
         .with_pooling_type(LlamaPoolingType::None)

@@ -1,6 +1,6 @@
 //! Embedding jobs on the lane's thread: a context of their own (made at the
-//! first job, returning every token's last hidden state), one prefill-sized
-//! chunk of one input per turn of the loop, so a long batch of inputs never
+//! first job, returning every token's last hidden state), one chunk
+//! ([`EMBED_CHUNK`] tokens) of one input per turn of the loop, so a long batch of inputs never
 //! stalls the lane's generations for more than a chunk. Pooling happens
 //! here, over the chunks (see `engine/embed.rs` for why not llama.cpp's).
 
@@ -9,12 +9,18 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
-use super::{PREFILL_CHUNK, Scheduler};
+use super::Scheduler;
 use crate::engine::embed::Pooling;
 use crate::engine::protocol::Reply;
 use crate::engine::quota::Deadline;
 use crate::engine::threads::Workers;
 use crate::error::LlmError;
+
+/// Tokens evaluated per embedding decode; also the embedding context's
+/// batch. Every token of a chunk is an output, and llama.cpp's output
+/// buffer holds logits for each (the vocabulary's width): 128 keeps that
+/// to 25 MB for SmolLM2 and 134 MB for gemma3's 262k-token vocabulary.
+pub(in crate::engine) const EMBED_CHUNK: usize = 128;
 
 /// One call's inputs (checked: each 1..=context tokens, valid ids) and how
 /// far it has come.
@@ -124,7 +130,7 @@ impl<'m> Scheduler<'m> {
         };
         let input = &job.inputs[job.done.len()];
         let (start, len) = (job.n_past, input.len());
-        let end = len.min(start + PREFILL_CHUNK);
+        let end = len.min(start + EMBED_CHUNK);
         self.batch.clear();
         for (i, &token) in input[start..end].iter().enumerate() {
             if let Err(e) = self.batch.add(token, (start + i) as i32, &[0], true) {

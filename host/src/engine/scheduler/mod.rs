@@ -45,6 +45,7 @@ use super::text::{Pushed, TextAssembler};
 use super::threads::{Cores, Workers};
 use super::tokens::tokenize;
 use crate::error::{ContextOverflow, LlmError};
+pub(in crate::engine) use embed::EMBED_CHUNK;
 use embed::{EmbedContext, EmbedJob};
 use sequence::{Generation, Prefill, Sequence};
 

@@ -1,0 +1,113 @@
+"""One client for both servers of `make bench`'s serve section: it speaks
+OpenAI's API (the stock `openai` package) to `wasi-nn-llm serve` and to
+llama-server alike, and prints one JSON line of what it timed.
+
+Usage: client.py BASE_URL MODEL MODE ARGS...
+  chat TURNS MAX_TOKENS            one conversation, the whole history sent each turn
+  round-robin CONVS TURNS MAX_TOKENS  CONVS conversations, one turn of each in turn
+  concurrent STREAMS MAX_TOKENS     STREAMS chats at once
+  cold TOKENS                       a prompt of about TOKENS tokens sharing nothing cached
+
+Every request is greedy and streamed; time to first token is from sending the
+request to the first chunk that carries text.
+"""
+
+import json
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from openai import OpenAI
+
+TOPICS = ["the sea", "volcanoes", "bees", "the moon", "glass", "rivers", "owls", "copper",
+          "deserts", "tea", "comets", "maple trees", "salt", "whales", "bridges", "clocks"]
+
+
+def turn(client, model, messages, max_tokens):
+    """Stream one reply: time to first text, the text, and the usage."""
+    started = time.perf_counter()
+    stream = client.chat.completions.create(
+        model=model, messages=messages, temperature=0, max_tokens=max_tokens, stream=True,
+        stream_options={"include_usage": True})
+    ttft, text, usage, chunks = None, "", None, 0
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            piece = choice.delta.content or ""
+            if piece:
+                chunks += 1
+                if ttft is None:
+                    ttft = time.perf_counter() - started
+                text += piece
+    elapsed = time.perf_counter() - started
+    details = getattr(usage, "prompt_tokens_details", None) if usage else None
+    return {
+        "ttft_ms": (ttft if ttft is not None else elapsed) * 1e3,
+        "total_ms": elapsed * 1e3,
+        "text": text,
+        "prompt": usage.prompt_tokens if usage else None,
+        "cached": getattr(details, "cached_tokens", None) if details else None,
+        "completion": usage.completion_tokens if usage else chunks,
+    }
+
+
+def user(topic, t):
+    return {"role": "user", "content": f"Tell me one more fact about {topic}, in two sentences (turn {t + 1})."}
+
+
+def chat(client, model, turns, max_tokens):
+    messages, seen = [], []
+    for t in range(int(turns)):
+        messages.append(user(TOPICS[0], t))
+        r = turn(client, model, messages, int(max_tokens))
+        messages.append({"role": "assistant", "content": r["text"]})
+        seen.append({k: r[k] for k in ("ttft_ms", "prompt", "cached", "completion")})
+    return {"turns": seen}
+
+
+def round_robin(client, model, convs, turns, max_tokens):
+    histories = [[] for _ in range(int(convs))]
+    seen = []
+    for t in range(int(turns)):
+        for c, messages in enumerate(histories):
+            messages.append(user(TOPICS[c % len(TOPICS)], t))
+            r = turn(client, model, messages, int(max_tokens))
+            messages.append({"role": "assistant", "content": r["text"]})
+            seen.append({"conversation": c, "turn": t, **{k: r[k] for k in ("ttft_ms", "prompt", "cached")}})
+    return {"requests": seen}
+
+
+def concurrent(client, model, streams, max_tokens):
+    def one(i):
+        return turn(client, model, [{"role": "user", "content":
+                    f"Write a long story about {TOPICS[i % len(TOPICS)]}, with many details."}], int(max_tokens))
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=int(streams)) as pool:
+        results = list(pool.map(one, range(int(streams))))
+    wall = time.perf_counter() - started
+    tokens = sum(r["completion"] for r in results)
+    return {"wall_s": wall, "tokens": tokens, "tok_s": tokens / wall,
+            "per_stream": [r["completion"] for r in results]}
+
+
+def cold(client, model, tokens):
+    """A prompt that shares no prefix with anything sent before (a fresh
+    nonce first), of about `tokens` tokens; max_tokens 1."""
+    words = " ".join(f"w{i % 97}" for i in range(int(tokens) // 2))
+    content = f"{uuid.uuid4().hex} {words}"
+    r = turn(client, model, [{"role": "user", "content": content}], 1)
+    return {"ttft_ms": r["ttft_ms"], "prompt": r["prompt"]}
+
+
+def main():
+    base, model, mode, *args = sys.argv[1:]
+    client = OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=600)
+    modes = {"chat": chat, "round-robin": round_robin, "concurrent": concurrent, "cold": cold}
+    print(json.dumps(modes[mode](client, model, *args)))
+
+
+if __name__ == "__main__":
+    main()
