@@ -5,10 +5,15 @@
 //! A session opened with [`Engine::open_cached`] goes into the cache when it
 //! is dropped with no stream left. A later `open_cached` of the same
 //! component (its namespace) and the same session shape finds the entry
-//! sharing the longest token prefix with its prompt, forks it (a KV-cell
-//! copy, no evaluation), rewinds the fork to the shared prefix and
-//! evaluates only the rest: llama-server's `cache_prompt` across slots,
-//! with the entry left in place for the next request that branches there.
+//! sharing the longest token prefix with its prompt and takes its place:
+//! the entry's state goes to host memory (it stays cached, for the next
+//! request that branches there) and the new session is restored from it
+//! (no evaluation) into the lowest free sequence, rewound to the shared
+//! prefix, and evaluates only the rest: llama-server's `cache_prompt`
+//! across slots. Taking the place rather than forking beside it keeps the
+//! sessions that decode together in consecutive sequences, which llama.cpp
+//! needs to batch them in one decode (`Engine::take_in`); it copies the
+//! cells in use, where a fork copies the entry's whole KV stream.
 //!
 //! Bounds (the operator's, [`CacheLimits`]): a number of entries, least
 //! recently used dropped first; entries hold KV sequences of the model's
@@ -27,8 +32,8 @@
 //!   the longest token prefix needs no key and serves edits and branches.
 //! - Guest-side `save`/`restore` through storage the guest is granted: every
 //!   request copies the whole state through guest memory (about 23 KB per
-//!   token on SmolLM2) and the guest needs a store; restore is fast, but the
-//!   cache here usually forks a live sequence and copies nothing.
+//!   token on SmolLM2) and the guest needs a store; here the state stays
+//!   in host memory and never crosses into the guest.
 //! - Caching every dropped session (llama-server caches every slot): that
 //!   would keep a 0.1.0 guest's conversations in host memory after it let
 //!   them go; `open-cached` makes keeping them the guest's choice.
@@ -198,11 +203,19 @@ impl PrefixCache {
         self.spill(|s| Arc::strong_count(s) == 1).is_some()
     }
 
-    /// Spill the live entry holding `session` (which the caller no longer
-    /// holds): for a fork that found no sequence to copy into, so that the
-    /// entry's own sequence takes the copy instead. Returns its state.
-    pub(super) fn spill_entry(&self, session: *const Session) -> Option<Arc<Snapshot>> {
-        self.spill(|s| std::ptr::eq(Arc::as_ptr(s), session) && Arc::strong_count(s) == 1)?
+    /// Spill the least recently used live entry that holds a sequence of
+    /// lane `lane` below `seq` and that nobody is forking: for a new
+    /// session, so that it can take that lower sequence (see
+    /// `Engine::take_slot`). Whether one was spilled.
+    pub(super) fn spill_below(&self, lane: usize, seq: usize) -> bool {
+        self.spill(|s| s.lane() == lane && s.seq().index() < seq && Arc::strong_count(s) == 1).is_some()
+    }
+
+    /// Spill the live entry holding `session` if no one but the cache and
+    /// `others` callers holds it (the caller's own handle counted there):
+    /// for a session that takes the entry's place. Returns its state.
+    pub(super) fn spill_entry(&self, session: *const Session, others: usize) -> Option<Arc<Snapshot>> {
+        self.spill(|s| std::ptr::eq(Arc::as_ptr(s), session) && Arc::strong_count(s) == 1 + others)?
     }
 
     /// Take the least recently used live entry whose session `pick` accepts

@@ -117,7 +117,7 @@ impl Session {
     pub(super) fn fork_with(&self, lease: Lease) -> Result<Session, LlmError> {
         let engine = self.engine();
         let lane = &self.slot.lane;
-        let Some(child) = lane.take() else {
+        let Some(child) = engine.take_in(lane) else {
             let snapshot = self.copy_state()?;
             let (lane, seq) = engine.take_slot()?;
             return engine.restore_into(Slot::new(lane, seq, lease), snapshot, self.shift);

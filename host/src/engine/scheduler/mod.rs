@@ -391,6 +391,7 @@ impl<'m> Scheduler<'m> {
         if members.is_empty() {
             return;
         }
+        tracing::trace!(sequences = members.len(), ids = ?members.iter().map(|s| s.index()).collect::<Vec<_>>(), "decode step");
         if let Err(e) = self.decode() {
             for seq in members {
                 self.fail_generation(seq, LlmError::EngineFailure(format!("decode failed: {e}")));
