@@ -4,7 +4,11 @@
 //! and every bad input is refused before llama.cpp sees it. (Through the
 //! HTTP API, `tests/serve.rs`.)
 
-use wasi_nn_llm_host::engine::{EmbedInput, Embedding, Engine, Pooling, Quota, SessionOptions};
+use std::time::Duration;
+
+use wasi_nn_llm_host::engine::{
+    EmbedInput, Embedding, Engine, GenerateParams, Pooling, Quota, QuotaLimits, SessionOptions,
+};
 use wasi_nn_llm_host::error::LlmError;
 use wasi_nn_llm_tests::{MODEL, MODELS, greedy_reply, host, llama_cpp_embedding, model_path, serial};
 
@@ -87,4 +91,27 @@ fn bad_inputs_are_refused_before_llama_cpp_sees_them() {
     assert!(matches!(embed(many), Err(LlmError::LimitExceeded { ref name, max: 2048 }) if name == "embedding-inputs"));
     // The engine carries on.
     assert_eq!(embed(vec![EmbedInput::Text("still here".into())]).unwrap().len(), 1);
+}
+
+#[test]
+fn a_call_counts_as_one_generation_of_the_quota() {
+    let engine = host().engine();
+    let text = || vec![EmbedInput::Text("Quotas apply to embeddings too.".into())];
+    // One generation at a time: a running stream leaves no room for a call.
+    let one = Quota::new(QuotaLimits { generations: Some(1), ..QuotaLimits::default() });
+    let session = engine.open_session(&SessionOptions::default(), &one).unwrap();
+    session.append("Count to one hundred:").unwrap();
+    let stream = session.generate(&GenerateParams::greedy(200)).unwrap();
+    assert!(matches!(
+        engine.embed(&text(), None, true, &one),
+        Err(LlmError::LimitExceeded { ref name, max: 1 }) if name == "concurrent-generations"
+    ));
+    drop(stream);
+    assert!(engine.embed(&text(), None, true, &one).is_ok(), "the permit came back with the stream");
+    // A deadline already past stops the call before its first chunk.
+    let hasty = Quota::new(QuotaLimits { generate_time: Some(Duration::ZERO), ..QuotaLimits::default() });
+    assert!(matches!(
+        engine.embed(&text(), None, true, &hasty),
+        Err(LlmError::LimitExceeded { ref name, .. }) if name == "generate-seconds"
+    ));
 }

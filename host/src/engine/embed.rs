@@ -17,8 +17,7 @@ use llama_cpp_2::token::LlamaToken;
 use super::Engine;
 use super::protocol::Command;
 use super::quota::Quota;
-use super::sampler::checked_token;
-use super::tokens::tokenize;
+use super::tokens::{checked_tokens, tokenize};
 use crate::error::{ContextOverflow, LlmError};
 
 /// Most inputs one call takes (OpenAI's limit for one embeddings request).
@@ -72,12 +71,11 @@ impl Engine {
             return Err(LlmError::LimitExceeded { name: "embedding-inputs".into(), max: MAX_INPUTS as u64 });
         }
         let limit = self.ctx_size();
-        let n_vocab = self.model().n_vocab();
         let mut tokenized = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.iter().enumerate() {
             let tokens: Vec<LlamaToken> = match input {
                 EmbedInput::Text(text) => tokenize(self.model(), text, true)?,
-                EmbedInput::Tokens(ids) => ids.iter().map(|&t| checked_token(t, n_vocab)).collect::<Result<_, _>>()?,
+                EmbedInput::Tokens(ids) => checked_tokens(self.model(), ids)?,
             };
             if tokens.is_empty() {
                 return Err(LlmError::invalid(format!("embedding input {i} is empty")));

@@ -261,10 +261,7 @@ impl Engine {
         namespace: &Namespace,
         quota: &Arc<Quota>,
     ) -> Result<Session, LlmError> {
-        let n_vocab = self.model().n_vocab();
-        for &t in prompt {
-            sampler::checked_token(t, n_vocab)?;
-        }
+        tokens::checked_tokens(self.model(), prompt)?;
         let shape = self.shape(options)?;
         if prompt.len() > shape.limit as usize && shape.shift.is_none() {
             return Err(LlmError::PromptTooLong(crate::error::ContextOverflow {
@@ -390,10 +387,7 @@ impl Engine {
         if snapshot.limit > self.0.ctx_size {
             return Err(LlmError::LimitExceeded { name: "context-length".into(), max: self.0.ctx_size.into() });
         }
-        let n_vocab = self.model().n_vocab();
-        for &t in &snapshot.tokens {
-            sampler::checked_token(t, n_vocab)?;
-        }
+        tokens::checked_tokens(self.model(), &snapshot.tokens)?;
         self.restore_into(self.new_slot(snapshot.limit, quota)?, snapshot, None)
     }
 

@@ -12,7 +12,7 @@ use super::quota::Lease;
 use super::slot::Slot;
 use super::snapshot::Snapshot;
 use super::stream::TokenStream;
-use super::{Engine, sampler};
+use super::{Engine, sampler, tokens};
 use crate::error::LlmError;
 
 /// A conversation in the model's KV cache. Its sequence is freed when the
@@ -79,9 +79,8 @@ impl Session {
     /// Evaluate token ids into the KV cache, each checked against the
     /// vocabulary first; returns how many were added.
     pub fn append_tokens(&self, tokens: &[u32]) -> Result<u32, LlmError> {
-        let n_vocab = self.engine().model().n_vocab();
-        let tokens = tokens.iter().map(|&t| sampler::checked_token(t, n_vocab)).collect::<Result<Vec<_>, _>>()?;
-        self.request(|reply| Command::Append { seq: self.slot.seq(), input: Input::Tokens(tokens), reply })
+        let ids = tokens::checked_tokens(self.engine().model(), tokens)?;
+        self.request(|reply| Command::Append { seq: self.slot.seq(), input: Input::Tokens(ids), reply })
     }
 
     /// The tokens the session holds.

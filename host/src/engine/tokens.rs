@@ -31,11 +31,17 @@ pub(crate) fn tokenize(model: &LlamaModel, text: &str, add_special: bool) -> Res
     tokenize_with(model, text, add_special, true)
 }
 
+/// Guest token ids as llama.cpp's, each checked against the vocabulary
+/// (the first outside it is the error): nothing unchecked reaches a batch.
+pub(crate) fn checked_tokens(model: &LlamaModel, ids: &[u32]) -> Result<Vec<LlamaToken>, LlmError> {
+    let n_vocab = model.n_vocab();
+    ids.iter().map(|&t| checked_token(t, n_vocab)).collect()
+}
+
 /// Text for token ids, each checked against the vocabulary first; invalid
 /// UTF-8 (a character cut between tokens) becomes U+FFFD.
 pub(crate) fn detokenize(model: &LlamaModel, tokens: &[u32], render_special: bool) -> Result<String, LlmError> {
-    let n_vocab = model.n_vocab();
-    let tokens = tokens.iter().map(|&t| checked_token(t, n_vocab)).collect::<Result<Vec<_>, _>>()?;
+    let tokens = checked_tokens(model, tokens)?;
     if tokens.is_empty() {
         return Ok(String::new());
     }
