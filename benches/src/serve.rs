@@ -204,13 +204,22 @@ pub fn run(setup: &Setup) -> Result<Section> {
         runs = setup.runs,
     );
 
-    let why_cold = format!(
-        "Cold prefill here {} ms against llama-server's {} ms ({}): the rest of the gap is the library's own speed \
-         where the normalised ratio is met.",
-        num(cold_of(0)),
-        num(cold_of(1)),
-        ratio(cold_of(0) / cold_of(1))
-    );
+    // Whether the library's own speed explains a miss: the normalised
+    // ratio cancels it, so only where that ratio meets the goal does it.
+    let why_cold = |normalised: f64, goal: f64| {
+        let verdict = if normalised <= goal {
+            "normalised by each side's own cold prefill the goal is met, so the gap is the library's own speed"
+        } else {
+            "normalised by each side's own cold prefill the goal is still missed, so the gap is in the serving \
+             (each request's instance and cache handling), not in llama.cpp's speed"
+        };
+        format!(
+            "Cold prefill here {} ms against llama-server's {} ms ({}); {verdict}.",
+            num(cold_of(0)),
+            num(cold_of(1)),
+            ratio(cold_of(0) / cold_of(1))
+        )
+    };
     let targets = vec![
         Target::new(
             format!("{}: {TURNS}-turn chat Σ time to first token vs llama-server", setup.model),
@@ -218,7 +227,7 @@ pub fn run(setup: &Setup) -> Result<Section> {
             format!("{} (normalised {})", ratio(chat_raw), ratio(chat_norm)),
             chat_raw <= 1.0,
         )
-        .why_if_missed(why_cold.clone()),
+        .why_if_missed(why_cold(chat_norm, 1.0)),
         Target::new(
             format!(
                 "{}: {CONVERSATIONS} round-robin conversations Σ time to first token vs llama-server (default \
@@ -234,7 +243,7 @@ pub fn run(setup: &Setup) -> Result<Section> {
             ),
             round_raw <= 0.8,
         )
-        .why_if_missed(why_cold),
+        .why_if_missed(why_cold(round_norm, 0.8)),
         Target::new(
             format!("{}: {STREAMS} concurrent streams aggregate tok/s vs llama-server -np 4", setup.model),
             "≥ 0.95×",
