@@ -106,3 +106,48 @@ fn a_spilled_conversation_is_restored_and_continues_exactly() {
         assert_eq!(reply(&fresh).0, tokens, "{model}: a restored conversation continues exactly");
     }
 }
+
+#[test]
+fn a_conversation_that_comes_back_is_continued_in_place() {
+    let _serial = serial();
+    for model in MODELS {
+        let engine = host().engine_of(model);
+        engine.clear_cache();
+        let quota = Quota::unlimited();
+        let ns = namespace("in-place", model);
+        let mut history = prompt(engine, model, "Name a fruit.");
+        let mut held = 0;
+        for question in ["Name another one.", "And one more?"] {
+            let session = engine.open_cached(&SessionOptions::default(), &history, &ns, &quota).expect("open-cached");
+            assert_eq!(quota.held().0, 1, "{model}: the continued session counts against its instance again");
+            let (answer, cached) = reply(&session);
+            assert!(cached as usize >= held.max(1) - 1, "{model}: {cached} cached of a {held}-token history");
+            assert_eq!(
+                engine.cached_entries(),
+                (0, 0),
+                "{model}: the kept conversation became this session, not a copy"
+            );
+
+            // Evaluated from nothing, beside it, the conversation answers the same.
+            let fresh = engine.open_session(&SessionOptions::default(), &quota).expect("open");
+            fresh.append_tokens(&history).expect("append");
+            assert_eq!(reply(&fresh).0, answer, "{model}: a conversation continued in place continues exactly");
+            drop(fresh);
+
+            let tokens = session.tokens().unwrap();
+            held = tokens.len();
+            drop(session);
+            assert_eq!(quota.held().0, 0, "{model}: kept again, on the cache's quota");
+            assert_eq!(engine.cached_entries(), (1, 0), "{model}: kept, in its sequence");
+            history = tokens;
+            history.extend(prompt(engine, model, question));
+        }
+        // A conversation sharing only the template's start leaves the kept one whole.
+        let other =
+            engine.open_cached(&SessionOptions::default(), &prompt(engine, model, "Name a river."), &ns, &quota);
+        reply(&other.expect("open-cached"));
+        let back = engine.open_cached(&SessionOptions::default(), &history, &ns, &quota).expect("open-cached");
+        let (_, cached) = reply(&back);
+        assert!(cached as usize >= held - 1, "{model}: {cached} cached of a {held}-token history after another one");
+    }
+}

@@ -70,6 +70,12 @@ impl Lane {
         Some(SeqId::new(free))
     }
 
+    /// Whether every sequence below `seq` is taken: where a new session
+    /// would not go (it takes the lowest free one).
+    pub fn taken_below(&self, seq: SeqId) -> bool {
+        self.slots().iter().take(seq.index()).all(|taken| *taken)
+    }
+
     /// Give a sequence back (its session's `Close` is already queued).
     pub fn release(&self, seq: SeqId) {
         if let Some(slot) = self.slots().get_mut(seq.index()) {

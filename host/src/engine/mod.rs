@@ -276,48 +276,14 @@ impl Engine {
         let opening = self.0.opening.lock().unwrap_or_else(|e| e.into_inner());
         let start = self.0.cache.lookup(namespace, shape, prompt);
         let continued = match start {
-            Start::Fork(entry, shared) => {
-                // The session takes the entry's place rather than a copy of
-                // it beside it: the entry's state goes to host memory (it
-                // stays cached) and the session is restored from it into the
-                // lowest free sequence, usually the one the entry just left,
-                // so that sessions decoding together keep consecutive
-                // sequences (see `take_in`). It copies only the cells in use,
-                // where a fork copies the whole KV stream. An entry someone
-                // else still holds is forked as before.
-                match self.0.cache.spill_entry(Arc::as_ptr(&entry), 1) {
-                    Some(snapshot) => {
-                        drop(entry);
-                        self.restore_cached(&snapshot, shape, quota).map(|s| (s, shared))
-                    }
-                    None => {
-                        let lease = quota.lease(self.kv_bytes(shape.limit))?;
-                        match entry.fork_with(lease) {
-                            // No free sequence to copy into (every other one
-                            // is a live session's): the entry gives up its
-                            // own, as above, once the others let it go; if
-                            // they do not, this session finds none, as any
-                            // session does when all are taken.
-                            Err(e @ LlmError::LimitExceeded { .. }) => {
-                                let id = Arc::as_ptr(&entry);
-                                drop(entry);
-                                match self.0.cache.spill_entry(id, 0) {
-                                    Some(snapshot) => self.restore_cached(&snapshot, shape, quota).map(|s| (s, shared)),
-                                    None => Err(e),
-                                }
-                            }
-                            forked => forked.map(|s| (s, shared)),
-                        }
-                    }
-                }
-            }
+            Start::Extend(entry, shared) => self.continue_entry(entry, true, shape, quota).map(|s| (s, shared)),
+            Start::Fork(entry, shared) => self.continue_entry(entry, false, shape, quota).map(|s| (s, shared)),
             Start::Restore(snapshot, shared) => self.restore_cached(&snapshot, shape, quota).map(|s| (s, shared)),
             Start::Empty => Err(LlmError::invalid("nothing cached")),
         };
         let (mut session, shared) = match continued {
             Ok((session, shared)) => {
-                let held = session.tokens()?.len();
-                session.rewind(held.saturating_sub(shared) as u32)?;
+                session.resume(shared)?;
                 (session, shared)
             }
             // A quota or sequence limit is the caller's to see; anything
@@ -336,6 +302,57 @@ impl Engine {
             session.keep_for(namespace.clone());
         }
         Ok(session)
+    }
+
+    /// A new session continuing the live prefix-cache entry `entry`, in the
+    /// cheapest of three ways that keeps the sessions that decode together
+    /// in consecutive sequences (see `take_in`):
+    /// - in place: the entry's session itself, when the prompt extends its
+    ///   `whole` history (so the cache loses nothing the session will not
+    ///   hold again) and its sequence is where a new session would go anyway
+    ///   (every lower one is a live session's): a conversation that comes
+    ///   back turn after turn copies nothing;
+    /// - taking its place: the entry's state goes to host memory (it stays
+    ///   cached) and the session is restored from it into the lowest free
+    ///   sequence. It copies only the cells in use, where a fork copies the
+    ///   whole KV stream;
+    /// - a fork, when someone else still holds the entry (another request
+    ///   forking it): or, with no sequence free for the copy, taking its
+    ///   place once the others let it go.
+    fn continue_entry(
+        &self,
+        entry: Arc<Session>,
+        whole: bool,
+        shape: Shape,
+        quota: &Arc<Quota>,
+    ) -> Result<Session, LlmError> {
+        let id = Arc::as_ptr(&entry);
+        let lane = entry.lane();
+        let in_place = whole && self.0.lanes[lane].taken_below(entry.seq());
+        let lease = quota.lease(self.kv_bytes(shape.limit))?;
+        if in_place && let Some(kept) = self.0.cache.take_entry(id, 1) {
+            drop(entry);
+            // The cache held the last handle but ours, and a kept session
+            // has no stream: it is ours alone.
+            let shared = || LlmError::EngineFailure("a prefix-cache entry was still shared when taken".into());
+            let mut session = Arc::try_unwrap(kept).map_err(|_| shared())?;
+            return if session.hold(lease) { Ok(session) } else { Err(shared()) };
+        }
+        if let Some(snapshot) = self.0.cache.spill_entry(id, 1) {
+            drop(entry);
+            drop(lease);
+            return self.restore_cached(&snapshot, shape, quota);
+        }
+        match entry.fork_with(lease) {
+            Err(e @ LlmError::LimitExceeded { .. }) => {
+                drop(entry);
+                match self.0.cache.spill_entry(id, 0) {
+                    Some(snapshot) => self.restore_cached(&snapshot, shape, quota),
+                    None => Err(e),
+                }
+            }
+            forked => forked,
+        }
     }
 
     /// A new session holding a spilled prefix-cache entry's state.

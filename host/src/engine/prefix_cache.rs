@@ -111,6 +111,9 @@ enum Held {
 pub(super) enum Start {
     /// Fork this session, then keep `shared` tokens of it.
     Fork(Arc<Session>, usize),
+    /// This session's whole history starts the prompt (`shared` tokens):
+    /// continue it, in place where it can be, since nothing it holds is lost.
+    Extend(Arc<Session>, usize),
     /// Restore this snapshot, then keep `shared` tokens of it.
     Restore(Arc<Snapshot>, usize),
     /// Nothing shares a prefix: start empty.
@@ -155,6 +158,7 @@ impl PrefixCache {
             Some((shared, entry)) => {
                 entry.used = now;
                 match &entry.held {
+                    Held::Live(session) if shared == entry.tokens.len() => Start::Extend(session.clone(), shared),
                     Held::Live(session) => Start::Fork(session.clone(), shared),
                     Held::Spilled(snapshot) => Start::Restore(snapshot.clone(), shared),
                 }
@@ -216,6 +220,26 @@ impl PrefixCache {
     /// for a session that takes the entry's place. Returns its state.
     pub(super) fn spill_entry(&self, session: *const Session, others: usize) -> Option<Arc<Snapshot>> {
         self.spill(|s| std::ptr::eq(Arc::as_ptr(s), session) && Arc::strong_count(s) == 1 + others)?
+    }
+
+    /// Take the live entry holding `session` out of the cache, for a session
+    /// that continues it in place (its sequence and cells pass over, nothing
+    /// is copied): only if no one but the cache and `others` callers holds
+    /// it and no other live entry holds a lower sequence of its lane (that
+    /// one a new session would take first, see `Engine::take_in`).
+    pub(super) fn take_entry(&self, session: *const Session, others: usize) -> Option<Arc<Session>> {
+        let mut entries = self.lock();
+        let at = entries.iter().position(
+            |e| matches!(&e.held, Held::Live(s) if std::ptr::eq(Arc::as_ptr(s), session) && Arc::strong_count(s) == 1 + others),
+        )?;
+        let Held::Live(taken) = &entries[at].held else { return None };
+        let (lane, seq) = (taken.lane(), taken.seq());
+        let lower = |e: &Entry| matches!(&e.held, Held::Live(s) if s.lane() == lane && s.seq().index() < seq.index());
+        if entries.iter().any(lower) {
+            return None;
+        }
+        let Held::Live(taken) = entries.swap_remove(at).held else { return None };
+        Some(taken)
     }
 
     /// Take the least recently used live entry whose session `pick` accepts

@@ -71,6 +71,14 @@ pub(crate) enum Command {
         seq: SeqId,
         reply: Reply<()>,
     },
+    /// A kept conversation continued by a new request: keep its first
+    /// `keep` tokens (all, if it holds fewer); what it then holds counts as
+    /// cached in the next turn's usage.
+    Resume {
+        seq: SeqId,
+        keep: usize,
+        reply: Reply<()>,
+    },
     /// Copy `seq` into the free sequence `child`.
     Fork {
         seq: SeqId,

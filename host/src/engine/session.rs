@@ -47,6 +47,19 @@ impl Session {
         self.kept_for = Some(namespace);
     }
 
+    /// Hold `lease` in place of the one it has: a kept session taken back
+    /// from the prefix cache onto an instance's quota. False if a stream
+    /// still shares the slot (a kept session has none).
+    pub(super) fn hold(&mut self, lease: Lease) -> bool {
+        match Arc::get_mut(&mut self.slot) {
+            Some(slot) => {
+                slot.lease = lease;
+                true
+            }
+            None => false,
+        }
+    }
+
     pub(super) fn seq(&self) -> SeqId {
         self.slot.seq()
     }
@@ -98,6 +111,12 @@ impl Session {
     /// Drop the last `n` tokens; returns the new length.
     pub fn rewind(&self, n: u32) -> Result<u32, LlmError> {
         self.request(|reply| Command::Rewind { seq: self.slot.seq(), n, reply })
+    }
+
+    /// Continue a kept conversation from its first `keep` tokens (see
+    /// [`Command::Resume`]).
+    pub(super) fn resume(&self, keep: usize) -> Result<(), LlmError> {
+        self.request(|reply| Command::Resume { seq: self.slot.seq(), keep, reply })
     }
 
     /// Drop every token.

@@ -74,6 +74,14 @@ impl Scheduler<'_> {
         Ok(keep as u32)
     }
 
+    /// See [`Command::Resume`](crate::engine::protocol::Command::Resume).
+    pub(super) fn resume(&mut self, seq: SeqId, keep: usize) -> Result<(), LlmError> {
+        let len = self.sequence(seq)?.tokens.len();
+        self.rewind(seq, (len - keep.min(len)) as u32)?;
+        open(&mut self.seqs, seq)?.turn_start = None;
+        Ok(())
+    }
+
     /// Make `child` a copy of `seq`: same tokens, and the KV cache copied
     /// whole inside llama.cpp (the only cross-stream copy it allows), so the
     /// fork needs no prefill.

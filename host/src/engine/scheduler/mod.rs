@@ -170,6 +170,10 @@ impl<'m> Scheduler<'m> {
                 self.forget_logits(seq);
                 let _ = reply.send(self.rewind(seq, u32::MAX).map(|_| ()));
             }
+            Command::Resume { seq, keep, reply } => {
+                self.forget_logits(seq);
+                let _ = reply.send(self.resume(seq, keep));
+            }
             Command::Fork { seq, child, reply } => {
                 let _ = reply.send(self.fork(seq, child));
             }
@@ -271,7 +275,7 @@ impl<'m> Scheduler<'m> {
         let added = new.len() as u32;
         s.turn_start.get_or_insert(s.n_past);
         s.tokens.extend(new);
-        s.prefill = Some(Prefill { added, reply: reply.clone(), rollback_len: used });
+        s.prefill = Some(Prefill { added, reply: reply.clone(), rollback_len: used, since: std::time::Instant::now() });
         self.prefills.push_back(seq);
         None
     }
@@ -303,6 +307,8 @@ impl<'m> Scheduler<'m> {
         if end == len {
             self.prefills.pop_front();
             if let Some(p) = s.prefill.take() {
+                let ms = p.since.elapsed().as_secs_f64() * 1e3;
+                tracing::debug!(seq = seq.index(), "prefill done: {} tokens in {ms:.2} ms", p.added);
                 let _ = p.reply.send(Ok(p.added));
             }
             self.fresh = Some((seq, (end - start - 1) as i32));

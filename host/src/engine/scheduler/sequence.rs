@@ -75,6 +75,9 @@ pub(super) struct Prefill {
     pub reply: Reply<u32>,
     /// Where to return to if a decode fails midway.
     pub rollback_len: usize,
+    /// When the append arrived (its prefill time is logged, as
+    /// llama-server logs its "prompt eval time").
+    pub since: std::time::Instant,
 }
 
 /// A generation in progress.
