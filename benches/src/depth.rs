@@ -85,11 +85,12 @@ pub fn run(
             let (on_m, off_m, ext_m) = (med(&on), med(&off), med(&ext));
             let (d, p, def) = (median(&decode_ratio), median(&prefill_ratio), median(&default_ratio));
             let same = median(&same_kernel);
-            let bench = |flash: bool| {
+            let bench_tps = |flash: bool| {
                 llama_bench
                     .and_then(|rows| rows.iter().find(|r| r.threads == threads && r.depth == depth && r.flash == flash))
-                    .map_or_else(|| "–".to_string(), |r| num(r.decode_tps))
+                    .map(|r| r.decode_tps)
             };
+            let bench = |flash: bool| bench_tps(flash).map_or_else(|| "–".to_string(), num);
             table.row(vec![
                 threads.to_string(),
                 depth.to_string(),
@@ -111,11 +112,19 @@ pub fn run(
             targets.push(
                 Target::new(format!("{at}: extension decode vs best baseline"), "≥ 0.95×", ratio(d), d >= 0.95)
                     .why_if_missed(format!(
-                        "{}; baseline flash on {} / off {} tok/s, extension {} ({attention}).",
+                        "{}; baseline flash on {} / off {} tok/s, extension {} ({attention}).{}",
                         spread(&decode_ratio),
                         num(on_m.decode),
                         num(off_m.decode),
-                        num(ext_m.decode)
+                        num(ext_m.decode),
+                        // The cross-check: llama.cpp's own tool, same kernel choice.
+                        bench_tps(flash).map_or_else(String::new, |b| format!(
+                            " llama-bench, in this same run with the engine's kernel (flash {}), decodes {} tok/s \
+                             here: the extension is {} of it.",
+                            if flash { "on" } else { "off" },
+                            num(b),
+                            ratio(ext_m.decode / b)
+                        ))
                     )),
             );
             targets.push(
