@@ -5,15 +5,19 @@
 //! A session opened with [`Engine::open_cached`] goes into the cache when it
 //! is dropped with no stream left. A later `open_cached` of the same
 //! component (its namespace) and the same session shape finds the entry
-//! sharing the longest token prefix with its prompt and takes its place:
-//! the entry's state goes to host memory (it stays cached, for the next
-//! request that branches there) and the new session is restored from it
-//! (no evaluation) into the lowest free sequence, rewound to the shared
-//! prefix, and evaluates only the rest: llama-server's `cache_prompt`
-//! across slots. Taking the place rather than forking beside it keeps the
-//! sessions that decode together in consecutive sequences, which llama.cpp
-//! needs to batch them in one decode (`Engine::take_in`); it copies the
-//! cells in use, where a fork copies the entry's whole KV stream.
+//! sharing the longest token prefix with its prompt and continues it,
+//! evaluating only the rest: llama-server's `cache_prompt` across slots.
+//! When the prompt extends the entry's whole history (a conversation's next
+//! turn) and the entry's sequence is where a new session would go anyway,
+//! the session is the entry itself, taken back in place: nothing is copied.
+//! Otherwise it takes the entry's place: the entry's state goes to host
+//! memory (it stays cached, for the next request that branches there) and
+//! the new session is restored from it (no evaluation) into the lowest
+//! free sequence, rewound to the shared prefix. Taking the place rather
+//! than forking beside it keeps the sessions that decode together in
+//! consecutive sequences, which llama.cpp needs to batch them in one decode
+//! (`Engine::take_in`); it copies the cells in use, where a fork copies the
+//! entry's whole KV stream (`Engine::continue_entry` has all three ways).
 //!
 //! Bounds (the operator's, [`CacheLimits`]): a number of entries, least
 //! recently used dropped first; entries hold KV sequences of the model's
@@ -37,6 +41,11 @@
 //! - Caching every dropped session (llama-server caches every slot): that
 //!   would keep a 0.1.0 guest's conversations in host memory after it let
 //!   them go; `open-cached` makes keeping them the guest's choice.
+//! - Continuing any entry in place, whatever it shares: the rewind drops
+//!   the entry's tail, so a new conversation that shares only the chat
+//!   template's first tokens wiped a kept one (the serve bench's
+//!   round-robin evaluated 6083 tokens instead of 1479). In place only when
+//!   the prompt extends the whole entry; otherwise a copy.
 //! - Matching text instead of tokens: two renderings of one conversation
 //!   can tokenize differently; tokens are what the KV cache holds.
 
