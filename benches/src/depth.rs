@@ -127,6 +127,8 @@ pub fn run(
                         ))
                     )),
             );
+            let (own_kernel, other_kernel) =
+                if flash { (on_m.prefill, off_m.prefill) } else { (off_m.prefill, on_m.prefill) };
             targets.push(
                 Target::new(format!("{at}: extension prefill vs best baseline"), "≥ 0.95×", ratio(p), p >= 0.95)
                     .why_if_missed(format!(
@@ -138,10 +140,13 @@ pub fn run(
                         num(ext_m.prefill),
                         ratio(same),
                         if flash { "on" } else { "off" },
-                        if same >= 0.95 {
+                        if same >= 0.95 && other_kernel > own_kernel * 1.05 {
                             "The kernel is the gap: a context runs one attention kernel for prefill and decode \
                              (they lay the V cache out differently), and the engine takes the one that decodes \
                              faster."
+                        } else if same >= 0.95 {
+                            "The two kernels prefill within 5 % of each other here, so the best of the two per run \
+                             is the faster moment of two back-to-back runs, not another kernel."
                         } else {
                             "Its time to first token also holds the append call, the first sample and the chunk's \
                              way to the guest."
