@@ -39,7 +39,7 @@ fn the_host_meets_every_normative_statement_on_each_model() {
         let results: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let checks: Vec<&Value> = results.iter().filter(|r| r.get("id").is_some()).collect();
         assert!(
-            checks.len() >= 25,
+            checks.len() >= 33,
             "{model}: only {} checks ran\n{stdout}\n{}",
             checks.len(),
             String::from_utf8_lossy(&out.stderr)

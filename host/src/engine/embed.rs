@@ -74,6 +74,9 @@ impl Engine {
         let mut tokenized = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.iter().enumerate() {
             let tokens: Vec<LlamaToken> = match input {
+                // Empty text is an empty input on every model, not just on
+                // those without a BOS (which would embed the BOS alone).
+                EmbedInput::Text(text) if text.is_empty() => Vec::new(),
                 EmbedInput::Text(text) => tokenize(self.model(), text, true)?,
                 EmbedInput::Tokens(ids) => checked_tokens(self.model(), ids)?,
             };

@@ -9,7 +9,10 @@
 
 use serde_json::json;
 use wasi_nn_llm::raw::wasi_nn_llm::llm::types::{Error as LlmError, SnapshotError};
-use wasi_nn_llm::{Error, FinishReason, Model, OverflowPolicy, Params, Session, SessionOptions, TokenStream, poll};
+use wasi_nn_llm::{
+    EmbedInput, EmbedOptions, Error, FinishReason, Model, OverflowPolicy, Params, Session, SessionOptions, TokenStream,
+    Usage, poll,
+};
 
 /// Requirement levels of RFC 2119.
 #[derive(Clone, Copy)]
@@ -80,6 +83,17 @@ fn drain(mut stream: TokenStream) -> Result<(String, Vec<u32>, FinishReason, u32
     let finish = stream.finish().cloned().expect("an exhausted stream has finished");
     Ok((text, tokens, finish.reason, finish.usage.generated_tokens))
 }
+
+/// Read a stream to the end for its usage.
+fn usage(mut stream: TokenStream) -> Result<Usage, Error> {
+    for chunk in &mut stream {
+        chunk?;
+    }
+    Ok(stream.finish().cloned().expect("an exhausted stream has finished").usage)
+}
+
+/// Session options with every field left to the host.
+const DEFAULTS: SessionOptions = SessionOptions { context_length: None, seed: None, overflow: None };
 
 fn session(model: &Model, prompt: &str) -> Result<Session, Error> {
     let s = Session::open(model)?;
@@ -350,6 +364,103 @@ fn main() {
         (|| -> Result<(), Fail> {
             let info = m.info()?;
             expect(info.vocab_size > 0 && info.max_session_context > 0, || format!("{info:?}"))
+        })(),
+    );
+
+    // --- 0.1.2: model listing and the prefix cache ---------------------
+    s.check(
+        "model.list-models",
+        Level::Must,
+        "list-models MUST name the models this component may load, so it MUST include the one it loaded",
+        expect(Model::list().contains(&name), || format!("{:?} lacks {name:?}", Model::list())),
+    );
+    s.check(
+        "session.open-cached",
+        Level::Must,
+        "a session from open-cached MUST hold exactly its prompt and continue as a session that appended it",
+        (|| -> Result<(), Fail> {
+            let prompt = session(m, PROMPT)?.tokens();
+            let cached = Session::open_cached(m, DEFAULTS, &prompt)?;
+            expect(cached.tokens() == prompt, || format!("holds {:?} for {prompt:?}", cached.tokens()))?;
+            let a = drain(cached.generate(&greedy(8))?)?;
+            let b = drain(session(m, PROMPT)?.generate(&greedy(8))?)?;
+            expect(a.1 == b.1, || format!("{:?} vs {:?}", a.1, b.1))
+        })(),
+    );
+    s.check(
+        "session.open-cached-reuse",
+        Level::Should,
+        "after a session from open-cached is dropped with no stream left, open-cached of its tokens plus more \
+         SHOULD evaluate only the new ones: usage cached-tokens counts the rest (all but a reply's last token, \
+         which was sampled and never evaluated)",
+        (|| -> Result<(), Fail> {
+            let first = Session::open_cached(m, DEFAULTS, &session(m, "A different opening line")?.tokens())?;
+            drain(first.generate(&greedy(4))?)?;
+            let mut next = first.tokens();
+            let held = next.len();
+            drop(first);
+            next.extend(m.tokenize(" and more.", false, false)?);
+            let again = Session::open_cached(m, DEFAULTS, &next)?;
+            let cached = usage(again.generate(&greedy(1))?)?.cached_tokens as usize;
+            expect(cached + 1 >= held, || format!("{cached} cached of a kept {held}-token conversation"))
+        })(),
+    );
+
+    // --- 0.1.3: embeddings -----------------------------------------------
+    let texts = ["The cat sat on the mat.", "Rain is expected tomorrow."];
+    let text_inputs: Vec<EmbedInput> = texts.iter().map(|t| EmbedInput::Text((*t).into())).collect();
+    let raw = EmbedOptions { pooling: None, normalize: false };
+    s.check(
+        "embeddings.shape",
+        Level::Must,
+        "embed MUST return one embedding per input, in order, each of dimensions floats, its tokens the input's \
+         token count as append would evaluate it",
+        (|| -> Result<(), Fail> {
+            let dims = m.dimensions()?;
+            let out = m.embed(&text_inputs, raw)?;
+            let counts = texts.iter().map(|t| m.count_tokens(t)).collect::<Result<Vec<_>, _>>()?;
+            let seen: Vec<(usize, u32)> = out.iter().map(|e| (e.vector.len(), e.tokens)).collect();
+            expect(
+                seen.len() == texts.len()
+                    && seen.iter().zip(&counts).all(|(&(len, n), &c)| len as u32 == dims && n == c),
+                || format!("{seen:?} for {dims} dimensions and counts {counts:?}"),
+            )
+        })(),
+    );
+    s.check(
+        "embeddings.text-is-its-tokens",
+        Level::Must,
+        "a text input MUST embed as the token ids that append evaluates for it in an empty session",
+        (|| -> Result<(), Fail> {
+            let ids = session(m, texts[0])?.tokens();
+            let by_text = m.embed(&text_inputs[..1], raw)?;
+            let by_ids = m.embed(&[EmbedInput::Tokens(ids)], raw)?;
+            let gap = by_text[0].vector.iter().zip(&by_ids[0].vector).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            expect(gap <= 1e-5, || format!("vectors differ by up to {gap}"))
+        })(),
+    );
+    s.check(
+        "embeddings.normalize",
+        Level::Must,
+        "with normalize, every vector MUST have unit Euclidean length",
+        (|| -> Result<(), Fail> {
+            let out = m.embed(&text_inputs, EmbedOptions { pooling: None, normalize: true })?;
+            let norms: Vec<f32> = out.iter().map(|e| e.vector.iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
+            expect(norms.iter().all(|n| (n - 1.0).abs() <= 1e-4), || format!("lengths {norms:?}"))
+        })(),
+    );
+    s.check(
+        "embeddings.errors",
+        Level::Must,
+        "embed MUST refuse an empty list and an empty input with invalid-argument, and an input longer than \
+         the model's session context with prompt-too-long",
+        (|| -> Result<(), Fail> {
+            llm_error(m.embed(&[], raw), |e| matches!(e, LlmError::InvalidArgument(_)))?;
+            llm_error(m.embed(&[EmbedInput::Text(String::new())], raw), |e| matches!(e, LlmError::InvalidArgument(_)))?;
+            let max = m.info()?.max_session_context;
+            let id = m.tokenize("a", false, false)?[0];
+            let long = EmbedInput::Tokens(vec![id; max as usize + 1]);
+            llm_error(m.embed(&[long], raw), |e| matches!(e, LlmError::PromptTooLong(_)))
         })(),
     );
 
