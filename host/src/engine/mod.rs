@@ -261,7 +261,7 @@ impl Engine {
         namespace: &Namespace,
         quota: &Arc<Quota>,
     ) -> Result<Session, LlmError> {
-        tokens::checked_tokens(self.model(), prompt)?;
+        let mut ids = tokens::checked_tokens(self.model(), prompt)?;
         let shape = self.shape(options)?;
         if prompt.len() > shape.limit as usize && shape.shift.is_none() {
             return Err(LlmError::PromptTooLong(crate::error::ContextOverflow {
@@ -296,7 +296,7 @@ impl Engine {
         };
         drop(opening);
         if shared < prompt.len() {
-            session.append_tokens(&prompt[shared..])?;
+            session.append_checked(ids.split_off(shared))?;
         }
         if self.0.cache.enabled() {
             session.keep_for(namespace.clone());

@@ -47,9 +47,9 @@ impl Session {
         self.kept_for = Some(namespace);
     }
 
-    /// Hold `lease` in place of the one it has: a kept session taken back
-    /// from the prefix cache onto an instance's quota. False if a stream
-    /// still shares the slot (a kept session has none).
+    /// Hold `lease` in place of the one it has: a session passing between
+    /// an instance's quota and the prefix cache's, either way. False if a
+    /// stream still shares the slot (a kept session has none).
     pub(super) fn hold(&mut self, lease: Lease) -> bool {
         match Arc::get_mut(&mut self.slot) {
             Some(slot) => {
@@ -92,7 +92,11 @@ impl Session {
     /// Evaluate token ids into the KV cache, each checked against the
     /// vocabulary first; returns how many were added.
     pub fn append_tokens(&self, tokens: &[u32]) -> Result<u32, LlmError> {
-        let ids = tokens::checked_tokens(self.engine().model(), tokens)?;
+        self.append_checked(tokens::checked_tokens(self.engine().model(), tokens)?)
+    }
+
+    /// [`append_tokens`](Self::append_tokens) of ids already checked.
+    pub(super) fn append_checked(&self, ids: Vec<LlamaToken>) -> Result<u32, LlmError> {
         self.request(|reply| Command::Append { seq: self.slot.seq(), input: Input::Tokens(ids), reply })
     }
 
@@ -185,14 +189,12 @@ impl Drop for Session {
     /// is still running: then its tokens are still changing.
     fn drop(&mut self) {
         let Some(namespace) = self.kept_for.take() else { return };
-        let cache = self.engine.cache();
-        let Some(slot) = Arc::get_mut(&mut self.slot) else { return };
-        match slot.lease.move_to(cache.quota()) {
-            Ok(lease) => slot.lease = lease,
-            Err(_) => return,
+        let Ok(lease) = self.slot.lease.move_to(self.engine.cache().quota()) else { return };
+        if !self.hold(lease) {
+            return;
         }
         let Ok(tokens) = self.tokens() else { return };
         let kept = Session { slot: self.slot.clone(), engine: self.engine.clone(), kept_for: None, ..*self };
-        cache.keep(namespace, self.shape(), tokens, kept);
+        self.engine.cache().keep(namespace, self.shape(), tokens, kept);
     }
 }
