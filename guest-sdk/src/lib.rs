@@ -22,6 +22,8 @@
 mod chat;
 mod error;
 mod model;
+#[cfg(feature = "p3")]
+pub mod p3;
 mod params;
 mod session;
 

@@ -17,6 +17,7 @@ pub mod cache;
 pub mod catalog;
 pub mod engine;
 pub mod error;
+pub mod p3;
 pub mod policy;
 pub mod registry;
 pub mod runner;

@@ -13,6 +13,13 @@
 //! the model's scheduler thread serves everyone else. wasmtime-wasi-nn's
 //! host functions are synchronous anyway, so an async host would buy base
 //! wasi-nn nothing, and the per-token boundary cost stays at a plain call.
+//!
+//! The exception is a WASIp3 guest (one exporting [`p3::RUN_EXPORT`]):
+//! its streams are component-model streams, which only an async store
+//! drives, so it gets a second linker (WASI on its async bindings) and runs
+//! inside `run_concurrent` on a tokio runtime of its own thread. Both
+//! linkers serve the same extension implementation on the same engines,
+//! under the same policy.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +36,7 @@ use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
 
 use crate::backend::ggml;
 use crate::engine::Quota;
+use crate::p3;
 use crate::policy::{Identity, Policy};
 use crate::registry::{Access, Models};
 use crate::wit::{LlmCtx, LlmView};
@@ -122,6 +130,9 @@ pub struct Output {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    /// For WASIp3 guests: async WASI, base wasi-nn, the extension's 0.1.x
+    /// interfaces and the draft session.
+    linker_p3: Linker<HostState>,
     models: Arc<Models>,
     policy: Arc<Policy>,
 }
@@ -161,12 +172,13 @@ impl Runtime {
         })?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut HostState| {
-            WasiNnView::new(&mut s.table, &mut s.nn)
-        })?;
+        add_llm_to_linker(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
-        crate::wit::add_to_linker(&mut linker, |s: &mut HostState| LlmView::new(&mut s.table, &mut s.llm))?;
-        Ok(Self { engine, linker, models, policy })
+        let mut linker_p3 = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker_p3)?;
+        add_llm_to_linker(&mut linker_p3)?;
+        p3::add_to_linker(&mut linker_p3, llm_view)?;
+        Ok(Self { engine, linker, linker_p3, models, policy })
     }
 
     /// The models its guests can reach.
@@ -241,7 +253,8 @@ impl Runtime {
         self.policy.limits.guest_seconds
     }
 
-    /// Run a command component to completion in a fresh instance.
+    /// Run a guest to completion in a fresh instance: a `wasi:cli` command,
+    /// or a WASIp3 guest (one exporting [`p3::RUN_EXPORT`]).
     pub fn run(&self, guest: &Guest, args: &[String], stdio: Stdio, dirs: &[Preopen]) -> anyhow::Result<Output> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(args);
@@ -263,8 +276,13 @@ impl Runtime {
             }
         };
         let mut store = self.store(guest, wasi.build());
-        let command = Command::instantiate(&mut store, &guest.component, &self.linker)?;
-        let ended = match command.wasi_cli_run().call_run(&mut store) {
+        let ended = if self.is_p3(guest) {
+            self.run_p3(guest, &mut store)
+        } else {
+            Command::instantiate(&mut store, &guest.component, &self.linker)
+                .and_then(|command| command.wasi_cli_run().call_run(&mut store))
+        };
+        let ended = match ended {
             Ok(Ok(())) => Ok(0),
             Ok(Err(())) => Ok(1),
             Err(e) => match (e.downcast_ref::<I32Exit>(), e.downcast_ref::<Trap>()) {
@@ -289,4 +307,30 @@ impl Runtime {
         }
         Ok(output)
     }
+
+    /// Whether `guest` is a WASIp3 guest (exports the draft's `run`).
+    fn is_p3(&self, guest: &Guest) -> bool {
+        guest.component.component_type().exports(&self.engine).any(|(name, _)| name == p3::RUN_EXPORT)
+    }
+
+    /// Run a WASIp3 guest's async `run` on a tokio runtime of this thread:
+    /// its tasks, streams and host futures all advance inside one
+    /// `run_concurrent`.
+    fn run_p3(&self, guest: &Guest, store: &mut Store<HostState>) -> wasmtime::Result<Result<(), ()>> {
+        let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        tokio.block_on(async {
+            let llm = p3::bindings::Llm::instantiate_async(&mut *store, &guest.component, &self.linker_p3).await?;
+            store.run_concurrent(async |a| llm.wasi_nn_llm_llm0_2_0_draft_run().call_run(a).await).await?
+        })
+    }
+}
+
+/// Base wasi-nn and the extension's 0.1.x interfaces, as both linkers serve them.
+fn add_llm_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wasmtime_wasi_nn::wit::add_to_linker(linker, |s: &mut HostState| WasiNnView::new(&mut s.table, &mut s.nn))?;
+    crate::wit::add_to_linker(linker, llm_view)
+}
+
+fn llm_view(s: &mut HostState) -> LlmView<'_> {
+    LlmView::new(&mut s.table, &mut s.llm)
 }

@@ -62,8 +62,18 @@ impl<'a> LlmView<'a> {
         Self { ctx, table }
     }
 
+    /// The store's resource table (the WASIp3 front door's sessions live there too).
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        self.table
+    }
+
+    /// What the instance may reach: its models, quota and cache namespace.
+    pub(crate) fn access(&self) -> &Arc<Access> {
+        &self.ctx.access
+    }
+
     /// The engine behind a graph the guest holds, if the policy lets it.
-    fn engine(&self, graph: &Resource<Graph>) -> wasmtime::Result<Result<Engine, types::Error>> {
+    pub(crate) fn engine(&self, graph: &Resource<Graph>) -> wasmtime::Result<Result<Engine, types::Error>> {
         let graph = self.table.get(graph)?;
         Ok(self.ctx.access.engine_for(graph).cloned().map_err(Into::into))
     }
@@ -81,12 +91,14 @@ pub fn add_to_linker<T: Send + 'static>(
     Ok(())
 }
 
-struct HasLlmView;
+/// The [`HasData`] of the extension's host functions: an [`LlmView`].
+pub(crate) struct HasLlmView;
 
 impl HasData for HasLlmView {
     type Data<'a> = LlmView<'a>;
 }
 
+/// Return a guest-facing error from a host function (`Ok(Err(e))`).
 macro_rules! try_llm {
     ($e:expr) => {
         match $e {
@@ -95,6 +107,7 @@ macro_rules! try_llm {
         }
     };
 }
+pub(crate) use try_llm;
 
 impl types::Host for LlmView<'_> {}
 

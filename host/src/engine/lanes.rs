@@ -19,7 +19,7 @@
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Mutex, MutexGuard};
 
-use super::protocol::{Command, Reply, SeqId};
+use super::protocol::{Command, Pending, Reply, SeqId};
 use super::scheduler_stopped;
 use crate::error::LlmError;
 
@@ -42,10 +42,15 @@ impl Lane {
     }
 
     /// Send a command and wait for the scheduler's answer.
-    pub fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
+    pub fn request<T: Send + 'static>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
+        self.start(command)?.wait()
+    }
+
+    /// Send a command; its answer comes later.
+    pub fn start<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<Pending<T>, LlmError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.send(command(reply))?;
-        answer.recv().map_err(|_| scheduler_stopped())?
+        Ok(Pending(answer))
     }
 
     fn slots(&self) -> MutexGuard<'_, Vec<bool>> {

@@ -58,6 +58,7 @@ pub use finish::{Finish, FinishReason, Usage};
 pub use info::ModelInfo;
 pub use params::{Constraint, GenerateParams, SessionOptions};
 pub use prefix_cache::{CacheLimits, Namespace};
+pub use protocol::Pending;
 pub use quota::{Quota, QuotaLimits};
 pub use session::Session;
 pub use stream::TokenStream;

@@ -3,7 +3,7 @@
 //! the channel share.
 
 use std::sync::Arc;
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use llama_cpp_2::token::LlamaToken;
 
@@ -38,6 +38,25 @@ impl SeqId {
 
 /// Where the scheduler sends one command's answer.
 pub(crate) type Reply<T> = SyncSender<Result<T, LlmError>>;
+
+/// A command's answer, not yet given: a blocking call waits for it at once;
+/// the WASIp3 front door awaits it, so the guest's other tasks go on while
+/// the scheduler works (a prefill can take seconds).
+pub struct Pending<T>(pub(crate) Receiver<Result<T, LlmError>>);
+
+impl<T: Send + 'static> Pending<T> {
+    /// Block until the scheduler answers.
+    pub fn wait(self) -> Result<T, LlmError> {
+        self.0.recv().map_err(|_| super::scheduler_stopped())?
+    }
+
+    /// Wait without blocking the caller's async runtime: the answer arrives
+    /// on a std channel, so one of tokio's blocking threads waits for it
+    /// (tens of microseconds against a prefill's milliseconds).
+    pub async fn answer(self) -> Result<T, LlmError> {
+        tokio::task::spawn_blocking(move || self.wait()).await.unwrap_or_else(|_| Err(super::scheduler_stopped()))
+    }
+}
 
 /// What session handles and streams ask of the scheduler.
 pub(crate) enum Command {

@@ -7,7 +7,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::params::GenerateParams;
 use super::prefix_cache::{Namespace, Shape};
-use super::protocol::{Command, Input, Reply, SeqId};
+use super::protocol::{Command, Input, Pending, Reply, SeqId};
 use super::quota::Lease;
 use super::slot::Slot;
 use super::snapshot::Snapshot;
@@ -86,13 +86,26 @@ impl Session {
     /// Tokenize `text` and evaluate it into the KV cache; returns how many
     /// tokens were added. Blocks until the prefill is done.
     pub fn append(&self, text: &str) -> Result<u32, LlmError> {
-        self.request(|reply| Command::Append { seq: self.slot.seq(), input: Input::Text(text.to_owned()), reply })
+        self.start_append(text)?.wait()
+    }
+
+    /// [`append`](Self::append), answered later: the prefill is queued and
+    /// the caller waits (or awaits) when it chooses.
+    pub fn start_append(&self, text: &str) -> Result<Pending<u32>, LlmError> {
+        self.slot.start(|reply| Command::Append { seq: self.slot.seq(), input: Input::Text(text.to_owned()), reply })
     }
 
     /// Evaluate token ids into the KV cache, each checked against the
     /// vocabulary first; returns how many were added.
     pub fn append_tokens(&self, tokens: &[u32]) -> Result<u32, LlmError> {
-        self.append_checked(tokens::checked_tokens(self.engine().model(), tokens)?)
+        self.start_append_tokens(tokens)?.wait()
+    }
+
+    /// [`append_tokens`](Self::append_tokens), answered later (the ids are
+    /// checked now).
+    pub fn start_append_tokens(&self, tokens: &[u32]) -> Result<Pending<u32>, LlmError> {
+        let ids = tokens::checked_tokens(self.engine().model(), tokens)?;
+        self.slot.start(|reply| Command::Append { seq: self.slot.seq(), input: Input::Tokens(ids), reply })
     }
 
     /// [`append_tokens`](Self::append_tokens) of ids already checked.
@@ -169,16 +182,21 @@ impl Session {
     /// The session as a versioned blob bound to this model (see
     /// [`snapshot`](super::snapshot)); [`Engine::restore_session`] reads it back.
     pub fn save(&self) -> Result<Vec<u8>, LlmError> {
+        Ok(self.start_save()?.wait()?.encode())
+    }
+
+    /// [`save`](Self::save), answered later; the caller encodes the
+    /// snapshot ([`Snapshot::encode`]) once it has it.
+    pub fn start_save(&self) -> Result<Pending<Snapshot>, LlmError> {
         let model = self.engine().identity()?;
-        let snapshot: Snapshot = self.request(|reply| Command::Save { seq: self.slot.seq(), model, reply })?;
-        Ok(snapshot.encode())
+        self.slot.start(|reply| Command::Save { seq: self.slot.seq(), model, reply })
     }
 
     pub(super) fn load(&self, snapshot: Snapshot) -> Result<(), LlmError> {
         self.request(|reply| Command::Restore { seq: self.slot.seq(), snapshot, reply })
     }
 
-    fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
+    fn request<T: Send + 'static>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
         self.slot.request(command)
     }
 }

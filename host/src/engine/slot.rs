@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::lanes::Lane;
-use super::protocol::{Command, Reply, SeqId};
+use super::protocol::{Command, Pending, Reply, SeqId};
 use super::quota::Lease;
 use crate::error::LlmError;
 
@@ -43,7 +43,12 @@ impl Slot {
     }
 
     /// Send a command to this sequence's lane and wait for the answer.
-    pub(super) fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
+    pub(super) fn request<T: Send + 'static>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
         self.lane.request(command)
+    }
+
+    /// Send a command to this sequence's lane; its answer comes later.
+    pub(super) fn start<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<Pending<T>, LlmError> {
+        self.lane.start(command)
     }
 }

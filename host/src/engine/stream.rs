@@ -1,7 +1,10 @@
 //! The reader side of a generation: the guest's `token-stream`, draining the
 //! buffer its lane's scheduler fills (`buffer.rs`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use super::buffer::{Item, Shared};
 use super::finish::{Finish, FinishReason};
@@ -22,11 +25,13 @@ pub struct TokenStream {
     /// Counts this generation against the model's concurrent-generations
     /// limit until it ends (not until the handle is dropped).
     permit: Option<GenerationPermit>,
+    /// An async reader's registration for the next push ([`poll_ready`](Self::poll_ready)).
+    waiter: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl TokenStream {
     pub(crate) fn new(shared: Arc<Shared>, slot: Arc<Slot>, permit: Option<GenerationPermit>) -> Self {
-        Self { shared, slot, finish: None, done: false, permit }
+        Self { shared, slot, finish: None, done: false, permit, waiter: None }
     }
 
     fn end(&mut self) {
@@ -118,6 +123,38 @@ impl TokenStream {
         Ok(())
     }
 
+    /// Whether a read would not wait: a chunk or the end is buffered.
+    pub fn is_ready(&self) -> bool {
+        self.done || !self.shared.lock().items.is_empty()
+    }
+
+    /// Ready once a read would not wait; else `Pending`, and `cx` is woken
+    /// at the scheduler's next push. The poll form of the `wasi:io`
+    /// pollable's wait, for a reader on an async runtime (the WASIp3
+    /// stream).
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            // Registered (first polled) before the check, so a push in
+            // between still wakes the reader.
+            let shared = &self.shared;
+            let waiter = self.waiter.get_or_insert_with(|| {
+                let shared = shared.clone();
+                Box::pin(async move { shared.pushed().await })
+            });
+            let pushed = waiter.as_mut().poll(cx).is_ready();
+            if pushed {
+                self.waiter = None;
+            }
+            if self.is_ready() {
+                self.waiter = None;
+                return Poll::Ready(());
+            }
+            if !pushed {
+                return Poll::Pending;
+            }
+        }
+    }
+
     /// How the generation ended; `None` until [`next_chunk`](Self::next_chunk) returned `None`.
     pub fn finish(&self) -> Option<&Finish> {
         self.finish.as_ref()
@@ -131,7 +168,7 @@ impl wasmtime_wasi::p2::Pollable for TokenStream {
         loop {
             // Registered before the check, so a push in between still wakes us.
             let notified = self.shared.pushed();
-            if self.done || !self.shared.lock().items.is_empty() {
+            if self.is_ready() {
                 return;
             }
             notified.await;

@@ -1,0 +1,296 @@
+//! The WASIp3 front door (experimental): the `wasi-nn-llm:llm@0.2.0-draft`
+//! session interface, whose generations are component-model `stream<chunk>`s
+//! and whose waiting calls are `async func`s, on the same engine, [`Access`]
+//! and quotas as [`crate::wit`]'s 0.1.x interfaces (which this world also
+//! imports for models and embeddings).
+//!
+//! A token's way: the guest reads the stream → wasmtime calls
+//! [`ChunkStream::poll_produce`] → it takes what the engine's
+//! [`TokenStream`] has buffered, at most as many chunks as the guest's read
+//! has room for, so a chunk joins the session only once the guest holds it →
+//! when nothing is buffered it parks on the scheduler's next push. The
+//! scheduler runs ahead of the reader by its small bounded buffer
+//! (`engine/buffer.rs`) and no further: that is the stream's back-pressure.
+//! Dropping the stream drops the producer, which cancels the generation and
+//! resolves the finish future with `cancelled` and the usage of what was
+//! read.
+//!
+//! The async calls wait for the scheduler's answer without holding the
+//! instance: `append`, `append-tokens` and `save` queue their command and
+//! await its [`Pending`] answer; `open-cached` and `restore` run on tokio's
+//! blocking pool (they need no guest resource). `fork` runs at once: it is
+//! a KV cell copy within the lane (milliseconds), which needs the session
+//! itself, and a borrowed resource cannot leave the store.
+//!
+//! [`Access`]: crate::registry::Access
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::sync::oneshot;
+use wasmtime::StoreContextMut;
+use wasmtime::component::{
+    Access, Accessor, Destination, FutureReader, Resource, StreamProducer, StreamReader, StreamResult, VecBuffer,
+};
+use wasmtime_wasi_nn::Graph;
+
+use crate::engine::{self, Pending, Session, TokenStream};
+use crate::error::LlmError;
+use crate::wit::{HasLlmView, try_llm};
+
+/// The `wasi-nn-llm:llm@0.2.0-draft` world's bindings. Its 0.1.3 interfaces
+/// and types are [`crate::wit`]'s (one implementation serves both worlds),
+/// and its session is the engine's [`Session`], as 0.1.x's is.
+#[allow(missing_docs)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit/p3",
+        world: "wasi-nn-llm:llm/llm@0.2.0-draft",
+        with: {
+            "wasi:nn/graph.graph": wasmtime_wasi_nn::Graph,
+            "wasi-nn-llm:llm/types@0.1.3": crate::wit::bindings::wasi_nn_llm::llm::types,
+            "wasi-nn-llm:llm/model@0.1.3": crate::wit::bindings::wasi_nn_llm::llm::model,
+            "wasi-nn-llm:llm/embeddings@0.1.3": crate::wit::bindings::wasi_nn_llm::llm::embeddings,
+            "wasi-nn-llm:llm/session@0.2.0-draft.session": crate::engine::Session,
+        },
+        imports: {
+            // `generate` is a plain function that creates a stream: it needs the store.
+            "wasi-nn-llm:llm/session@0.2.0-draft.[method]session.generate": store | trappable,
+            default: trappable,
+        },
+        exports: { default: async | store },
+        require_store_data_send: true,
+    });
+}
+
+use crate::wit::bindings::wasi_nn_llm::llm::types;
+use bindings::wasi_nn_llm::llm0_2_0_draft::session;
+
+/// The world's name as a component exports it: how the runner tells a p3
+/// guest from a `wasi:cli` command.
+pub const RUN_EXPORT: &str = "wasi-nn-llm:llm/run@0.2.0-draft";
+
+/// Add the draft session interface to a linker whose store data `T` gives
+/// the extension's view; the 0.1.3 interfaces come from
+/// [`crate::wit::add_to_linker`].
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    f: fn(&mut T) -> crate::wit::LlmView<'_>,
+) -> wasmtime::Result<()> {
+    session::add_to_linker::<T, HasLlmView>(linker, f)
+}
+
+type Answer<T> = wasmtime::Result<Result<T, types::Error>>;
+
+impl session::Host for crate::wit::LlmView<'_> {}
+
+/// The calls that return at once: as 0.1.x's.
+impl session::HostSession for crate::wit::LlmView<'_> {
+    fn open(&mut self, graph: Resource<Graph>, options: types::SessionOptions) -> Answer<Resource<Session>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        let session = try_llm!(engine.open_session(&options.into(), self.access().quota()));
+        Ok(Ok(self.table().push(session)?))
+    }
+
+    fn len(&mut self, session: Resource<Session>) -> wasmtime::Result<u32> {
+        Ok(self.table().get(&session)?.tokens().map_or(0, |t| t.len() as u32))
+    }
+
+    fn tokens(&mut self, session: Resource<Session>) -> wasmtime::Result<Vec<u32>> {
+        Ok(self.table().get(&session)?.tokens().unwrap_or_default())
+    }
+
+    fn context_limit(&mut self, session: Resource<Session>) -> wasmtime::Result<u32> {
+        Ok(self.table().get(&session)?.context_limit())
+    }
+
+    fn rewind(&mut self, session: Resource<Session>, n: u32) -> Answer<u32> {
+        Ok(self.table().get(&session)?.rewind(n).map_err(Into::into))
+    }
+
+    fn reset(&mut self, session: Resource<Session>) -> Answer<()> {
+        Ok(self.table().get(&session)?.reset().map_err(Into::into))
+    }
+
+    fn drop(&mut self, session: Resource<Session>) -> wasmtime::Result<()> {
+        self.table().delete(session)?;
+        Ok(())
+    }
+}
+
+impl<T: Send> session::HostSessionWithStore<T> for HasLlmView {
+    async fn open_cached(
+        accessor: &Accessor<T, Self>,
+        graph: Resource<Graph>,
+        options: types::SessionOptions,
+        prompt: Vec<u32>,
+    ) -> Answer<Resource<Session>> {
+        let (engine, access) = try_llm!(accessor.with(|mut a| {
+            let view = a.get();
+            Ok::<_, wasmtime::Error>(view.engine(&graph)?.map(|e| (e, view.access().clone())))
+        })?);
+        let options: engine::SessionOptions = options.into();
+        let opened = blocking(move || engine.open_cached(&options, &prompt, access.namespace(), access.quota())).await;
+        let session = try_llm!(opened);
+        Ok(Ok(accessor.with(|mut a| a.get().table().push(session))?))
+    }
+
+    async fn restore(
+        accessor: &Accessor<T, Self>,
+        graph: Resource<Graph>,
+        snapshot: Vec<u8>,
+    ) -> Answer<Resource<Session>> {
+        let (engine, quota) = try_llm!(accessor.with(|mut a| {
+            let view = a.get();
+            Ok::<_, wasmtime::Error>(view.engine(&graph)?.map(|e| (e, view.access().quota().clone())))
+        })?);
+        let session = try_llm!(blocking(move || engine.restore_session(&snapshot, &quota)).await);
+        Ok(Ok(accessor.with(|mut a| a.get().table().push(session))?))
+    }
+
+    async fn append(accessor: &Accessor<T, Self>, session: Resource<Session>, text: String) -> Answer<u32> {
+        let pending = with_session(accessor, &session, |s| s.start_append(&text))?;
+        Ok(answer(pending).await)
+    }
+
+    async fn append_tokens(accessor: &Accessor<T, Self>, session: Resource<Session>, tokens: Vec<u32>) -> Answer<u32> {
+        let pending = with_session(accessor, &session, |s| s.start_append_tokens(&tokens))?;
+        Ok(answer(pending).await)
+    }
+
+    fn generate(
+        mut store: Access<T, Self>,
+        session: Resource<Session>,
+        params: types::GenerateParams,
+    ) -> Answer<(StreamReader<types::Chunk>, FutureReader<Result<types::Finish, types::Error>>)> {
+        let params: engine::GenerateParams = params.into();
+        tracing::trace!(?params, "session.generate (p3)");
+        let stream = try_llm!(store.get().table().get(&session)?.generate(&params));
+        let (finished, finish) = oneshot::channel();
+        let chunks = StreamReader::new(&mut store, ChunkStream { stream, finished: Some(finished) })?;
+        let finish = FutureReader::new(&mut store, async move {
+            // The producer always reports before it goes; a lost report is
+            // the host's failure, never a silent end.
+            let finish = finish.await.unwrap_or_else(|_| {
+                Err(types::Error::EngineFailure("the generation's stream was lost before it ended".into()))
+            });
+            Ok::<_, wasmtime::Error>(finish)
+        })?;
+        Ok(Ok((chunks, finish)))
+    }
+
+    async fn fork(accessor: &Accessor<T, Self>, session: Resource<Session>) -> Answer<Resource<Session>> {
+        accessor.with(|mut a| {
+            let mut view = a.get();
+            let forked = try_llm!(view.table().get(&session)?.fork());
+            Ok(Ok(view.table().push(forked)?))
+        })
+    }
+
+    async fn save(accessor: &Accessor<T, Self>, session: Resource<Session>) -> Answer<Vec<u8>> {
+        let pending = with_session(accessor, &session, Session::start_save)?;
+        Ok(answer(pending).await.map(|snapshot| snapshot.encode()))
+    }
+}
+
+/// Start a command on a session the guest holds (its answer comes later).
+fn with_session<T, R>(
+    accessor: &Accessor<T, HasLlmView>,
+    session: &Resource<Session>,
+    start: impl FnOnce(&Session) -> Result<Pending<R>, LlmError>,
+) -> wasmtime::Result<Result<Pending<R>, LlmError>> {
+    accessor.with(|mut a| Ok(start(a.get().table().get(session)?)))
+}
+
+/// Await a started command's answer, as the guest sees it.
+async fn answer<R: Send + 'static>(pending: Result<Pending<R>, LlmError>) -> Result<R, types::Error> {
+    Ok(pending?.answer().await?)
+}
+
+/// Run a blocking engine call on tokio's blocking pool.
+async fn blocking<R: Send + 'static>(
+    call: impl FnOnce() -> Result<R, LlmError> + Send + 'static,
+) -> Result<R, LlmError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .unwrap_or_else(|_| Err(LlmError::EngineFailure("an engine call panicked".into())))
+}
+
+/// The producer behind a guest's `stream<chunk>`: the engine's reader of one
+/// generation, and where its end is reported (the finish future).
+struct ChunkStream {
+    stream: TokenStream,
+    /// Taken when the end has been reported.
+    finished: Option<oneshot::Sender<Result<types::Finish, types::Error>>>,
+}
+
+impl ChunkStream {
+    fn report(&mut self, end: Result<types::Finish, types::Error>) {
+        if let Some(finished) = self.finished.take() {
+            // The guest may have dropped the future: then nobody asks.
+            let _ = finished.send(end);
+        }
+    }
+}
+
+impl<D> StreamProducer<D> for ChunkStream {
+    type Item = types::Chunk;
+    type Buffer = VecBuffer<types::Chunk>;
+
+    fn poll_produce<'a>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut store: StoreContextMut<'a, D>,
+        mut dst: Destination<'a, Self::Item, Self::Buffer>,
+        finish: bool,
+    ) -> Poll<wasmtime::Result<StreamResult>> {
+        let this = self.get_mut();
+        if this.stream.poll_ready(cx).is_pending() {
+            // Nothing to give; a cancelled read gives nothing.
+            return if finish { Poll::Ready(Ok(StreamResult::Cancelled)) } else { Poll::Pending };
+        }
+        // A zero-length read asks only whether a read would wait.
+        let room = match dst.remaining(&mut store) {
+            Some(0) => return Poll::Ready(Ok(StreamResult::Completed)),
+            Some(room) => room,
+            None => usize::MAX,
+        };
+        // Never more than the read has room for: what is written is what the
+        // guest holds, so the session keeps exactly what was seen.
+        let mut chunks = Vec::new();
+        let ended = loop {
+            if chunks.len() == room {
+                break None;
+            }
+            match this.stream.try_read(1) {
+                Ok(Some(chunk)) => chunks.push(chunk.into()),
+                Ok(None) => break this.stream.finish().cloned().map(|f| Ok(f.into())),
+                Err(e) => break Some(Err(e.into())),
+            }
+        };
+        dst.set_buffer(chunks.into());
+        match ended {
+            Some(end) => {
+                this.report(end);
+                Poll::Ready(Ok(StreamResult::Dropped))
+            }
+            None => Poll::Ready(Ok(StreamResult::Completed)),
+        }
+    }
+}
+
+impl Drop for ChunkStream {
+    /// The guest dropped the stream before its end (or the instance went):
+    /// stop the generation; the finish future says `cancelled`, with the
+    /// usage of what was read.
+    fn drop(&mut self) {
+        if self.finished.is_none() {
+            return;
+        }
+        let end = match self.stream.cancel() {
+            Ok(()) => self.stream.finish().cloned().map(|f| Ok(f.into())),
+            Err(e) => Some(Err(e.into())),
+        };
+        self.report(end.unwrap_or_else(|| Err(types::Error::EngineFailure("a cancelled stream has no finish".into()))));
+    }
+}
