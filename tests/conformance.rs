@@ -1,5 +1,7 @@
 //! The conformance suite (`tests/conformance/`, a guest component) run
-//! against a host, on each test model.
+//! against a host, on each test model; and its statements on generation,
+//! streams, finish, cancellation, usage, sessions and errors once more
+//! through the WASIp3 draft (`tests/conformance-p3/`, a second guest).
 //!
 //! By default the host is this project's CLI. To check another host, set
 //! `CONFORMANCE_HOST` to its command line, with `{model}` for the GGUF path
@@ -29,7 +31,18 @@ fn host_command(model: &str, component: &str) -> Command {
 
 #[test]
 fn the_host_meets_every_normative_statement_on_each_model() {
-    let component = guest("conformance");
+    meets_every_statement("conformance", 33);
+}
+
+#[test]
+fn the_host_meets_them_through_the_wasip3_draft_too() {
+    meets_every_statement("conformance_p3", 20);
+}
+
+/// Run the suite `name` (at least `checks` checks) on each model; fail on
+/// any MUST not met.
+fn meets_every_statement(name: &str, min_checks: usize) {
+    let component = guest(name);
     for model in MODELS {
         let path = model_path(model);
         let out = host_command(&path.display().to_string(), &component.display().to_string())
@@ -39,7 +52,7 @@ fn the_host_meets_every_normative_statement_on_each_model() {
         let results: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let checks: Vec<&Value> = results.iter().filter(|r| r.get("id").is_some()).collect();
         assert!(
-            checks.len() >= 33,
+            checks.len() >= min_checks,
             "{model}: only {} checks ran\n{stdout}\n{}",
             checks.len(),
             String::from_utf8_lossy(&out.stderr)

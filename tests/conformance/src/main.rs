@@ -7,70 +7,12 @@
 //! model with a grammar: `root ::= "ab" "cd"` can only ever produce `abcd`.
 //! The runner (`tests/conformance.rs`) fails on any failed MUST.
 
-use serde_json::json;
+use conformance::{ABCD, Fail, PROMPT, Suite, expect, greedy, llm_error, setup_failed, statements};
 use wasi_nn_llm::raw::wasi_nn_llm::llm::types::{Error as LlmError, SnapshotError};
 use wasi_nn_llm::{
     EmbedInput, EmbedOptions, Error, FinishReason, Model, OverflowPolicy, Params, Session, SessionOptions, TokenStream,
     Usage, poll,
 };
-
-/// Requirement levels of RFC 2119.
-#[derive(Clone, Copy)]
-enum Level {
-    Must,
-    Should,
-}
-
-/// Why a check failed; `?` turns any extension error into one.
-struct Fail(String);
-
-impl From<Error> for Fail {
-    fn from(e: Error) -> Self {
-        Self(e.to_string())
-    }
-}
-
-impl From<String> for Fail {
-    fn from(s: String) -> Self {
-        Self(s)
-    }
-}
-
-impl From<&str> for Fail {
-    fn from(s: &str) -> Self {
-        Self(s.to_owned())
-    }
-}
-
-struct Suite {
-    failed_musts: usize,
-}
-
-impl Suite {
-    /// Record one check: `ok` is the outcome, `detail` what was seen.
-    fn check(&mut self, id: &str, level: Level, statement: &str, outcome: Result<(), Fail>) {
-        let level = match level {
-            Level::Must => "MUST",
-            Level::Should => "SHOULD",
-        };
-        if outcome.is_err() && level == "MUST" {
-            self.failed_musts += 1;
-        }
-        let detail = outcome.as_ref().err().map(|f| f.0.clone()).unwrap_or_default();
-        println!(
-            "{}",
-            json!({ "id": id, "level": level, "statement": statement, "pass": outcome.is_ok(), "detail": detail })
-        );
-    }
-}
-
-fn expect(cond: bool, detail: impl FnOnce() -> String) -> Result<(), Fail> {
-    if cond { Ok(()) } else { Err(Fail(detail())) }
-}
-
-fn greedy(max: u32) -> Params {
-    Params::greedy().max_tokens(max)
-}
 
 /// Read a stream to the end: its text, tokens and finish reason.
 fn drain(mut stream: TokenStream) -> Result<(String, Vec<u32>, FinishReason, u32), Error> {
@@ -101,37 +43,22 @@ fn session(model: &Model, prompt: &str) -> Result<Session, Error> {
     Ok(s)
 }
 
-const PROMPT: &str = "The quick brown fox";
-const ABCD: &str = r#"root ::= "ab" "cd""#;
-
-fn llm_error(result: Result<impl std::fmt::Debug, Error>, matches: impl Fn(&LlmError) -> bool) -> Result<(), Fail> {
-    match result {
-        Err(Error::Llm(e)) if matches(&e) => Ok(()),
-        other => Err(Fail(format!("got {other:?}"))),
-    }
-}
-
 fn main() {
     let name = std::env::args().nth(1).unwrap_or_else(|| "conformance".into());
     let model = match Model::load(&name) {
         Ok(m) => m,
         Err(e) => {
-            println!(
-                "{}",
-                json!({ "id": "setup", "level": "MUST", "statement": "load-by-name finds the model", "pass": false, "detail": e.to_string() })
-            );
+            setup_failed(&e);
             std::process::exit(1);
         }
     };
-    let mut suite = Suite { failed_musts: 0 };
+    let mut suite = Suite::default();
     let s = &mut suite;
     let m = &model;
 
     // --- generation ---------------------------------------------------
     s.check(
-        "generate.greedy-determinism",
-        Level::Must,
-        "generate with temperature 0 MUST produce the same tokens for sessions holding the same tokens",
+        &statements::GENERATE_GREEDY_DETERMINISM,
         (|| -> Result<(), Fail> {
             let a = drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16)))?)?;
             let b = drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16)))?)?;
@@ -139,9 +66,7 @@ fn main() {
         })(),
     );
     s.check(
-        "generate.seed-determinism",
-        Level::Must,
-        "generate with the same seed and sampling parameters MUST produce the same tokens",
+        &statements::GENERATE_SEED_DETERMINISM,
         (|| -> Result<(), Fail> {
             let p = Params::new().temperature(1.0).seed(7).max_tokens(16);
             let a = drain(session(m, PROMPT).and_then(|s| s.generate(&p))?)?;
@@ -150,9 +75,7 @@ fn main() {
         })(),
     );
     s.check(
-        "stream.utf8",
-        Level::Must,
-        "the concatenated chunk texts MUST equal detokenize of the chunk tokens",
+        &statements::STREAM_UTF8,
         (|| -> Result<(), Fail> {
             let (text, tokens, ..) =
                 drain(session(m, "Écris une phrase en japonais : 日本語").and_then(|s| s.generate(&greedy(32)))?)?;
@@ -161,9 +84,7 @@ fn main() {
         })(),
     );
     s.check(
-        "finish.max-tokens",
-        Level::Must,
-        "a generation that produces max-tokens tokens MUST finish with max-tokens and report them as generated",
+        &statements::FINISH_MAX_TOKENS,
         (|| -> Result<(), Fail> {
             let (_, tokens, reason, generated) =
                 drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(5).grammar(r#"root ::= [a-z]+"#)))?)?;
@@ -172,22 +93,23 @@ fn main() {
             })
         })(),
     );
-    s.check("finish.end-of-sequence", Level::Must,
-        "a generation that ends with an end-of-generation token MUST finish with end-of-sequence, not an error, and MUST NOT deliver that token's text",
+    s.check(
+        &statements::FINISH_END_OF_SEQUENCE,
         (|| -> Result<(), Fail> {
             let (text, _, reason, _) = drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16).grammar(ABCD)))?)?;
             expect(reason == FinishReason::EndOfSequence && text == "abcd", || format!("{reason:?}, {text:?}"))
-        })());
-    s.check("finish.stop", Level::Must,
-        "a generation that produces a stop string MUST finish with stop(that string) and MUST NOT deliver the stop string or anything after it",
-        (|| -> Result<(), Fail> {
-            let (text, _, reason, _) = drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16).grammar(ABCD).stop("c")))?)?;
-            expect(reason == FinishReason::Stop("c".into()) && text == "ab", || format!("{reason:?}, {text:?}"))
-        })());
+        })(),
+    );
     s.check(
-        "finish.cancelled",
-        Level::Must,
-        "cancel MUST end the stream with finish cancelled, and the session MUST keep exactly the delivered tokens",
+        &statements::FINISH_STOP,
+        (|| -> Result<(), Fail> {
+            let (text, _, reason, _) =
+                drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16).grammar(ABCD).stop("c")))?)?;
+            expect(reason == FinishReason::Stop("c".into()) && text == "ab", || format!("{reason:?}, {text:?}"))
+        })(),
+    );
+    s.check(
+        &statements::FINISH_CANCELLED,
         (|| -> Result<(), Fail> {
             let sess = session(m, PROMPT)?;
             let before = sess.len();
@@ -212,18 +134,19 @@ fn main() {
             )
         })(),
     );
-    s.check("finish.context-full", Level::Must,
-        "under the refuse policy a generation that fills the context MUST finish with context-full and leave the session at its limit",
+    s.check(
+        &statements::FINISH_CONTEXT_FULL,
         (|| -> Result<(), Fail> {
             let sess = Session::open_with(m, SessionOptions { context_length: Some(16), seed: None, overflow: None })?;
             sess.append(PROMPT)?;
             let (_, _, reason, _) = drain(sess.generate(&greedy(64).grammar(r#"root ::= [a-z ]+"#))?)?;
-            expect(reason == FinishReason::ContextFull && sess.len() == 16, || format!("{reason:?}, len {}", sess.len()))
-        })());
+            expect(reason == FinishReason::ContextFull && sess.len() == 16, || {
+                format!("{reason:?}, len {}", sess.len())
+            })
+        })(),
+    );
     s.check(
-        "usage.cached",
-        Level::Must,
-        "usage cached-tokens MUST count the prompt tokens that were already in the KV cache before the turn's appends",
+        &statements::USAGE_CACHED,
         (|| -> Result<(), Fail> {
             let sess = session(m, PROMPT)?;
             drain(sess.generate(&greedy(4).grammar(ABCD))?)?;
@@ -242,9 +165,7 @@ fn main() {
         })(),
     );
     s.check(
-        "stream.next-chunk",
-        Level::Must,
-        "next-chunk(max) MUST return at most max tokens per chunk once the first chunk is taken",
+        &statements::STREAM_NEXT_CHUNK,
         (|| -> Result<(), Fail> {
             let mut stream = session(m, PROMPT).and_then(|s| s.generate(&greedy(12)))?;
             let mut total = 0;
@@ -261,9 +182,7 @@ fn main() {
         })(),
     );
     s.check(
-        "stream.pollable",
-        Level::Must,
-        "a stream's pollable MUST become ready when try-next has a chunk or the end, and try-next MUST NOT block",
+        &statements::STREAM_POLLABLE,
         (|| -> Result<(), Fail> {
             let mut stream = session(m, PROMPT).and_then(|s| s.generate(&greedy(6)))?;
             let pollable = stream.subscribe();
@@ -280,9 +199,7 @@ fn main() {
     );
 
     s.check(
-        "stream.outlives-session",
-        Level::Must,
-        "a stream MUST stay readable to its end after its session is dropped",
+        &statements::STREAM_OUTLIVES_SESSION,
         (|| -> Result<(), Fail> {
             let stream = session(m, PROMPT).and_then(|s| s.generate(&greedy(6)))?;
             let (_, tokens, reason, _) = drain(stream)?;
@@ -294,9 +211,7 @@ fn main() {
 
     // --- session state --------------------------------------------------
     s.check(
-        "session.fork-isolation",
-        Level::Must,
-        "a fork and its parent MUST each produce what they would alone: generating in one MUST NOT change the other",
+        &statements::SESSION_FORK_ISOLATION,
         (|| -> Result<(), Fail> {
             let parent = session(m, PROMPT)?;
             let fork = parent.fork()?;
@@ -312,9 +227,7 @@ fn main() {
         })(),
     );
     s.check(
-        "session.rewind",
-        Level::Must,
-        "rewind(n) MUST drop exactly the last n tokens, and generation afterwards MUST equal generation before",
+        &statements::SESSION_REWIND,
         (|| -> Result<(), Fail> {
             let sess = session(m, PROMPT)?;
             let tokens = sess.tokens();
@@ -326,9 +239,7 @@ fn main() {
         })(),
     );
     s.check(
-        "session.save-restore",
-        Level::Must,
-        "a restored session MUST hold the saved tokens and continue exactly as the saved one would have",
+        &statements::SESSION_SAVE_RESTORE,
         (|| -> Result<(), Fail> {
             let sess = session(m, PROMPT)?;
             let blob = sess.save()?;
@@ -338,29 +249,31 @@ fn main() {
             expect(a.1 == b.1, || format!("{:?} vs {:?}", a.1, b.1))
         })(),
     );
-    s.check("session.exactly-what-was-seen", Level::Should,
-        "after a generation that ended at end-of-sequence, the session SHOULD hold the prompt plus the delivered tokens only",
+    s.check(
+        &statements::SESSION_EXACTLY_WHAT_WAS_SEEN,
         (|| -> Result<(), Fail> {
             let sess = session(m, PROMPT)?;
             let before = sess.len();
             let (_, tokens, ..) = drain(sess.generate(&greedy(8).grammar(ABCD))?)?;
-            expect(sess.len() == before + tokens.len() as u32, || format!("len {} for {before} + {}", sess.len(), tokens.len()))
-        })());
+            expect(sess.len() == before + tokens.len() as u32, || {
+                format!("len {} for {before} + {}", sess.len(), tokens.len())
+            })
+        })(),
+    );
 
     // --- model operations ---------------------------------------------
-    s.check("model.tokenize-roundtrip", Level::Must,
-        "detokenize(tokenize(text)) MUST return text for plain text, and count-tokens MUST equal what append adds to an empty session",
+    s.check(
+        &statements::MODEL_TOKENIZE_ROUNDTRIP,
         (|| -> Result<(), Fail> {
             let ids = m.tokenize(PROMPT, false, false)?;
             let back = m.detokenize(&ids, false)?;
             let count = m.count_tokens(PROMPT)?;
             let added = Session::open(m).and_then(|s| s.append(PROMPT))?;
             expect(back == PROMPT && count == added, || format!("{back:?}, count {count}, appended {added}"))
-        })());
+        })(),
+    );
     s.check(
-        "model.info",
-        Level::Must,
-        "model-info MUST report a non-empty vocabulary and a per-session context no larger than the trained one",
+        &statements::MODEL_INFO,
         (|| -> Result<(), Fail> {
             let info = m.info()?;
             expect(info.vocab_size > 0 && info.max_session_context > 0, || format!("{info:?}"))
@@ -369,15 +282,11 @@ fn main() {
 
     // --- 0.1.2: model listing and the prefix cache ---------------------
     s.check(
-        "model.list-models",
-        Level::Must,
-        "list-models MUST name the models this component may load, so it MUST include the one it loaded",
+        &statements::MODEL_LIST_MODELS,
         expect(Model::list().contains(&name), || format!("{:?} lacks {name:?}", Model::list())),
     );
     s.check(
-        "session.open-cached",
-        Level::Must,
-        "a session from open-cached MUST hold exactly its prompt and continue as a session that appended it",
+        &statements::SESSION_OPEN_CACHED,
         (|| -> Result<(), Fail> {
             let prompt = session(m, PROMPT)?.tokens();
             let cached = Session::open_cached(m, DEFAULTS, &prompt)?;
@@ -388,11 +297,7 @@ fn main() {
         })(),
     );
     s.check(
-        "session.open-cached-reuse",
-        Level::Should,
-        "after a session from open-cached is dropped with no stream left, open-cached of its tokens plus more \
-         SHOULD evaluate only the new ones: usage cached-tokens counts the rest (all but a reply's last token, \
-         which was sampled and never evaluated)",
+        &statements::SESSION_OPEN_CACHED_REUSE,
         (|| -> Result<(), Fail> {
             let first = Session::open_cached(m, DEFAULTS, &session(m, "A different opening line")?.tokens())?;
             drain(first.generate(&greedy(4))?)?;
@@ -411,10 +316,7 @@ fn main() {
     let text_inputs: Vec<EmbedInput> = texts.iter().map(|t| EmbedInput::Text((*t).into())).collect();
     let raw = EmbedOptions { pooling: None, normalize: false };
     s.check(
-        "embeddings.shape",
-        Level::Must,
-        "embed MUST return one embedding per input, in order, each of dimensions floats, its tokens the input's \
-         token count as append would evaluate it",
+        &statements::EMBEDDINGS_SHAPE,
         (|| -> Result<(), Fail> {
             let dims = m.dimensions()?;
             let out = m.embed(&text_inputs, raw)?;
@@ -428,9 +330,7 @@ fn main() {
         })(),
     );
     s.check(
-        "embeddings.text-is-its-tokens",
-        Level::Must,
-        "a text input MUST embed as the token ids that append evaluates for it in an empty session",
+        &statements::EMBEDDINGS_TEXT_IS_ITS_TOKENS,
         (|| -> Result<(), Fail> {
             let ids = session(m, texts[0])?.tokens();
             let by_text = m.embed(&text_inputs[..1], raw)?;
@@ -440,9 +340,7 @@ fn main() {
         })(),
     );
     s.check(
-        "embeddings.normalize",
-        Level::Must,
-        "with normalize, every vector MUST have unit Euclidean length",
+        &statements::EMBEDDINGS_NORMALIZE,
         (|| -> Result<(), Fail> {
             let out = m.embed(&text_inputs, EmbedOptions { pooling: None, normalize: true })?;
             let norms: Vec<f32> = out.iter().map(|e| e.vector.iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
@@ -450,10 +348,7 @@ fn main() {
         })(),
     );
     s.check(
-        "embeddings.errors",
-        Level::Must,
-        "embed MUST refuse an empty list and an empty input with invalid-argument, and an input longer than \
-         the model's session context with prompt-too-long",
+        &statements::EMBEDDINGS_ERRORS,
         (|| -> Result<(), Fail> {
             llm_error(m.embed(&[], raw), |e| matches!(e, LlmError::InvalidArgument(_)))?;
             llm_error(m.embed(&[EmbedInput::Text(String::new())], raw), |e| matches!(e, LlmError::InvalidArgument(_)))?;
@@ -466,9 +361,7 @@ fn main() {
 
     // --- errors ---------------------------------------------------------
     s.check(
-        "error.invalid-argument",
-        Level::Must,
-        "max-tokens 0 and a NaN temperature MUST be refused with invalid-argument",
+        &statements::ERROR_INVALID_ARGUMENT,
         llm_error(session(m, PROMPT).and_then(|s| s.generate(&Params::greedy().max_tokens(0)).map(|_| ())), |e| {
             matches!(e, LlmError::InvalidArgument(_))
         })
@@ -480,9 +373,7 @@ fn main() {
         }),
     );
     s.check(
-        "error.invalid-token",
-        Level::Must,
-        "append-tokens with an id outside the vocabulary MUST be refused with invalid-token and change nothing",
+        &statements::ERROR_INVALID_TOKEN,
         (|| -> Result<(), Fail> {
             let sess = session(m, PROMPT)?;
             let before = sess.tokens();
@@ -492,9 +383,7 @@ fn main() {
         })(),
     );
     s.check(
-        "error.prompt-too-long",
-        Level::Must,
-        "an append that does not fit MUST be refused with prompt-too-long{requested, used, limit} and change nothing",
+        &statements::ERROR_PROMPT_TOO_LONG,
         (|| -> Result<(), Fail> {
             let sess = Session::open_with(m, SessionOptions { context_length: Some(8), seed: None, overflow: None })?;
             llm_error(
@@ -505,9 +394,7 @@ fn main() {
         })(),
     );
     s.check(
-        "error.context-full",
-        Level::Must,
-        "generate on a full session under the refuse policy MUST be refused with context-full",
+        &statements::ERROR_CONTEXT_FULL,
         (|| -> Result<(), Fail> {
             let sess = Session::open_with(
                 m,
@@ -519,9 +406,7 @@ fn main() {
         })(),
     );
     s.check(
-        "error.invalid-grammar",
-        Level::Must,
-        "a malformed grammar or JSON schema MUST be refused with invalid-grammar",
+        &statements::ERROR_INVALID_GRAMMAR,
         llm_error(session(m, PROMPT).and_then(|s| s.generate(&greedy(4).grammar("root ::= (")).map(|_| ())), |e| {
             matches!(e, LlmError::InvalidGrammar(_))
         })
@@ -531,20 +416,23 @@ fn main() {
             })
         }),
     );
-    s.check("error.invalid-snapshot", Level::Must,
-        "restore MUST refuse a truncated blob (truncated) and a modified one (corrupted or wrong-version) without loading it",
+    s.check(
+        &statements::ERROR_INVALID_SNAPSHOT,
         (|| -> Result<(), Fail> {
             let blob = session(m, PROMPT).and_then(|s| s.save())?;
-            llm_error(Session::restore(m, &blob[..blob.len() / 2]).map(|_| ()), |e| matches!(e, LlmError::InvalidSnapshot(SnapshotError::Truncated)))?;
+            llm_error(Session::restore(m, &blob[..blob.len() / 2]).map(|_| ()), |e| {
+                matches!(e, LlmError::InvalidSnapshot(SnapshotError::Truncated))
+            })?;
             let mut flipped = blob.clone();
             let last = flipped.len() - 40;
             flipped[last] ^= 1;
-            llm_error(Session::restore(m, &flipped).map(|_| ()), |e| matches!(e, LlmError::InvalidSnapshot(SnapshotError::Corrupted | SnapshotError::WrongVersion)))
-        })());
+            llm_error(Session::restore(m, &flipped).map(|_| ()), |e| {
+                matches!(e, LlmError::InvalidSnapshot(SnapshotError::Corrupted | SnapshotError::WrongVersion))
+            })
+        })(),
+    );
     s.check(
-        "error.limit-exceeded",
-        Level::Must,
-        "a context-length above the host's maximum MUST be refused with limit-exceeded",
+        &statements::ERROR_LIMIT_EXCEEDED,
         (|| -> Result<(), Fail> {
             let max = m.info()?.max_session_context;
             llm_error(
@@ -555,9 +443,7 @@ fn main() {
         })(),
     );
     s.check(
-        "error.session-busy",
-        Level::Must,
-        "append on a session whose stream is still running MUST be refused with session-busy",
+        &statements::ERROR_SESSION_BUSY,
         (|| -> Result<(), Fail> {
             let sess = session(m, PROMPT)?;
             let stream = sess.generate(&greedy(16))?;
@@ -567,6 +453,5 @@ fn main() {
         })(),
     );
 
-    println!("{}", json!({ "summary": true, "failed-musts": suite.failed_musts }));
-    std::process::exit(i32::from(suite.failed_musts > 0));
+    std::process::exit(suite.finish());
 }
