@@ -30,10 +30,20 @@ impl Guest {
 
     /// Run one command in a fresh instance; its JSON lines.
     pub fn run(&self, args: &[&str]) -> Result<Vec<Value>> {
+        self.run_in(&self.component, args)
+    }
+
+    /// Compile another guest for [`run_in`](Self::run_in) (the p3 bench guest).
+    pub fn load(&self, wasm: &Path) -> Result<Compiled> {
+        self.runtime.load(wasm)
+    }
+
+    /// Run one command of `component` in a fresh instance; its JSON lines.
+    pub fn run_in(&self, component: &Compiled, args: &[&str]) -> Result<Vec<Value>> {
         let argv: Vec<String> = std::iter::once("bench-guest").chain(args.iter().copied()).map(String::from).collect();
         let out = self
             .runtime
-            .run(&self.component, &argv, Stdio::Captured { stdin: Vec::new() }, std::slice::from_ref(&self.models))
+            .run(component, &argv, Stdio::Captured { stdin: Vec::new() }, std::slice::from_ref(&self.models))
             .with_context(|| format!("running bench-guest {}", args.first().unwrap_or(&"")))?;
         if out.exit_code != 0 {
             bail!("bench-guest {:?} failed ({}): {}", args.first(), out.exit_code, out.stderr.trim());

@@ -14,6 +14,7 @@ mod concurrency;
 mod depth;
 mod guest;
 mod memory;
+mod p3;
 mod plot;
 mod report;
 mod restore;
@@ -72,6 +73,7 @@ enum Section {
     Restore,
     Memory,
     Serve,
+    P3,
 }
 
 /// What every measurement shares.
@@ -262,6 +264,27 @@ fn main() -> Result<()> {
                 s.markdown
             )?;
             targets.extend(s.targets);
+        }
+
+        if wanted(Section::P3) {
+            let p3_wasm = workspace.join("target/wasm32-wasip2/release/bench_guest_p3.wasm");
+            let (markdown, t) = p3::run(&guest, &p3_wasm, &engine, &settings)?;
+            writeln!(
+                body,
+                "### The WASIp3 draft vs the pull API
+
+{markdown}"
+            )?;
+            if index == 0 {
+                writeln!(
+                    body,
+                    "#### The same chat, both ways
+
+{}",
+                    p3::chat_cost(workspace)?
+                )?;
+            }
+            targets.extend(t);
         }
 
         if wanted(Section::Memory) {

@@ -199,7 +199,25 @@ fn boundary(name: &str, rounds: u32) -> Result<(), String> {
         drop(stream);
         session.rewind(6).map_err(err)?;
     }
-    println!("{}", json!({ "next_us": samples }));
+    // The same with `next-chunk(8)`: one call takes every ready token; its
+    // time per token.
+    let mut per_token = Vec::new();
+    for _ in 0..rounds {
+        let mut stream = session.generate(&params).map_err(err)?;
+        std::thread::sleep(Duration::from_millis(150));
+        loop {
+            let start = Instant::now();
+            let chunk = stream.next_chunk(8);
+            let took = start.elapsed();
+            match chunk {
+                Some(c) => per_token.push(took.as_secs_f64() * 1e6 / c.map_err(err)?.tokens.len().max(1) as f64),
+                None => break,
+            }
+        }
+        drop(stream);
+        session.rewind(6).map_err(err)?;
+    }
+    println!("{}", json!({ "next_us": samples, "next_chunk_us_per_token": per_token }));
     Ok(())
 }
 
