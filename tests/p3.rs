@@ -123,3 +123,13 @@ fn the_policy_fences_a_p3_guest_as_any_other() {
     let refused = |l: &Value| l["open"] == false && l["error"].as_str().is_some_and(|e| e.contains("not permitted"));
     assert!(lines.len() == 3 && lines.iter().all(refused), "a model no grant gives this component: {lines:#?}");
 }
+
+#[test]
+fn guest_seconds_stops_a_p3_guest_that_waits_on_a_stream() {
+    // The guest spends its time awaiting chunks, not running code, so only
+    // the host's timeout around the whole run can stop it.
+    let runtime = policed("[limits]\nguest-seconds = 1\n");
+    let ended = run_lines(&runtime, P3, &["generate", MODEL, "1000", &chatml("Tell me a very long story.")]);
+    let message = ended.expect_err("the run must be stopped");
+    assert!(message.contains("guest-seconds"), "{message}");
+}

@@ -16,6 +16,9 @@
 //! }
 //! # Ok::<(), wasi_nn_llm::Error>(())
 //! ```
+//!
+//! With the `p3` feature, the `p3` module offers the experimental WASIp3 draft of the
+//! session: `async` calls and generations that are a `futures::Stream`.
 
 #![warn(missing_docs)]
 

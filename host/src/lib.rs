@@ -1,8 +1,9 @@
 //! A wasmtime host that serves base wasi-nn and an LLM extension to it from
 //! one llama.cpp engine.
 //!
-//! Where a token goes: [`wit`] (extension) or [`backend::ggml`] (base
-//! wasi-nn) receives the guest's call (for an HTTP guest, [`serve`] turns a
+//! Where a token goes: [`wit`] (extension), [`p3`] (its experimental
+//! WASIp3 draft) or [`backend::ggml`] (base wasi-nn) receives the guest's
+//! call (for an HTTP guest, [`serve`] turns a
 //! request into that guest's instance first) → [`engine::Session`] sends it to the
 //! model's scheduler thread ([`engine`]) → llama.cpp decodes and samples →
 //! whole-character chunks come back through a [`engine::TokenStream`].

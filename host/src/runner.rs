@@ -315,12 +315,20 @@ impl Runtime {
 
     /// Run a WASIp3 guest's async `run` on a tokio runtime of this thread:
     /// its tasks, streams and host futures all advance inside one
-    /// `run_concurrent`.
+    /// `run_concurrent`. Epochs interrupt only running guest code, and a p3
+    /// guest mostly waits in host futures, so `guest-seconds` is also a
+    /// timeout around the whole run (wasmtime's advice: a timeout inside
+    /// `run_concurrent` may not fire).
     fn run_p3(&self, guest: &Guest, store: &mut Store<HostState>) -> wasmtime::Result<Result<(), ()>> {
         let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let limit = self.guest_seconds().map_or(Duration::MAX, Duration::from_secs_f64);
         tokio.block_on(async {
             let llm = p3::bindings::Llm::instantiate_async(&mut *store, &guest.component, &self.linker_p3).await?;
-            store.run_concurrent(async |a| llm.wasi_nn_llm_llm0_2_0_draft_run().call_run(a).await).await?
+            let run = store.run_concurrent(async |a| llm.wasi_nn_llm_llm0_2_0_draft_run().call_run(a).await);
+            match tokio::time::timeout(limit, run).await {
+                Ok(ran) => ran?,
+                Err(_) => Err(wasmtime::Error::new(Trap::Interrupt)),
+            }
         })
     }
 }
