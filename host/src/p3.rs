@@ -16,11 +16,12 @@
 //! read.
 //!
 //! The async calls wait for the scheduler's answer without holding the
-//! instance: `append`, `append-tokens` and `save` queue their command and
-//! await its [`Pending`] answer; `open-cached` and `restore` run on tokio's
-//! blocking pool (they need no guest resource). `fork` runs at once: it is
-//! a KV cell copy within the lane (milliseconds), which needs the session
-//! itself, and a borrowed resource cannot leave the store.
+//! instance: `append`, `append-tokens`, `save` and `fork` queue their
+//! command and await its [`Pending`] answer (a resource the guest lends
+//! stays in the store's table, so the call starts there and awaits outside);
+//! `open-cached` and `restore`, which need no guest resource, run on tokio's
+//! blocking pool. The one exception is a fork into another lane (when the
+//! session's own lane is full): its state copy is done before the await.
 //!
 //! [`Access`]: crate::registry::Access
 
@@ -180,11 +181,10 @@ impl<T: Send> session::HostSessionWithStore<T> for HasLlmView {
     }
 
     async fn fork(accessor: &Accessor<T, Self>, session: Resource<Session>) -> Answer<Resource<Session>> {
-        accessor.with(|mut a| {
-            let mut view = a.get();
-            let forked = try_llm!(view.table().get(&session)?.fork());
-            Ok(Ok(view.table().push(forked)?))
-        })
+        let forking =
+            try_llm!(accessor.with(|mut a| Ok::<_, wasmtime::Error>(a.get().table().get(&session)?.start_fork()))?);
+        let forked = try_llm!(forking.ready().await);
+        Ok(Ok(accessor.with(|mut a| a.get().table().push(forked))?))
     }
 
     async fn save(accessor: &Accessor<T, Self>, session: Resource<Session>) -> Answer<Vec<u8>> {

@@ -60,7 +60,7 @@ pub use params::{Constraint, GenerateParams, SessionOptions};
 pub use prefix_cache::{CacheLimits, Namespace};
 pub use protocol::Pending;
 pub use quota::{Quota, QuotaLimits};
-pub use session::Session;
+pub use session::{Forking, Session};
 pub use stream::TokenStream;
 pub use text::{Chunk, TokenLogprob};
 

@@ -150,17 +150,28 @@ impl Session {
 
     /// [`fork`](Self::fork), the child holding `lease` (of any quota).
     pub(super) fn fork_with(&self, lease: Lease) -> Result<Session, LlmError> {
+        self.start_fork_with(lease)?.wait()
+    }
+
+    /// [`fork`](Self::fork), answered later where it is one command (a cell
+    /// copy within the lane); a fork into another lane, through the state
+    /// API, is done before this returns.
+    pub fn start_fork(&self) -> Result<Forking, LlmError> {
+        self.start_fork_with(self.slot.lease.renew()?)
+    }
+
+    fn start_fork_with(&self, lease: Lease) -> Result<Forking, LlmError> {
         let engine = self.engine();
         let lane = &self.slot.lane;
         let Some(child) = engine.take_in(lane) else {
             let snapshot = self.copy_state()?;
             let (lane, seq) = engine.take_slot()?;
-            return engine.restore_into(Slot::new(lane, seq, lease), snapshot, self.shift);
+            return Ok(Forking::Done(engine.restore_into(Slot::new(lane, seq, lease), snapshot, self.shift)?));
         };
         // From here the child owns its slot: dropping it on failure frees it.
         let forked = Session::new(engine.clone(), Slot::new(lane.clone(), child, lease), self.shape());
-        self.request(|reply| Command::Fork { seq: self.seq(), child, reply })?;
-        Ok(forked)
+        let copied = self.slot.start(|reply| Command::Fork { seq: self.seq(), child, reply })?;
+        Ok(Forking::Copying(forked, copied))
     }
 
     /// The session's tokens and KV state as an in-process copy: never
@@ -198,6 +209,32 @@ impl Session {
 
     fn request<T: Send + 'static>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LlmError> {
         self.slot.request(command)
+    }
+}
+
+/// A fork in progress ([`Session::start_fork`]).
+pub enum Forking {
+    /// The child, usable once the scheduler has copied the cells.
+    Copying(Session, Pending<()>),
+    /// The child, copied already.
+    Done(Session),
+}
+
+impl Forking {
+    /// Block until the child is ready.
+    pub fn wait(self) -> Result<Session, LlmError> {
+        match self {
+            Self::Copying(child, copied) => copied.wait().map(|()| child),
+            Self::Done(child) => Ok(child),
+        }
+    }
+
+    /// Await the child without blocking the caller's async runtime.
+    pub async fn ready(self) -> Result<Session, LlmError> {
+        match self {
+            Self::Copying(child, copied) => copied.answer().await.map(|()| child),
+            Self::Done(child) => Ok(child),
+        }
     }
 }
 
