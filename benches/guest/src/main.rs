@@ -180,45 +180,44 @@ fn boundary(name: &str, rounds: u32) -> Result<(), String> {
     let params = exact(&model, 6)?;
     let session = Session::open(&model).map_err(err)?;
     session.append("Count slowly from one to one hundred, one number per line:").map_err(err)?;
-    let mut samples = Vec::new();
-    for _ in 0..rounds {
-        let mut stream = session.generate(&params).map_err(err)?;
-        std::thread::sleep(Duration::from_millis(150));
-        loop {
-            let start = Instant::now();
-            let chunk = stream.next();
-            let took = start.elapsed();
-            match chunk {
-                Some(c) => {
-                    c.map_err(err)?;
-                    samples.push(took.as_secs_f64() * 1e6);
-                }
-                None => break,
-            }
-        }
-        drop(stream);
-        session.rewind(6).map_err(err)?;
-    }
+    let samples: Vec<f64> =
+        ready_reads(&session, &params, rounds, |s| s.next())?.into_iter().map(|(us, _)| us).collect();
     // The same with `next-chunk(8)`: one call takes every ready token; its
     // time per token.
-    let mut per_token = Vec::new();
+    let per_token: Vec<f64> = ready_reads(&session, &params, rounds, |s| s.next_chunk(8))?
+        .into_iter()
+        .map(|(us, tokens)| us / tokens.max(1) as f64)
+        .collect();
+    println!("{}", json!({ "next_us": samples, "next_chunk_us_per_token": per_token }));
+    Ok(())
+}
+
+/// `rounds` generations of `params` on `session`, each given 150 ms to fill
+/// its buffer, then read to the end with `read`: each call's time (µs) and
+/// tokens. The session is rewound after each.
+fn ready_reads(
+    session: &Session,
+    params: &Params,
+    rounds: u32,
+    mut read: impl FnMut(&mut TokenStream) -> Option<Result<wasi_nn_llm::Chunk, Error>>,
+) -> Result<Vec<(f64, usize)>, String> {
+    let mut calls = Vec::new();
     for _ in 0..rounds {
-        let mut stream = session.generate(&params).map_err(err)?;
+        let mut stream = session.generate(params).map_err(err)?;
         std::thread::sleep(Duration::from_millis(150));
         loop {
             let start = Instant::now();
-            let chunk = stream.next_chunk(8);
+            let chunk = read(&mut stream);
             let took = start.elapsed();
             match chunk {
-                Some(c) => per_token.push(took.as_secs_f64() * 1e6 / c.map_err(err)?.tokens.len().max(1) as f64),
+                Some(c) => calls.push((took.as_secs_f64() * 1e6, c.map_err(err)?.tokens.len())),
                 None => break,
             }
         }
         drop(stream);
-        session.rewind(6).map_err(err)?;
+        session.rewind(params.as_raw().max_tokens.unwrap_or(0)).map_err(err)?;
     }
-    println!("{}", json!({ "next_us": samples, "next_chunk_us_per_token": per_token }));
-    Ok(())
+    Ok(calls)
 }
 
 /// Multi-turn chat with the extension: one session, each turn appends only
