@@ -26,6 +26,7 @@
 //! [`Access`]: crate::registry::Access
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::sync::oneshot;
@@ -35,7 +36,7 @@ use wasmtime::component::{
 };
 use wasmtime_wasi_nn::Graph;
 
-use crate::engine::{self, Pending, Session, TokenStream};
+use crate::engine::{self, Engine, Pending, Session, TokenStream};
 use crate::error::LlmError;
 use crate::wit::{HasLlmView, try_llm};
 
@@ -126,10 +127,7 @@ impl<T: Send> session::HostSessionWithStore<T> for HasLlmView {
         options: types::SessionOptions,
         prompt: Vec<u32>,
     ) -> Answer<Resource<Session>> {
-        let (engine, access) = try_llm!(accessor.with(|mut a| {
-            let view = a.get();
-            Ok::<_, wasmtime::Error>(view.engine(&graph)?.map(|e| (e, view.access().clone())))
-        })?);
+        let (engine, access) = try_llm!(engine_of(accessor, &graph)?);
         let options: engine::SessionOptions = options.into();
         let opened = blocking(move || engine.open_cached(&options, &prompt, access.namespace(), access.quota())).await;
         let session = try_llm!(opened);
@@ -141,11 +139,8 @@ impl<T: Send> session::HostSessionWithStore<T> for HasLlmView {
         graph: Resource<Graph>,
         snapshot: Vec<u8>,
     ) -> Answer<Resource<Session>> {
-        let (engine, quota) = try_llm!(accessor.with(|mut a| {
-            let view = a.get();
-            Ok::<_, wasmtime::Error>(view.engine(&graph)?.map(|e| (e, view.access().quota().clone())))
-        })?);
-        let session = try_llm!(blocking(move || engine.restore_session(&snapshot, &quota)).await);
+        let (engine, access) = try_llm!(engine_of(accessor, &graph)?);
+        let session = try_llm!(blocking(move || engine.restore_session(&snapshot, access.quota())).await);
         Ok(Ok(accessor.with(|mut a| a.get().table().push(session))?))
     }
 
@@ -181,8 +176,7 @@ impl<T: Send> session::HostSessionWithStore<T> for HasLlmView {
     }
 
     async fn fork(accessor: &Accessor<T, Self>, session: Resource<Session>) -> Answer<Resource<Session>> {
-        let forking =
-            try_llm!(accessor.with(|mut a| Ok::<_, wasmtime::Error>(a.get().table().get(&session)?.start_fork()))?);
+        let forking = try_llm!(with_session(accessor, &session, Session::start_fork)?);
         let forked = try_llm!(forking.ready().await);
         Ok(Ok(accessor.with(|mut a| a.get().table().push(forked))?))
     }
@@ -197,9 +191,21 @@ impl<T: Send> session::HostSessionWithStore<T> for HasLlmView {
 fn with_session<T, R>(
     accessor: &Accessor<T, HasLlmView>,
     session: &Resource<Session>,
-    start: impl FnOnce(&Session) -> Result<Pending<R>, LlmError>,
-) -> wasmtime::Result<Result<Pending<R>, LlmError>> {
+    start: impl FnOnce(&Session) -> Result<R, LlmError>,
+) -> wasmtime::Result<Result<R, LlmError>> {
     accessor.with(|mut a| Ok(start(a.get().table().get(session)?)))
+}
+
+/// The engine behind a graph the guest holds, if the policy lets it, and
+/// the instance's access, both owned so a blocking call can take them.
+fn engine_of<T>(
+    accessor: &Accessor<T, HasLlmView>,
+    graph: &Resource<Graph>,
+) -> wasmtime::Result<Result<(Engine, Arc<crate::registry::Access>), types::Error>> {
+    accessor.with(|mut a| {
+        let view = a.get();
+        Ok(view.engine(graph)?.map(|engine| (engine, view.access().clone())))
+    })
 }
 
 /// Await a started command's answer, as the guest sees it.

@@ -104,13 +104,16 @@ impl Session {
     /// [`append_tokens`](Self::append_tokens), answered later (the ids are
     /// checked now).
     pub fn start_append_tokens(&self, tokens: &[u32]) -> Result<Pending<u32>, LlmError> {
-        let ids = tokens::checked_tokens(self.engine().model(), tokens)?;
-        self.slot.start(|reply| Command::Append { seq: self.slot.seq(), input: Input::Tokens(ids), reply })
+        self.start_checked(tokens::checked_tokens(self.engine().model(), tokens)?)
     }
 
     /// [`append_tokens`](Self::append_tokens) of ids already checked.
     pub(super) fn append_checked(&self, ids: Vec<LlamaToken>) -> Result<u32, LlmError> {
-        self.request(|reply| Command::Append { seq: self.slot.seq(), input: Input::Tokens(ids), reply })
+        self.start_checked(ids)?.wait()
+    }
+
+    fn start_checked(&self, ids: Vec<LlamaToken>) -> Result<Pending<u32>, LlmError> {
+        self.slot.start(|reply| Command::Append { seq: self.slot.seq(), input: Input::Tokens(ids), reply })
     }
 
     /// The tokens the session holds.

@@ -129,9 +129,8 @@ impl TokenStream {
     }
 
     /// Ready once a read would not wait; else `Pending`, and `cx` is woken
-    /// at the scheduler's next push. The poll form of the `wasi:io`
-    /// pollable's wait, for a reader on an async runtime (the WASIp3
-    /// stream).
+    /// at the scheduler's next push. Both async readers wait here: the
+    /// `wasi:io` pollable and the WASIp3 stream.
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             // Registered (first polled) before the check, so a push in
@@ -165,14 +164,7 @@ impl TokenStream {
 #[wasmtime_wasi::async_trait]
 impl wasmtime_wasi::p2::Pollable for TokenStream {
     async fn ready(&mut self) {
-        loop {
-            // Registered before the check, so a push in between still wakes us.
-            let notified = self.shared.pushed();
-            if self.is_ready() {
-                return;
-            }
-            notified.await;
-        }
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await
     }
 }
 
