@@ -5,7 +5,7 @@
 GUESTS := target/wasm32-wasip2/release
 HOST := cargo run --release --quiet -p wasi-nn-llm-host --
 
-.PHONY: chat serve test bench fuzz bootstrap guests
+.PHONY: chat serve test bench fuzz cuda bootstrap guests
 
 ## Streaming chat on the default model (fetched and cached on first use).
 chat: guests
@@ -37,3 +37,8 @@ bench: guests
 FUZZ_SECONDS ?= 1800
 fuzz: bootstrap
 	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## The host with llama.cpp's CUDA backend (sm_90), at target/cuda/release/;
+## builds here without a GPU, the CUDA toolkit from the package registry.
+cuda: bootstrap
+	@scripts/cuda.sh

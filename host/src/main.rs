@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use wasi_nn_llm_host::catalog::{self, ModelSpec};
-use wasi_nn_llm_host::engine::{EngineConfig, FlashAttention, gpu_build};
+use wasi_nn_llm_host::engine::{self, EngineConfig, FlashAttention, gpu_build};
 use wasi_nn_llm_host::policy::Policy;
 use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
@@ -80,7 +80,8 @@ struct HostArgs {
     /// which, open interfaces, limits. See `host/src/policy.rs`.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
-    /// Layers to offload to the GPU [default: all with a GPU build, else 0].
+    /// Layers to offload to the GPU [default: all where a GPU build finds a
+    /// GPU, else 0].
     #[arg(long, value_name = "N")]
     gpu_layers: Option<u32>,
     /// CPU threads for inference, 1 to 512 [default: all cores].
@@ -178,15 +179,27 @@ impl HostArgs {
         }
         anyhow::ensure!(!specs.is_empty(), "no models: give --model or a policy with [models]");
         policy.apply_limits(&mut config, &mut specs);
-        for spec in &specs {
+        let gpus = engine::gpus()?;
+        if gpu_build() && gpus.is_empty() {
             eprintln!(
-                "loading model {:?} from {} ({} threads, {} GPU layers)",
+                "this host is built with a GPU backend but finds no usable GPU (no device, or no driver; \
+                 WASI_NN_LLM_LOG=info shows llama.cpp's reason): serving on the CPU"
+            );
+        }
+        for gpu in &gpus {
+            eprintln!("GPU: {gpu}");
+        }
+        for spec in &specs {
+            let layers = match spec.gpu_layers.or(config.gpu_layers) {
+                _ if gpus.is_empty() => "0".to_owned(),
+                None => "all".to_owned(),
+                Some(n) => n.to_string(),
+            };
+            eprintln!(
+                "loading model {:?} from {} ({} threads, {layers} GPU layers)",
                 spec.name,
                 spec.path.display(),
                 config.threads,
-                config
-                    .gpu_layers
-                    .map_or_else(|| if gpu_build() { "all".into() } else { "0".into() }, |n| n.to_string()),
             );
         }
         let models = Models::load(&specs, &config)?;

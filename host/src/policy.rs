@@ -69,7 +69,7 @@ pub struct ModelEntry {
     pub path: Option<PathBuf>,
     /// A catalog model, fetched and cached on first use.
     pub catalog: Option<String>,
-    /// Layers offloaded to the GPU (default: all with a GPU build, else 0).
+    /// Layers offloaded to the GPU (default: all where a GPU build finds a GPU, else 0).
     pub gpu_layers: Option<u32>,
     /// Most tokens one session may hold (default: the host's `--ctx-size`).
     pub context: Option<u32>,

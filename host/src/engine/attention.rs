@@ -122,20 +122,22 @@ impl Attention {
 }
 
 /// Decide the kernel for `model` (the GGUF at `path`) decoding on `threads`
-/// in sessions of `ctx_size` tokens.
+/// in sessions of `ctx_size` tokens, its layers on `device` (the CPU, or a
+/// GPU and how many layers it holds).
 pub(crate) fn choose(
     model: &LlamaModel,
     path: &Path,
     wanted: FlashAttention,
     threads: u32,
     ctx_size: u32,
+    device: &str,
 ) -> Attention {
     match wanted {
         FlashAttention::On => return Attention { flash: true, chosen: Chosen::Configured },
         FlashAttention::Off => return Attention { flash: false, chosen: Chosen::Configured },
         FlashAttention::Auto => {}
     }
-    let key = cache_key(path, threads, ctx_size);
+    let key = cache_key(path, threads, ctx_size, device);
     if let Some(seen) = key.as_ref().and_then(|k| Remembered::load().0.get(k).copied()) {
         return Attention { flash: seen.on > seen.off, chosen: Chosen::Remembered { on: seen.on, off: seen.off } };
     }
@@ -253,9 +255,9 @@ impl Remembered {
 }
 
 /// What a measurement depends on: the model file (name, size, modification
-/// time), the CPU, the thread count, the session context and this host's
-/// build (its llama.cpp).
-fn cache_key(path: &Path, threads: u32, ctx_size: u32) -> Option<String> {
+/// time), the CPU, the thread count, the session context, the device its
+/// layers run on and this host's build (its llama.cpp).
+fn cache_key(path: &Path, threads: u32, ctx_size: u32, device: &str) -> Option<String> {
     let meta = std::fs::metadata(path).ok()?;
     let modified = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -266,10 +268,19 @@ fn cache_key(path: &Path, threads: u32, ctx_size: u32) -> Option<String> {
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
     let file = path.file_name()?.to_string_lossy();
-    let version = env!("CARGO_PKG_VERSION");
+    // The build's CPU code: `make cuda` builds for x86-64-v3, the CPU
+    // build for this machine's own instruction set.
+    let isa = if cfg!(target_feature = "avx512f") {
+        "avx512"
+    } else if cfg!(target_feature = "avx2") {
+        "avx2"
+    } else {
+        "baseline"
+    };
+    let version = format!("{} {isa}", env!("CARGO_PKG_VERSION"));
     // "probe 2": steps interleaved (see `probe`); earlier entries are measured again.
     Some(format!(
-        "{file} {} {modified} | {cpu} | {threads} threads | context {ctx_size} | host {version} | probe 2",
+        "{file} {} {modified} | {cpu} | {threads} threads | context {ctx_size} | {device} | host {version} | probe 2",
         meta.len()
     ))
 }

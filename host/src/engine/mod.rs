@@ -126,9 +126,33 @@ pub fn backend() -> anyhow::Result<&'static LlamaBackend> {
         .map_err(|e| anyhow!("llama.cpp backend: {e}"))
 }
 
-/// Whether this build offloads to a GPU by default.
+/// Whether this build has a GPU backend of llama.cpp (the `cuda` or
+/// `vulkan` feature).
 pub fn gpu_build() -> bool {
     cfg!(any(feature = "cuda", feature = "vulkan"))
+}
+
+/// The GPUs llama.cpp can offload to in this process, described for people.
+///
+/// Empty on a CPU build, and also on a GPU build run where no device or
+/// driver is usable: ggml's CUDA backend then registers no device (the CUDA
+/// runtime answers "driver version is insufficient" where no driver is
+/// installed) and every layer stays on the CPU. The `cuda` build links no
+/// driver library (`GGML_CUDA_NO_VMM`), so it starts on such a machine.
+pub fn gpus() -> anyhow::Result<Vec<String>> {
+    use llama_cpp_2::LlamaBackendDeviceType::{Gpu, IntegratedGpu};
+    backend()?;
+    Ok(llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .filter(|d| matches!(d.device_type, Gpu | IntegratedGpu))
+        .map(|d| format!("{} {} ({} MiB)", d.name, d.description, d.memory_total >> 20))
+        .collect())
+}
+
+/// The layers a model offloads when the operator does not say: all of them
+/// where a GPU is usable, else none.
+pub fn default_gpu_layers() -> anyhow::Result<u32> {
+    Ok(if gpus()?.is_empty() { 0 } else { u32::MAX })
 }
 
 /// A loaded model and its lanes; cheap to clone, shared by all guests.
@@ -154,7 +178,10 @@ impl Engine {
     /// Load a GGUF and start its lanes' scheduler threads.
     pub fn load(name: &str, path: &Path, config: &EngineConfig) -> anyhow::Result<Self> {
         let backend = backend()?;
-        let gpu_layers = config.gpu_layers.unwrap_or(if gpu_build() { u32::MAX } else { 0 });
+        let gpu_layers = match config.gpu_layers {
+            Some(n) => n,
+            None => default_gpu_layers()?,
+        };
         let model_params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
         let checked = model_file::check(path).with_context(|| format!("model {name:?}"))?;
         let model = LlamaModel::load_from_file(backend, path, &model_params).map_err(|e| {
@@ -173,7 +200,12 @@ impl Engine {
         let threads = config.threads.clamp(1, 512);
         let lanes = config.lanes.unwrap_or(lanes::DEFAULT_COUNT);
         let lanes = lanes.clamp(1, max_sessions);
-        let attention = attention::choose(&model, path, config.flash_attn, threads, ctx_size);
+        // Where the layers went is part of what a kernel measurement depends on.
+        let device = match gpus()?.first() {
+            Some(gpu) if gpu_layers > 0 => format!("{gpu}, {} of {} layers", gpu_layers.min(model.n_layer()), model.n_layer()),
+            _ => "CPU".to_owned(),
+        };
+        let attention = attention::choose(&model, path, config.flash_attn, threads, ctx_size, &device);
         let cores = Cores::new(threads);
         let lanes = (0..lanes)
             .map(|index| {
