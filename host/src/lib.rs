@@ -2,8 +2,8 @@
 //! one llama.cpp engine.
 //!
 //! Where a token goes: [`wit`] (extension), [`p3`] (its experimental
-//! WASIp3 draft) or [`backend::ggml`] (base wasi-nn) receives the guest's
-//! call (for an HTTP guest, [`serve`] turns a
+//! WASIp3 draft), [`backend::ggml`] (base wasi-nn) or [`wasmedge`]
+//! (WasmEdge's GGML ABI, for wasip1 guests) receives the guest's call (for an HTTP guest, [`serve`] turns a
 //! request into that guest's instance first) → [`engine::Session`] sends it to the
 //! model's scheduler thread ([`engine`]) → llama.cpp decodes and samples →
 //! whole-character chunks come back through a [`engine::TokenStream`].
@@ -23,6 +23,7 @@ pub mod policy;
 pub mod registry;
 pub mod runner;
 pub mod serve;
+pub mod wasmedge;
 pub mod wit;
 
 pub use error::LlmError;

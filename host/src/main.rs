@@ -24,7 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a wasm32-wasip2 command component.
+    /// Run a guest: a wasm32-wasip2 command component, or a wasm32-wasip1
+    /// command module written for WasmEdge's GGML plugin (its
+    /// `wasi_ephemeral_nn` ABI).
     Run(RunArgs),
     /// Serve HTTP with a component exporting wasi:http/incoming-handler
     /// (e.g. examples/openai-server), one fresh instance per request.
@@ -48,7 +50,10 @@ struct RunArgs {
     /// for a guest that tokenizes itself). Repeatable.
     #[arg(long = "ro-dir", value_name = "HOST[::GUEST]")]
     ro_dirs: Vec<String>,
-    /// The guest component.
+    /// An environment variable for the guest: `NAME=VALUE`. Repeatable.
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// The guest: a component, or a wasip1 core module.
     component: PathBuf,
     /// Arguments for the guest.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -132,7 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Run(args) => {
             // Before any model is fetched or loaded: a wrong file fails in milliseconds.
-            Runtime::check_component(&args.component)?;
+            Runtime::check_guest(&args.component)?;
             let runtime = args.host.runtime()?;
             let guest = runtime.load(&args.component)?;
             let name = args.component.file_name().map_or("guest".into(), |n| n.to_string_lossy().into_owned());
@@ -140,7 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let dirs: Vec<Preopen> = (args.dirs.iter().map(|d| Preopen::parse(d, true)))
                 .chain(args.ro_dirs.iter().map(|d| Preopen::parse(d, false)))
                 .collect();
-            Ok(runtime.run(&guest, &argv, Stdio::Inherit, &dirs)?.exit_code)
+            Ok(runtime.run_with_env(&guest, &argv, &args.env, Stdio::Inherit, &dirs)?.exit_code)
         }
         Cmd::Serve(args) => {
             Runtime::check_component(&args.component)?;
@@ -149,6 +154,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Server::new(runtime, guest)?.serve(args.addr)?;
             Ok(0)
         }
+    }
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{s:?} is not NAME=VALUE")),
     }
 }
 

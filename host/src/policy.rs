@@ -21,6 +21,11 @@
 //! extension = true
 //! wasi-nn-text = true
 //! wasi-nn-tensor = false
+//! wasi-ephemeral-nn = true
+//!
+//! [wasi-ephemeral-nn]            # WasmEdge's GGML ABI (wasip1 guests)
+//! reuse-kv = true                # keep a context's KV cache between computes
+//! config = { temp = 0.0 }        # over every guest's config
 //!
 //! [limits]                       # all optional
 //! session-context = 4096
@@ -59,6 +64,30 @@ pub struct Policy {
     /// The limits every guest instance runs under.
     #[serde(default)]
     pub limits: Limits,
+    /// How WasmEdge's GGML ABI serves its guests.
+    #[serde(default)]
+    pub wasi_ephemeral_nn: EphemeralNn,
+}
+
+/// The `[wasi-ephemeral-nn]` table: WasmEdge's GGML ABI.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EphemeralNn {
+    /// Keep an execution context's KV cache between computes, by longest
+    /// common prefix [default: true]; false clears it as WasmEdge does, for
+    /// measuring what the reuse saves.
+    #[serde(default = "yes")]
+    pub reuse_kv: bool,
+    /// Configuration keys (WasmEdge's metadata, e.g. `temp`, `seed`,
+    /// `n-predict`) applied over every guest's own: the operator's word wins.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+impl Default for EphemeralNn {
+    fn default() -> Self {
+        Self { reuse_kv: true, config: toml::Table::new() }
+    }
 }
 
 /// One `[models.NAME]` table: where the model comes from and how it runs.
@@ -102,6 +131,9 @@ pub struct Interfaces {
     /// Base wasi-nn, token ids in and logits out.
     #[serde(default = "yes")]
     pub wasi_nn_tensor: bool,
+    /// WasmEdge's GGML ABI, for wasm32-wasip1 guests (`wasmedge.rs`).
+    #[serde(default = "yes")]
+    pub wasi_ephemeral_nn: bool,
 }
 
 fn yes() -> bool {
@@ -110,7 +142,7 @@ fn yes() -> bool {
 
 impl Default for Interfaces {
     fn default() -> Self {
-        Self { extension: true, wasi_nn_text: true, wasi_nn_tensor: true }
+        Self { extension: true, wasi_nn_text: true, wasi_nn_tensor: true, wasi_ephemeral_nn: true }
     }
 }
 

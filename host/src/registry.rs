@@ -113,6 +113,19 @@ impl Access {
         &self.namespace
     }
 
+    /// The engine of the model registered as `name`: `None` if there is
+    /// none, `not-permitted` if the policy denies it to this instance (for
+    /// doors that name models directly rather than through a wasi:nn graph).
+    pub fn engine_named(&self, name: &str) -> Option<Result<&Engine, LlmError>> {
+        let reach = self.entries.iter().find(|e| e.name == name)?;
+        Some(reach.engine.as_ref().map_err(|why| LlmError::NotPermitted(why.clone())))
+    }
+
+    /// Which front doors the policy opens.
+    pub fn interfaces(&self) -> &Interfaces {
+        &self.interfaces
+    }
+
     /// This instance's quota.
     pub fn quota(&self) -> &Arc<Quota> {
         &self.quota

@@ -20,6 +20,10 @@
 //! inside `run_concurrent` on a tokio runtime of its own thread. Both
 //! linkers serve the same extension implementation on the same engines,
 //! under the same policy.
+//!
+//! A core module (a `wasm32-wasip1` command, as WasmEdge's guests are) gets
+//! a core linker: WASI preview 1 and WasmEdge's `wasi_ephemeral_nn`
+//! ([`wasmedge`]), on the same engines and under the same policy.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,7 +31,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Engine, Module, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -39,6 +44,7 @@ use crate::engine::Quota;
 use crate::p3;
 use crate::policy::{Identity, Policy};
 use crate::registry::{Access, Models};
+use crate::wasmedge::{self, Console, WasmEdgeCtx};
 use crate::wit::{LlmCtx, LlmView};
 
 /// Everything one guest instance's store holds; one resource table serves
@@ -62,6 +68,31 @@ impl WasiView for HostState {
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// What one core-module guest's store holds: WASI preview 1 and WasmEdge's
+/// GGML ABI.
+pub struct ModuleState {
+    wasi: WasiP1Ctx,
+    nn: WasmEdgeCtx,
+    limits: StoreLimits,
+}
+
+/// A store's data that carries its memory limits.
+trait HasLimits: Send + 'static {
+    fn limits(&mut self) -> &mut StoreLimits;
+}
+
+impl HasLimits for HostState {
+    fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+}
+
+impl HasLimits for ModuleState {
+    fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
     }
 }
 
@@ -133,16 +164,27 @@ pub struct Runtime {
     /// For WASIp3 guests: async WASI, base wasi-nn, the extension's 0.1.x
     /// interfaces and the draft session.
     linker_p3: Linker<HostState>,
+    /// For core modules: WASI preview 1 and WasmEdge's GGML ABI.
+    linker_module: wasmtime::Linker<ModuleState>,
     models: Arc<Models>,
     policy: Arc<Policy>,
+    /// The policy's settings of WasmEdge's ABI.
+    wasmedge: Arc<wasmedge::Settings>,
 }
 
 /// A compiled guest and who it is (what the policy's grants name).
 pub struct Guest {
-    /// The compiled component.
-    pub component: Component,
+    code: Code,
     /// Its file name and digest.
     pub identity: Identity,
+}
+
+/// What a guest is compiled as.
+enum Code {
+    /// A component: a `wasi:cli` command, a WASIp3 guest or an HTTP handler.
+    Component(Component),
+    /// A core module: a `wasm32-wasip1` command (WasmEdge's guests).
+    Module(Module),
 }
 
 /// How often the epoch advances: the resolution of `guest-seconds`.
@@ -178,7 +220,11 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker_p3)?;
         add_llm_to_linker(&mut linker_p3)?;
         p3::add_to_linker(&mut linker_p3, llm_view)?;
-        Ok(Self { engine, linker, linker_p3, models, policy })
+        let mut linker_module = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker_module, |s: &mut ModuleState| &mut s.wasi)?;
+        wasmedge::add_to_linker(&mut linker_module, |s: &mut ModuleState| &mut s.nn)?;
+        let wasmedge = Arc::new(wasmedge::Settings::from_policy(&policy)?);
+        Ok(Self { engine, linker, linker_p3, linker_module, models, policy, wasmedge })
     }
 
     /// The models its guests can reach.
@@ -191,6 +237,20 @@ impl Runtime {
     /// fails before any model is loaded.
     pub fn check_component(path: &Path) -> anyhow::Result<()> {
         let shown = path.display();
+        if !wasmparser::Parser::is_component(&Self::check_wasm(path)?) {
+            anyhow::bail!("{shown} is a core WebAssembly module, not a component: build the guest for wasm32-wasip2");
+        }
+        Ok(())
+    }
+
+    /// Check that `path` holds a guest `run` takes: a valid component, or a
+    /// valid core module (a `wasm32-wasip1` command, as WasmEdge's guests are).
+    pub fn check_guest(path: &Path) -> anyhow::Result<()> {
+        Self::check_wasm(path).map(drop)
+    }
+
+    fn check_wasm(path: &Path) -> anyhow::Result<Vec<u8>> {
+        let shown = path.display();
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!("no such file: {shown}"),
@@ -199,50 +259,64 @@ impl Runtime {
         if !bytes.starts_with(b"\0asm") {
             anyhow::bail!("{shown} is not WebAssembly (a component starts with \"\\0asm\")");
         }
-        if !wasmparser::Parser::is_component(&bytes) {
-            anyhow::bail!("{shown} is a core WebAssembly module, not a component: build the guest for wasm32-wasip2");
-        }
+        let kind = if wasmparser::Parser::is_component(&bytes) { "component" } else { "module" };
         wasmparser::Validator::new_with_features(wasmparser::WasmFeatures::all())
             .validate_all(&bytes)
-            .map_err(|e| anyhow::anyhow!("{shown} is not a valid component: {e}"))?;
-        Ok(())
+            .map_err(|e| anyhow::anyhow!("{shown} is not a valid {kind}: {e}"))?;
+        Ok(bytes)
     }
 
-    /// Compile a guest component (a `wasm32-wasip2` command).
+    /// Compile a guest: a component (a `wasm32-wasip2` command, a WASIp3
+    /// guest or an HTTP handler) or a core module (a `wasm32-wasip1` command).
     pub fn load(&self, path: &Path) -> anyhow::Result<Guest> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let component = Component::new(&self.engine, &bytes)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("compiling {}", path.display()))?;
-        Ok(Guest { component, identity: Identity::of(path, &bytes) })
+        let code = if wasmparser::Parser::is_core_wasm(&bytes) {
+            Module::new(&self.engine, &bytes).map(Code::Module)
+        } else {
+            Component::new(&self.engine, &bytes).map(Code::Component)
+        };
+        let code = code.map_err(anyhow::Error::from).with_context(|| format!("compiling {}", path.display()))?;
+        Ok(Guest { code, identity: Identity::of(path, &bytes) })
     }
 
     /// A guest linked against this host's interfaces, ready to instantiate
     /// once per request without compiling or linking again.
     pub fn instance_pre(&self, guest: &Guest) -> anyhow::Result<InstancePre<HostState>> {
-        Ok(self.linker.instantiate_pre(&guest.component)?)
+        match &guest.code {
+            Code::Component(component) => Ok(self.linker.instantiate_pre(component)?),
+            Code::Module(_) => anyhow::bail!(
+                "{} is a core module; serving HTTP needs a component exporting wasi:http/incoming-handler",
+                guest.identity.name
+            ),
+        }
     }
 
     /// A fresh store for one instance of `guest`, inside the policy's fences
     /// (models, quota, memory, wall time), its WASI given by `wasi`.
     pub fn store(&self, guest: &Guest, wasi: WasiCtx) -> Store<HostState> {
-        let limits = &self.policy.limits;
-        let access = Access::new(&self.models, &self.policy, &guest.identity, Quota::new(limits.quota()));
-        let mut memory = StoreLimitsBuilder::new();
-        if let Some(bytes) = limits.guest_memory_bytes {
-            memory = memory.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
-        }
-        let state = HostState {
+        self.fenced(guest, |access, limits| HostState {
             wasi,
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
             hooks: NoOutgoingHttp,
             nn: WasiNnCtx::new([ggml::backend()], access.nn_registry()),
             llm: LlmCtx::new(access),
-            limits: memory.build(),
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
+            limits,
+        })
+    }
+
+    /// A store of `guest`'s inside the policy's fences: the models and
+    /// quota `make` gets (as an [`Access`]), its memory limit and its
+    /// wall-time budget.
+    fn fenced<T: HasLimits>(&self, guest: &Guest, make: impl FnOnce(Arc<Access>, StoreLimits) -> T) -> Store<T> {
+        let limits = &self.policy.limits;
+        let access = Access::new(&self.models, &self.policy, &guest.identity, Quota::new(limits.quota()));
+        let mut memory = StoreLimitsBuilder::new();
+        if let Some(bytes) = limits.guest_memory_bytes {
+            memory = memory.memory_size(usize::try_from(bytes).unwrap_or(usize::MAX));
+        }
+        let mut store = Store::new(&self.engine, make(access, memory.build()));
+        store.limiter(|s| -> &mut dyn wasmtime::ResourceLimiter { s.limits() });
         let ticks = limits.guest_seconds.map_or(u64::MAX / 2, |s| (s / EPOCH_TICK.as_secs_f64()).ceil() as u64);
         store.set_epoch_deadline(ticks.max(1));
         store
@@ -254,10 +328,23 @@ impl Runtime {
     }
 
     /// Run a guest to completion in a fresh instance: a `wasi:cli` command,
-    /// or a WASIp3 guest (one exporting [`p3::RUN_EXPORT`]).
+    /// a WASIp3 guest (one exporting [`p3::RUN_EXPORT`]) or a core module.
     pub fn run(&self, guest: &Guest, args: &[String], stdio: Stdio, dirs: &[Preopen]) -> anyhow::Result<Output> {
+        self.run_with_env(guest, args, &[], stdio, dirs)
+    }
+
+    /// [`run`](Self::run), with environment variables for the guest
+    /// (WasmEdge's example guests read their settings there).
+    pub fn run_with_env(
+        &self,
+        guest: &Guest,
+        args: &[String],
+        env: &[(String, String)],
+        stdio: Stdio,
+        dirs: &[Preopen],
+    ) -> anyhow::Result<Output> {
         let mut wasi = WasiCtxBuilder::new();
-        wasi.args(args);
+        wasi.args(args).envs(env);
         for dir in dirs {
             let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
             wasi.preopened_dir(&dir.host, &dir.guest, perms)
@@ -275,12 +362,25 @@ impl Runtime {
                 Some((out, err))
             }
         };
-        let mut store = self.store(guest, wasi.build());
-        let ended = if self.is_p3(guest) {
-            self.run_p3(guest, &mut store)
-        } else {
-            Command::instantiate(&mut store, &guest.component, &self.linker)
-                .and_then(|command| command.wasi_cli_run().call_run(&mut store))
+        // However it ends, the store is dropped here, which drops the guest's
+        // sessions and streams and so frees their KV sequences.
+        let ended = match &guest.code {
+            Code::Component(component) => {
+                let mut store = self.store(guest, wasi.build());
+                if self.is_p3(component) {
+                    self.run_p3(component, &mut store)
+                } else {
+                    Command::instantiate(&mut store, component, &self.linker)
+                        .and_then(|command| command.wasi_cli_run().call_run(&mut store))
+                }
+            }
+            Code::Module(module) => {
+                let console = match &captured {
+                    None => Console::Inherit,
+                    Some((out, err)) => Console::Captured { out: out.clone(), err: err.clone() },
+                };
+                self.run_module(guest, module, wasi.build_p1(), console)
+            }
         };
         let ended = match ended {
             Ok(Ok(())) => Ok(0),
@@ -294,10 +394,7 @@ impl Runtime {
                 _ => Err(anyhow::Error::from(e).context("the guest trapped")),
             },
         };
-        // However it ended, dropping the store drops the guest's sessions and
-        // streams, which frees their KV sequences; the run returns once the
-        // engines have done so.
-        drop(store);
+        // The run returns once the engines have freed what the store held.
         self.models.quiesce();
         let exit_code = ended?;
         let mut output = Output { exit_code, ..Output::default() };
@@ -308,9 +405,29 @@ impl Runtime {
         Ok(output)
     }
 
-    /// Whether `guest` is a WASIp3 guest (exports the draft's `run`).
-    fn is_p3(&self, guest: &Guest) -> bool {
-        guest.component.component_type().exports(&self.engine).any(|(name, _)| name == p3::RUN_EXPORT)
+    /// Whether `component` is a WASIp3 guest (exports the draft's `run`).
+    fn is_p3(&self, component: &Component) -> bool {
+        component.component_type().exports(&self.engine).any(|(name, _)| name == p3::RUN_EXPORT)
+    }
+
+    /// Run a core module's `_start` with WASI preview 1 and WasmEdge's GGML
+    /// ABI, under the same fences as a component.
+    fn run_module(
+        &self,
+        guest: &Guest,
+        module: &Module,
+        wasi: WasiP1Ctx,
+        console: Console,
+    ) -> wasmtime::Result<Result<(), ()>> {
+        let settings = self.wasmedge.clone();
+        let mut store = self.fenced(guest, |access, limits| ModuleState {
+            wasi,
+            nn: WasmEdgeCtx::new(access, settings, console),
+            limits,
+        });
+        let instance = self.linker_module.instantiate(&mut store, module)?;
+        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+        start.call(&mut store, ()).map(Ok)
     }
 
     /// Run a WASIp3 guest's async `run` on a tokio runtime of this thread:
@@ -319,11 +436,11 @@ impl Runtime {
     /// guest mostly waits in host futures, so `guest-seconds` is also a
     /// timeout around the whole run (wasmtime's advice: a timeout inside
     /// `run_concurrent` may not fire).
-    fn run_p3(&self, guest: &Guest, store: &mut Store<HostState>) -> wasmtime::Result<Result<(), ()>> {
+    fn run_p3(&self, component: &Component, store: &mut Store<HostState>) -> wasmtime::Result<Result<(), ()>> {
         let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let limit = self.guest_seconds().map_or(Duration::MAX, Duration::from_secs_f64);
         tokio.block_on(async {
-            let llm = p3::bindings::Llm::instantiate_async(&mut *store, &guest.component, &self.linker_p3).await?;
+            let llm = p3::bindings::Llm::instantiate_async(&mut *store, component, &self.linker_p3).await?;
             let run = store.run_concurrent(async |a| llm.wasi_nn_llm_llm0_2_0_draft_run().call_run(a).await);
             match tokio::time::timeout(limit, run).await {
                 Ok(ran) => ran?,

@@ -202,7 +202,9 @@ impl Engine {
         let lanes = lanes.clamp(1, max_sessions);
         // Where the layers went is part of what a kernel measurement depends on.
         let device = match gpus()?.first() {
-            Some(gpu) if gpu_layers > 0 => format!("{gpu}, {} of {} layers", gpu_layers.min(model.n_layer()), model.n_layer()),
+            Some(gpu) if gpu_layers > 0 => {
+                format!("{gpu}, {} of {} layers", gpu_layers.min(model.n_layer()), model.n_layer())
+            }
             _ => "CPU".to_owned(),
         };
         let attention = attention::choose(&model, path, config.flash_attn, threads, ctx_size, &device);
