@@ -43,6 +43,26 @@ if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "openai==$OPENAI_VERSION"
 fi
+# The base wasi-nn conformance suite's second host (wasmtime's own wasi-nn,
+# ONNX backend) loads onnxruntime at run time: the library out of the
+# registry's wheel, the version its ort (2.0.0-rc.10) is written for.
+ORT_VERSION=1.22.1
+ort=target/onnxruntime
+if [ ! -f "$ort/libonnxruntime.so.$ORT_VERSION" ]; then
+    echo "bootstrap: fetching onnxruntime $ORT_VERSION (the registry's wheel) into $ort" >&2
+    rm -rf "$ort" && mkdir -p "$ort"
+    python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary :all: -d "$ort" \
+        "onnxruntime==$ORT_VERSION"
+    python3 - "$ort" "$ORT_VERSION" <<'PY'
+import glob, sys, zipfile
+ort, version = sys.argv[1], sys.argv[2]
+name = f"onnxruntime/capi/libonnxruntime.so.{version}"
+with zipfile.ZipFile(glob.glob(f"{ort}/onnxruntime-*.whl")[0]) as wheel, open(f"{ort}/libonnxruntime.so.{version}", "wb") as out:
+    out.write(wheel.read(name))
+PY
+    rm -f "$ort"/*.whl
+fi
+
 if ! command -v curl >/dev/null; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
