@@ -31,7 +31,7 @@ fn host_command(model: &str, component: &str) -> Command {
 
 #[test]
 fn the_host_meets_every_normative_statement_on_each_model() {
-    meets_every_statement("conformance", 33);
+    meets_every_statement("conformance", 35);
 }
 
 #[test]
@@ -65,6 +65,12 @@ fn meets_every_statement(name: &str, min_checks: usize) {
                 .map(|c| format!("{}: {} ({})", c["id"], c["statement"], c["detail"]))
                 .collect()
         };
+        // model-identity's digest is the SHA-256 of the file the host was given.
+        if let Some(digest) = results.iter().find_map(|r| r["identity-digest"].as_str()) {
+            let bytes = std::fs::read(&path).expect("reading the model");
+            let file = wasi_nn_llm_host::policy::Identity::of(&path, &bytes).digest;
+            assert_eq!(format!("sha256:{digest}"), file, "{model}: model-identity's digest is not the file's");
+        }
         for should in failed("SHOULD") {
             eprintln!("{model}: SHOULD not met: {should}");
         }

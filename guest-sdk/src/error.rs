@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::ModelIdentity;
 use crate::raw::wasi::nn::errors::{Error as NnError, ErrorCode};
 use crate::raw::wasi_nn_llm::llm::types::{Error as LlmError, SnapshotError};
 
@@ -34,6 +35,16 @@ pub enum Error {
     /// The bytes given to [`Chat::restore`](crate::Chat::restore) are not a
     /// saved conversation at all.
     NotSavedChat,
+    /// [`Model::load_verified`](crate::Model::load_verified): the model
+    /// behind the name is not the one expected.
+    UnexpectedModel {
+        /// The name it was loaded by.
+        name: String,
+        /// The SHA-256 expected.
+        expected: String,
+        /// What the host says serves the name.
+        identity: ModelIdentity,
+    },
 }
 
 impl From<LlmError> for Error {
@@ -82,6 +93,11 @@ impl fmt::Display for Error {
                 f.write_str("the chat template re-renders earlier turns; the turn cannot be appended")
             }
             Self::NotSavedChat => f.write_str("not a saved conversation"),
+            Self::UnexpectedModel { name, expected, identity } => write!(
+                f,
+                "model {name:?} is not the one expected: its file has SHA-256 {}, not {expected} ({} {} on {})",
+                identity.digest, identity.backend, identity.backend_version, identity.device
+            ),
         }
     }
 }

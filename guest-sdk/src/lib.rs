@@ -51,6 +51,8 @@ pub use params::Params;
 /// indices of those that are ready.
 pub use raw::wasi::io::poll::{Pollable, poll};
 pub use raw::wasi_nn_llm::llm::embeddings::{EmbedInput, EmbedOptions, Embedding, Pooling};
+/// Which model file and engine serve a model ([`Model::identity`]).
+pub use raw::wasi_nn_llm::llm::model::Identity as ModelIdentity;
 pub use raw::wasi_nn_llm::llm::types::{
     Chunk, Finish, FinishReason, Message, ModelMetadata, OverflowPolicy, SessionOptions, TokenLogprob, Usage,
 };

@@ -3,7 +3,7 @@
 use crate::raw::wasi::nn::graph::{self, Graph};
 use crate::raw::wasi_nn_llm::llm::embeddings;
 use crate::raw::wasi_nn_llm::llm::model as llm_model;
-use crate::{EmbedInput, EmbedOptions, Embedding, Error, Message, ModelMetadata};
+use crate::{EmbedInput, EmbedOptions, Embedding, Error, Message, ModelIdentity, ModelMetadata};
 
 /// A loaded model: a wasi:nn graph the extension can open sessions on.
 pub struct Model {
@@ -31,6 +31,39 @@ impl Model {
     /// ```
     pub fn list() -> Vec<String> {
         llm_model::list_models()
+    }
+
+    /// Load the model registered under `name` only if it is the model whose
+    /// file has SHA-256 `digest` (hex): a name says nothing about what the
+    /// operator put behind it, the digest says exactly which weights serve
+    /// this guest. Any other model is [`Error::UnexpectedModel`].
+    ///
+    /// ```no_run
+    /// const SMOLLM2: &str = "0c9e7f4a…"; // sha256sum of the GGUF this guest was tested on
+    /// let model = wasi_nn_llm::Model::load_verified("default", SMOLLM2)?;
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
+    pub fn load_verified(name: &str, digest: &str) -> Result<Self, Error> {
+        let model = Self::load(name)?;
+        let identity = model.identity()?;
+        if !identity.digest.eq_ignore_ascii_case(digest.trim()) {
+            return Err(Error::UnexpectedModel { name: name.to_owned(), expected: digest.trim().to_owned(), identity });
+        }
+        Ok(model)
+    }
+
+    /// Which model file and which engine serve this model, as the host
+    /// knows them (the file's SHA-256 and size, the backend and its version,
+    /// the host, the device).
+    ///
+    /// ```no_run
+    /// let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// let id = model.identity()?;
+    /// println!("{} on {} {} ({})", id.digest, id.backend, id.backend_version, id.device);
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
+    pub fn identity(&self) -> Result<ModelIdentity, Error> {
+        Ok(llm_model::model_identity(&self.graph)?)
     }
 
     /// The underlying wasi:nn graph, for base wasi-nn calls.

@@ -171,6 +171,21 @@ impl model::Host for LlmView<'_> {
     fn list_models(&mut self) -> wasmtime::Result<Vec<String>> {
         Ok(self.ctx.access.permitted().map(str::to_owned).collect())
     }
+
+    fn model_identity(&mut self, graph: Resource<Graph>) -> wasmtime::Result<Result<model::Identity, types::Error>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        let digest = try_llm!(engine.identity());
+        let (backend, backend_version) = engine::BACKEND;
+        Ok(Ok(model::Identity {
+            digest: digest.iter().map(|b| format!("{b:02x}")).collect(),
+            size_bytes: engine.file_size(),
+            format: "gguf".into(),
+            backend: backend.into(),
+            backend_version: backend_version.into(),
+            host: concat!("wasi-nn-llm ", env!("CARGO_PKG_VERSION")).into(),
+            device: engine.device().into(),
+        }))
+    }
 }
 
 impl embeddings::Host for LlmView<'_> {

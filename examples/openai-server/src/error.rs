@@ -116,7 +116,8 @@ impl From<Error> for ApiError {
             Error::Llm(LlmError::UnsupportedGraph(_) | LlmError::EngineFailure(_))
             | Error::Llm(LlmError::InvalidSnapshot(_))
             | Error::Nn { .. }
-            | Error::NotSavedChat => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, None),
+            | Error::NotSavedChat
+            | Error::UnexpectedModel { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, None),
         };
         Self { status, message, kind, param, code }
     }

@@ -126,6 +126,13 @@ pub fn backend() -> anyhow::Result<&'static LlamaBackend> {
         .map_err(|e| anyhow!("llama.cpp backend: {e}"))
 }
 
+/// The inference library and its version as this host is built with it
+/// (what a guest reads in `model-identity`). llama-cpp-sys-2 builds
+/// llama.cpp outside git, so llama.cpp's own build info knows no version:
+/// the crate's, which pins one llama.cpp tree, stands for it (a test keeps
+/// it equal to Cargo.lock's).
+pub const BACKEND: (&str, &str) = ("llama.cpp", "llama-cpp-sys-2 0.1.161");
+
 /// Whether this build has a GPU backend of llama.cpp (the `cuda` or
 /// `vulkan` feature).
 pub fn gpu_build() -> bool {
@@ -168,6 +175,10 @@ struct Inner {
     path: PathBuf,
     /// SHA-256 of the GGUF, computed on first use (snapshots carry it).
     identity: OnceLock<Result<[u8; 32], String>>,
+    /// Where its layers run (`cpu`, or the GPU and how many layers).
+    device: String,
+    /// The model file's size in bytes, when it was loaded.
+    file_size: u64,
     /// Conversations kept for `open_cached`.
     cache: PrefixCache,
     /// Held while `open_cached` finds its prefix and takes it over.
@@ -205,7 +216,7 @@ impl Engine {
             Some(gpu) if gpu_layers > 0 => {
                 format!("{gpu}, {} of {} layers", gpu_layers.min(model.n_layer()), model.n_layer())
             }
-            _ => "CPU".to_owned(),
+            _ => "cpu".to_owned(),
         };
         let attention = attention::choose(&model, path, config.flash_attn, threads, ctx_size, &device);
         let cores = Cores::new(threads);
@@ -226,6 +237,8 @@ impl Engine {
             attention,
             path: path.to_owned(),
             identity: OnceLock::new(),
+            device,
+            file_size: std::fs::metadata(path).map_or(0, |m| m.len()),
             cache: PrefixCache::new(config.prefix_cache),
             opening: Mutex::new(()),
         })))
@@ -452,7 +465,19 @@ impl Engine {
         Ok(session)
     }
 
-    /// SHA-256 of the model file: what binds a snapshot to its model.
+    /// Where the model's layers run: `cpu`, or the GPU and how many layers.
+    pub fn device(&self) -> &str {
+        &self.0.device
+    }
+
+    /// The model file's size in bytes, when it was loaded.
+    pub fn file_size(&self) -> u64 {
+        self.0.file_size
+    }
+
+    /// SHA-256 of the model file: what binds a snapshot to its model, and
+    /// what a guest checks to know which model serves it. Read from the
+    /// file the first time it is asked for, then kept.
     pub fn identity(&self) -> Result<[u8; 32], LlmError> {
         let id = self.0.identity.get_or_init(|| {
             use sha2::{Digest, Sha256};
@@ -684,4 +709,17 @@ fn warm_up(model: &LlamaModel, ctx: &mut llama_cpp_2::context::LlamaContext<'_>)
         let _ = ctx.decode(&mut batch);
     }
     ctx.clear_kv_cache();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_backend_version_is_the_one_cargo_lock_pins() {
+        let lock = include_str!("../../../Cargo.lock");
+        let (crate_name, version) = super::BACKEND.1.split_once(' ').expect("crate and version");
+        assert!(
+            lock.contains(&format!("name = \"{crate_name}\"\nversion = \"{version}\"")),
+            "Cargo.lock pins another {crate_name}: update engine::BACKEND"
+        );
+    }
 }

@@ -228,6 +228,18 @@ pub mod statements {
         level: Level::Must,
         text: "with normalize, every vector MUST have unit Euclidean length",
     };
+    pub const IDENTITY_DIGEST: Statement = Statement {
+        id: "model.identity-digest",
+        level: Level::Must,
+        text: "model-identity's digest MUST be 64 lowercase hex digits (the model file's SHA-256), the same on every \
+               call and for every graph loaded by the same name",
+    };
+    pub const IDENTITY_FACTS: Statement = Statement {
+        id: "model.identity-facts",
+        level: Level::Must,
+        text: "model-identity MUST name the format, backend, backend version, host and device, and give the file's \
+               non-zero size",
+    };
     pub const EMBEDDINGS_ERRORS: Statement = Statement {
         id: "embeddings.errors",
         level: Level::Must,

@@ -359,6 +359,31 @@ fn main() {
         })(),
     );
 
+    // --- 0.1.4: model identity -------------------------------------------
+    s.check(
+        &statements::IDENTITY_DIGEST,
+        (|| -> Result<(), Fail> {
+            let first = m.identity()?;
+            let again = Model::load(&name)?.identity()?;
+            let digest = &first.digest;
+            let hex = digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            expect(hex && again.digest == *digest && m.identity()?.digest == *digest, || {
+                format!("{digest:?}, then {:?} from a second graph", again.digest)
+            })?;
+            // The harness compares it with the file's SHA-256.
+            println!("{}", serde_json::json!({ "identity-digest": digest }));
+            Ok(())
+        })(),
+    );
+    s.check(
+        &statements::IDENTITY_FACTS,
+        (|| -> Result<(), Fail> {
+            let id = m.identity()?;
+            let named = [&id.format, &id.backend, &id.backend_version, &id.host, &id.device];
+            expect(id.size_bytes > 0 && named.iter().all(|s| !s.is_empty()), || format!("{id:?}"))
+        })(),
+    );
+
     // --- errors ---------------------------------------------------------
     s.check(
         &statements::ERROR_INVALID_ARGUMENT,

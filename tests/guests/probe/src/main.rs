@@ -138,6 +138,8 @@ fn extension(args: &[&str]) -> Option<Result<(), Error>> {
         ["poll", model, a, b] => poll_two(model, a, b),
         ["overflow", model, prompt] => overflow(model, prompt),
         ["tensor", model, n, prompt] => tensor(model, n.parse().unwrap_or(8), prompt),
+        ["identity", model] => identity(model),
+        ["verified", model, digest, prompt] => verified(model, digest, prompt),
         _ => return None,
     })
 }
@@ -591,5 +593,29 @@ fn tensor(model_name: &str, n: usize, prompt: &str) -> Result<(), Error> {
     let bad = Tensor::new(&[1], TensorType::I32, &(-5i32).to_le_bytes());
     let refused = exec.compute(vec![("tokens".into(), bad)]).map(|_| ()).map_err(Error::from);
     println!("{}", json!({ "tokens": generated, "vocab": vocab, "negative-id": format!("{refused:?}") }));
+    Ok(())
+}
+
+/// What the host says serves `model`.
+fn identity(model: &str) -> Result<(), Error> {
+    let id = Model::load(model)?.identity()?;
+    println!(
+        "{}",
+        json!({
+            "digest": id.digest, "size": id.size_bytes, "format": id.format, "backend": id.backend,
+            "backend-version": id.backend_version, "host": id.host, "device": id.device,
+        })
+    );
+    Ok(())
+}
+
+/// A guest pinned to one model file: it generates only on the model whose
+/// SHA-256 is `digest`, and refuses to run on any other.
+fn verified(model: &str, digest: &str, prompt: &str) -> Result<(), Error> {
+    let model = Model::load_verified(model, digest)?;
+    let session = Session::open(&model)?;
+    session.append(prompt)?;
+    let mut stream = session.generate(&Params::greedy().max_tokens(8))?;
+    drain(&mut stream, true)?;
     Ok(())
 }
