@@ -5,7 +5,7 @@
 GUESTS := target/wasm32-wasip2/release
 HOST := cargo run --release --quiet -p wasi-nn-llm-host --
 
-.PHONY: chat serve test bench fuzz cuda bootstrap guests
+.PHONY: chat serve test bench fuzz cuda gpu-kit bootstrap guests
 
 ## Streaming chat on the default model (fetched and cached on first use).
 chat: guests
@@ -44,3 +44,9 @@ fuzz: bootstrap
 ## builds here without a GPU, the CUDA toolkit from the package registry.
 cuda: bootstrap
 	@scripts/cuda.sh
+
+## What a GPU machine needs to run the benchmark there (benches/gpu/run.sh):
+## `make cuda`'s binaries, the benchmark guest and a tokenizer, in
+## target/gpu-kit.tar.xz, checked to fit the 64 MiB that travel.
+gpu-kit: bootstrap
+	@scripts/gpu-kit.sh

@@ -45,7 +45,9 @@ export CARGO_TARGET_DIR=target/cuda
 export RUSTFLAGS="-C target-cpu=x86-64-v3 -C link-arg=-Wl,--disable-new-dtags \
 -C link-arg=-Wl,-rpath,\$ORIGIN:\$ORIGIN/../../cuda-toolkit/nvidia/cu13/lib"
 echo "cuda: building the host for sm_$archs (the first build takes about an hour on 2 cores)" >&2
-cargo build --release -p wasi-nn-llm-host --features cuda
+# The benchmark and its native baseline too, in the same build: one
+# llama.cpp for all three (features unify), and what a GPU run carries.
+cargo build --release -p wasi-nn-llm-host -p wasi-nn-llm-bench -p wasi-nn-llm-native --features wasi-nn-llm-host/cuda
 
 # llama-cpp-sys-2 links only the unversioned names into target/; the binary
 # needs the sonames (libllama.so.0, …): copy the libraries beside it.
@@ -55,6 +57,6 @@ cp -fL "$out"/lib*.so.0 target/cuda/release/
 # not in it: they come from that machine's own wheels, by LD_LIBRARY_PATH).
 dist=target/cuda/dist
 rm -rf "$dist" && mkdir -p "$dist"
-cp target/cuda/release/wasi-nn-llm target/cuda/release/lib*.so.0 "$dist"/
-strip --strip-debug "$dist"/*
-echo "cuda: built target/cuda/release/wasi-nn-llm; stripped, to carry: $dist ($(du -sh "$dist" | cut -f1))" >&2
+cp target/cuda/release/{wasi-nn-llm,bench,llama-native} target/cuda/release/lib*.so.0 "$dist"/
+strip --strip-all "$dist"/*
+echo "cuda: built target/cuda/release/wasi-nn-llm (and bench, llama-native); stripped, to carry: $dist ($(du -sh "$dist" | cut -f1))" >&2

@@ -45,15 +45,17 @@ pub struct Figures {
 pub struct Native {
     bin: PathBuf,
     model: PathBuf,
+    /// Layers on the GPU, as the engine measured beside it offloads them.
+    gpu_layers: u32,
 }
 
 impl Native {
-    pub fn new(model: &Path) -> Result<Self> {
+    pub fn new(model: &Path, gpu_layers: u32) -> Result<Self> {
         let bin = std::env::current_exe()?.with_file_name("llama-native");
         if !bin.is_file() {
             bail!("{} is missing: `make bench` builds it (cargo build --release -p wasi-nn-llm-native)", bin.display());
         }
-        Ok(Self { bin, model: model.to_owned() })
+        Ok(Self { bin, model: model.to_owned(), gpu_layers })
     }
 
     /// Run one configuration: `reps` timed repetitions after a warm-up.
@@ -89,6 +91,7 @@ impl Native {
             ("--tokens", c.tokens),
             ("--sequences", c.sequences),
             ("--reps", reps as u32),
+            ("--gpu-layers", self.gpu_layers),
         ] {
             cmd.arg(flag).arg(value.to_string());
         }

@@ -41,7 +41,8 @@ use report::Target;
 /// Regenerate benches/RESULTS.md and the plots.
 #[derive(Parser)]
 struct Args {
-    /// Catalog models to measure.
+    /// Catalog models to measure, or NAME=PATH for a GGUF of one's own (the
+    /// GPU kit's synthetic model, `benches/gpu`).
     #[arg(long, value_delimiter = ',', default_values_t = ["smollm2".to_string(), "gemma3".to_string()])]
     models: Vec<String>,
     /// Runs per figure (single turn, concurrency, restore).
@@ -53,9 +54,27 @@ struct Args {
     /// Runs of each point of the depth matrix (each is three processes' worth).
     #[arg(long, default_value_t = 3)]
     depth_runs: usize,
-    /// Where RESULTS.md and the SVGs go.
+    /// Where the results and the SVGs go.
     #[arg(long, default_value = "benches")]
     out: PathBuf,
+    /// The results' file name in `--out`.
+    #[arg(long, default_value = "RESULTS.md")]
+    results: String,
+    /// Layers offloaded to the GPU, by the engine and the baseline alike
+    /// (more than a model has means all).
+    #[arg(long, default_value_t = 0)]
+    gpu_layers: u32,
+    /// The build's target directory, where the guests are
+    /// [default: this workspace's `target`].
+    #[arg(long)]
+    target_dir: Option<PathBuf>,
+    /// The command that regenerates these results, for their header.
+    #[arg(long, default_value = "make bench")]
+    command: String,
+    /// The commit measured [default: `git rev-parse HEAD` here]: a copy
+    /// of the tree elsewhere may have no git.
+    #[arg(long)]
+    commit: Option<String>,
     /// Measure only these sections (for working on one; the checked-in
     /// results always come from a full run).
     #[arg(long, value_delimiter = ',', value_enum)]
@@ -94,13 +113,12 @@ pub struct Settings {
 const THREADS: u32 = 2;
 const CTX_SIZE: u32 = 2048;
 const MAX_SESSIONS: u32 = 8;
-const COMMAND: &str = "make bench";
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let started = Instant::now();
     // Before this run rewrites the checked-in results.
-    let commit = commit();
+    let commit = args.commit.clone().unwrap_or_else(commit);
     let settings = Settings {
         runs: args.runs,
         chat_runs: args.chat_runs,
@@ -110,19 +128,24 @@ fn main() -> Result<()> {
         concurrency_tokens: 64,
     };
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("benches/ lies in the workspace")?;
-    let wasm = workspace.join("target/wasm32-wasip2/release/bench-guest.wasm");
+    let target = args.target_dir.clone().unwrap_or_else(|| workspace.join("target"));
+    let guests = target.join("wasm32-wasip2/release");
+    let wasm = guests.join("bench-guest.wasm");
     anyhow::ensure!(wasm.is_file(), "{} is missing: run `make bench`, which builds it", wasm.display());
 
     let mut specs = Vec::new();
     for name in &args.models {
-        specs.push(ModelSpec::new(name.clone(), catalog::named(name)?));
+        specs.push(match name.split_once('=') {
+            Some((name, path)) => ModelSpec::new(name, path),
+            None => ModelSpec::new(name.clone(), catalog::named(name)?),
+        });
     }
     let model_dir = specs[0].path.parent().context("a model lies in a directory")?.to_owned();
     let config = EngineConfig {
         threads: THREADS,
         ctx_size: CTX_SIZE,
         max_sessions: MAX_SESSIONS,
-        gpu_layers: Some(0),
+        gpu_layers: Some(args.gpu_layers),
         lanes: args.lanes,
         ..EngineConfig::default()
     };
@@ -151,6 +174,21 @@ fn main() -> Result<()> {
     } else {
         None
     };
+    let results = Results {
+        path: args.out.join(&args.results),
+        command: args.command.clone(),
+        started,
+        machine: machine()?,
+        commit,
+        placement: specs
+            .iter()
+            .map(|spec| {
+                let device = guest.runtime.models().engine(&spec.name).map_or("cpu", |e| e.device());
+                format!("{}: {}", spec.name, if device == "cpu" { "CPU only (no GPU layers)" } else { device })
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
     let mut body = String::new();
     let mut targets: Vec<Target> = Vec::new();
     for (index, spec) in specs.iter().enumerate() {
@@ -169,7 +207,7 @@ fn main() -> Result<()> {
             info.size_bytes as f64 / 1e6,
             engine.attention()
         )?;
-        let native = baseline::Native::new(&spec.path)?;
+        let native = baseline::Native::new(&spec.path, args.gpu_layers)?;
 
         if let Some(one) = &one_thread {
             let one_engine = one.runtime.models().engine(name).context("a loaded model")?.clone();
@@ -185,16 +223,18 @@ fn main() -> Result<()> {
             let d = depth::run(&[one, &guest], &[&one_engine, &engine], &native, rows.as_deref(), args.depth_runs)?;
             writeln!(body, "### Decode and prefill at depth\n\n{}", d.markdown)?;
             targets.extend(d.targets);
-            let chat = workspace.join("target/wasm32-wasip2/release/chat.wasm");
+            let chat = guests.join("chat.wasm");
             let (markdown, t) = depth::chat_guest(&guest, &engine, &native, &chat, args.depth_runs)?;
             writeln!(body, "### The chat guest on a long reply\n\n{markdown}")?;
             targets.extend(t);
+            results.write(&body, &targets, false)?;
         }
 
         if wanted(Section::Single) {
             let s = single::run(&guest, &engine, &native, &gguf, &settings)?;
             writeln!(body, "### Single turn\n\n{}", s.markdown)?;
             targets.extend(s.targets);
+            results.write(&body, &targets, false)?;
         }
 
         if wanted(Section::Chat) {
@@ -208,6 +248,7 @@ fn main() -> Result<()> {
             plot::lines(&args.out.join(&svg), &format!("{name}: time to first token per turn"), "turn", "ms", &series)?;
             writeln!(body, "### 10-turn chat\n\n{}\n![time to first token per turn]({svg})\n", c.markdown)?;
             targets.extend(c.targets);
+            results.write(&body, &targets, false)?;
         }
 
         if wanted(Section::Concurrency) {
@@ -229,12 +270,14 @@ fn main() -> Result<()> {
             )?;
             writeln!(body, "### Concurrent sessions\n\n{}\n![aggregate tok/s vs sessions]({svg})\n", k.markdown)?;
             targets.extend(k.targets);
+            results.write(&body, &targets, false)?;
         }
 
         if wanted(Section::Restore) {
             let (markdown, t) = restore::run(&guest, &engine, &settings)?;
             writeln!(body, "### Restore vs re-prefill\n\n{markdown}")?;
             targets.extend(t);
+            results.write(&body, &targets, false)?;
         }
 
         if let Some(bin) = llama_server.as_ref().filter(|_| index == 0) {
@@ -266,10 +309,11 @@ fn main() -> Result<()> {
                 s.markdown
             )?;
             targets.extend(s.targets);
+            results.write(&body, &targets, false)?;
         }
 
         if wanted(Section::P3) {
-            let p3_wasm = workspace.join("target/wasm32-wasip2/release/bench_guest_p3.wasm");
+            let p3_wasm = guests.join("bench_guest_p3.wasm");
             let (markdown, t) = p3::run(&guest, &p3_wasm, &engine, &settings)?;
             writeln!(
                 body,
@@ -287,45 +331,75 @@ fn main() -> Result<()> {
                 )?;
             }
             targets.extend(t);
+            results.write(&body, &targets, false)?;
         }
 
         if wanted(Section::Wasmedge) {
-            let probe = workspace.join("target/wasm32-wasip1/release/wasmedge-probe.wasm");
+            let probe = target.join("wasm32-wasip1/release/wasmedge-probe.wasm");
             anyhow::ensure!(probe.is_file(), "{} is missing: run `make bench`, which builds it", probe.display());
             let (markdown, t) = wasmedge::run(&guest, &probe, &engine, &settings)?;
             writeln!(body, "### WasmEdge's ABI: a re-sent history, KV reuse on and off\n\n{markdown}")?;
             targets.extend(t);
+            results.write(&body, &targets, false)?;
         }
 
         if wanted(Section::Memory) {
             let (markdown, t) = memory::run(&guest, &engine, loaded_mb)?;
             writeln!(body, "### Memory\n\n{markdown}")?;
             targets.extend(t);
+            results.write(&body, &targets, false)?;
         }
     }
 
-    let results = format!(
-        "# Benchmark results\n\n\
-         Regenerate with `{COMMAND}` (about {} minutes here). Generated by `benches/src/main.rs`; do not edit by hand.\n\n\
-         - Machine: {}\n- Commit: {}\n- Settings: {THREADS} threads everywhere, context {CTX_SIZE} tokens per session, \
-         batch 512, up to {MAX_SESSIONS} sessions per model, CPU only (no GPU layers), release build with \
-         `-C target-cpu=native`.\n- Guests are wasm32-wasip2 components (and, for WasmEdge's ABI, a wasm32-wasip1 module) run by this repository's host (wasmtime 48); \
-         every baseline is a process of its own (`llama-native`: this workspace's llama.cpp as llama-bench runs \
-         it; see the depth section).\n\n\
-         ## Targets\n\n{}\n### Missed, and why\n\n{}\n{}",
-        started.elapsed().as_secs().div_ceil(60),
-        machine(),
-        commit,
-        report::targets_table(&targets),
-        report::missed(&targets),
-        body
-    );
-    std::fs::write(args.out.join("RESULTS.md"), results)?;
-    eprintln!("wrote {} in {:.0} s", args.out.join("RESULTS.md").display(), started.elapsed().as_secs_f64());
+    results.write(&body, &targets, true)?;
+    eprintln!("wrote {} in {:.0} s", results.path.display(), started.elapsed().as_secs_f64());
     Ok(())
 }
 
-fn machine() -> String {
+/// Where the results go and what their header says.
+struct Results {
+    path: PathBuf,
+    command: String,
+    started: Instant,
+    machine: String,
+    commit: String,
+    /// Where each model's layers run.
+    placement: String,
+}
+
+impl Results {
+    /// Write the results so far: after every section, so that a run cut
+    /// short (a GPU machine's time limit) still leaves what it measured.
+    fn write(&self, body: &str, targets: &[Target], finished: bool) -> Result<()> {
+        let partial = if finished {
+            String::new()
+        } else {
+            format!("- **Partial**: written {} s into a run that had not finished.\n", self.started.elapsed().as_secs())
+        };
+        let text = format!(
+            "# Benchmark results\n\n\
+             Regenerate with `{}` (about {} minutes here). Generated by `benches/src/main.rs`; do not edit by hand.\n\n\
+             {partial}- Machine: {}\n- Commit: {}\n- Settings: {THREADS} threads everywhere, context {CTX_SIZE} tokens \
+             per session, batch 512, up to {MAX_SESSIONS} sessions per model; {}; release build, CPU code for {}.\n\
+             - Guests are wasm32-wasip2 components (and, for WasmEdge's ABI, a wasm32-wasip1 module) run by this \
+             repository's host (wasmtime 48); every baseline is a process of its own (`llama-native`: this \
+             workspace's llama.cpp as llama-bench runs it, `benches/native`).\n\n\
+             ## Targets\n\n{}\n### Missed, and why\n\n{}\n{body}",
+            self.command,
+            self.started.elapsed().as_secs().div_ceil(60),
+            self.machine,
+            self.commit,
+            self.placement,
+            isa(),
+            report::targets_table(targets),
+            report::missed(targets),
+        );
+        std::fs::write(&self.path, text).with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+/// The machine: its CPU and, where llama.cpp finds one, its GPUs.
+fn machine() -> Result<String> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -334,7 +408,25 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores available")
+    let gpus = wasi_nn_llm_host::engine::gpus()?;
+    Ok(if gpus.is_empty() {
+        format!("{cpu}, {cores} cores available")
+    } else {
+        format!("{cpu}, {cores} cores available; {}", gpus.join(", "))
+    })
+}
+
+/// The instruction set this build's CPU code was compiled for: `make
+/// bench`'s is this machine's own, `make gpu-kit`'s x86-64-v3 (to run on
+/// another machine's CPU).
+fn isa() -> &'static str {
+    if cfg!(target_feature = "avx512f") {
+        "this machine's AVX-512 (`-C target-cpu=native`)"
+    } else if cfg!(target_feature = "avx2") {
+        "x86-64-v3 (AVX2)"
+    } else {
+        "baseline x86-64"
+    }
 }
 
 fn commit() -> String {

@@ -109,7 +109,7 @@ pub fn run(guest: &Guest, engine: &Engine, native: &Native, gguf: &str, settings
          that time; decode tok/s is the {decoded} tokens after the first over the time they took. Base wasi-nn text \
          mode cannot stream, so its first token is timed as a `max-tokens: 1` compute and its decode as the \
          difference to the full compute. The baseline row is `llama-native` at the same depth (random tokens, no \
-         sampling; see the depth section), its prefill timed without a first decode.\n\n{}\n\
+         sampling, `benches/native`), its prefill timed without a first decode.\n\n{}\n\
          Per run decode ratios (extension / baseline): {}.\n\n\
          **Boundary cost per streamed chunk**: a `next()` on a chunk that is already generated takes {} µs \
          (median of {} calls, timed in the guest), against a decode step of {} ms: **{:.3} %** of a step.\n",

@@ -37,6 +37,10 @@ struct Args {
     /// CPU threads (one pool of this many).
     #[arg(long, default_value_t = 2)]
     threads: u32,
+    /// Layers offloaded to the GPU (llama-bench's `-ngl`; more than the model
+    /// has means all); 0 on a build without a GPU backend.
+    #[arg(long, default_value_t = 0)]
+    gpu_layers: u32,
     /// Flash attention.
     #[arg(long, value_enum)]
     flash: Flash,
@@ -76,8 +80,12 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let mut backend = LlamaBackend::init()?;
     backend.void_logs();
-    let model = LlamaModel::load_from_file(&backend, &args.model, &LlamaModelParams::default().with_n_gpu_layers(0))
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = LlamaModel::load_from_file(
+        &backend,
+        &args.model,
+        &LlamaModelParams::default().with_n_gpu_layers(args.gpu_layers),
+    )
+    .with_context(|| format!("loading {}", args.model.display()))?;
     let needed = (args.depth + args.tokens) as u32;
     let per_seq = args.ctx.unwrap_or(needed.next_multiple_of(256));
     anyhow::ensure!(per_seq >= needed, "--ctx {per_seq} is smaller than --depth plus --tokens ({needed})");
