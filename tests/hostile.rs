@@ -215,6 +215,8 @@ fn a_guest_that_traps_spins_hoards_or_grows_leaves_a_clean_engine() {
     // A trap with generations in flight.
     let trapped = run_lines(&open, "hostile", &["trap", MODEL]).expect_err("the guest traps");
     assert!(trapped.contains("trapped"), "{trapped}");
+    // What the guest printed before it, its panic message, is in the error.
+    assert!(trapped.contains("hostile: a panic with") && trapped.contains("generations in flight"), "{trapped}");
     assert_clean(MODEL);
 
     // Guest code that never returns is interrupted at its wall-time limit.

@@ -149,12 +149,28 @@ impl Preopen {
 /// What a guest printed, when its output was captured.
 #[derive(Debug, Default)]
 pub struct Output {
-    /// The guest's exit status (1 for a trap).
+    /// The guest's exit status (1 when its `run` returns an error; a trap
+    /// is an error of [`Runtime::run`] instead).
     pub exit_code: i32,
     /// Its standard output, lossily decoded.
     pub stdout: String,
-    /// Its standard error (and the trap's message), lossily decoded.
+    /// Its standard error, lossily decoded.
     pub stderr: String,
+}
+
+/// What a trapped guest printed last on its captured stderr, for the
+/// error: at most this many bytes of it.
+const TRAP_STDERR_TAIL: usize = 2048;
+
+/// The end of `bytes` as text, cut at a line start when it is long.
+fn last_lines(bytes: &[u8]) -> String {
+    let tail = &bytes[bytes.len().saturating_sub(TRAP_STDERR_TAIL)..];
+    let tail = if tail.len() < bytes.len() {
+        tail.iter().position(|&b| b == b'\n').map_or(tail, |i| &tail[i + 1..])
+    } else {
+        tail
+    };
+    String::from_utf8_lossy(tail).trim_end().to_owned()
 }
 
 /// The wasmtime side of the host, shared by every guest instance.
@@ -391,7 +407,15 @@ impl Runtime {
                     let secs = self.guest_seconds().unwrap_or_default();
                     Err(anyhow::anyhow!("the guest ran past limits.guest-seconds ({secs} s) and was stopped"))
                 }
-                _ => Err(anyhow::Error::from(e).context("the guest trapped")),
+                // A guest's panic message is on its stderr, just before
+                // the trap: keep it in the error, where captured output
+                // would otherwise be lost with the run.
+                _ => Err(match captured.as_ref().map(|(_, err)| last_lines(&err.contents())) {
+                    Some(printed) if !printed.is_empty() => {
+                        anyhow::Error::from(e).context(format!("the guest trapped; its stderr ended with:\n{printed}"))
+                    }
+                    _ => anyhow::Error::from(e).context("the guest trapped"),
+                }),
             },
         };
         // The run returns once the engines have freed what the store held.
@@ -458,4 +482,17 @@ fn add_llm_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 
 fn llm_view(s: &mut HostState) -> LlmView<'_> {
     LlmView::new(&mut s.table, &mut s.llm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trapped_guests_stderr_is_kept_from_a_line_start() {
+        assert_eq!(last_lines(b"panicked at src/main.rs:3:5:\nboom\n"), "panicked at src/main.rs:3:5:\nboom");
+        let long = format!("{}\nthe last words\n", "x".repeat(TRAP_STDERR_TAIL * 2));
+        assert_eq!(last_lines(long.as_bytes()), "the last words");
+        assert_eq!(last_lines(b""), "");
+    }
 }
