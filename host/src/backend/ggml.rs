@@ -203,10 +203,7 @@ impl LlmExecution {
         };
         // Keep the common prefix, evaluate the rest; the last token is always
         // evaluated anew, since its logits are what is asked for.
-        let held = session.tokens()?;
-        let common = held.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(n - 1);
-        session.rewind((held.len() - common) as u32)?;
-        session.append_tokens(&ids[common..])?;
+        session.set_tokens(&ids)?;
         let logits = session.logits()?;
         let bytes: Vec<u8> = logits.iter().flat_map(|l| l.to_le_bytes()).collect();
         let tensor = Tensor::new(vec![logits.len() as u32], TensorType::Fp32, bytes);

@@ -55,6 +55,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::quota::Quota;
 use super::session::Session;
 use super::snapshot::Snapshot;
+use super::tokens;
 
 /// How much the prefix cache of one model may keep.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -160,7 +161,7 @@ impl PrefixCache {
         let best = entries
             .iter_mut()
             .filter(|e| &e.namespace == namespace && e.shape == shape)
-            .map(|e| (common_prefix(&e.tokens, prompt).min(prompt.len().saturating_sub(1)), e))
+            .map(|e| (tokens::reusable_prefix(&e.tokens, prompt), e))
             .filter(|(shared, _)| *shared > 0)
             .max_by_key(|(shared, e)| (*shared, matches!(e.held, Held::Live(_)), e.used));
         match best {
@@ -329,21 +330,4 @@ fn spilled_size(snapshot: &Snapshot) -> u64 {
 /// Index of the least recently used entry among those `pick` accepts.
 fn oldest(entries: &[Entry], pick: impl Fn(&Entry) -> bool) -> Option<usize> {
     entries.iter().enumerate().filter(|(_, e)| pick(e)).min_by_key(|(_, e)| e.used).map(|(i, _)| i)
-}
-
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::common_prefix;
-
-    #[test]
-    fn common_prefix_counts_the_shared_start() {
-        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4]), 2);
-        assert_eq!(common_prefix(&[1, 2], &[1, 2, 3]), 2);
-        assert_eq!(common_prefix(&[], &[1]), 0);
-        assert_eq!(common_prefix(&[5], &[1]), 0);
-    }
 }

@@ -116,6 +116,19 @@ impl Session {
         self.slot.start(|reply| Command::Append { seq: self.slot.seq(), input: Input::Tokens(ids), reply })
     }
 
+    /// Make the session hold exactly `tokens`, evaluating as few as it
+    /// can: what it already holds of them stays
+    /// ([`reusable_prefix`](tokens::reusable_prefix): the last token is
+    /// always evaluated anew, for its logits), the rest is dropped and the
+    /// remainder appended. Returns how many were kept.
+    pub fn set_tokens(&self, tokens: &[u32]) -> Result<usize, LlmError> {
+        let held = self.tokens()?;
+        let keep = tokens::reusable_prefix(&held, tokens);
+        self.rewind((held.len() - keep) as u32)?;
+        self.append_tokens(&tokens[keep..])?;
+        Ok(keep)
+    }
+
     /// The tokens the session holds.
     pub fn tokens(&self) -> Result<Vec<u32>, LlmError> {
         let tokens: Vec<LlamaToken> = self.request(|reply| Command::Tokens { seq: self.slot.seq(), reply })?;

@@ -38,6 +38,13 @@ pub(crate) fn checked_tokens(model: &LlamaModel, ids: &[u32]) -> Result<Vec<Llam
     ids.iter().map(|&t| checked_token(t, n_vocab)).collect()
 }
 
+/// How many leading tokens of `wanted` a sequence holding `held` keeps:
+/// the longest prefix the two share, short of `wanted`'s last token, which
+/// is always evaluated anew (its logits are what comes next).
+pub(crate) fn reusable_prefix(held: &[u32], wanted: &[u32]) -> usize {
+    held.iter().zip(wanted).take_while(|(a, b)| a == b).count().min(wanted.len().saturating_sub(1))
+}
+
 /// Text for token ids, each checked against the vocabulary first; invalid
 /// UTF-8 (a character cut between tokens) becomes U+FFFD.
 pub(crate) fn detokenize(model: &LlamaModel, tokens: &[u32], render_special: bool) -> Result<String, LlmError> {
@@ -47,4 +54,20 @@ pub(crate) fn detokenize(model: &LlamaModel, tokens: &[u32], render_special: boo
     }
     let bytes = model.vocab().detokenize(&tokens, false, render_special);
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reusable_prefix;
+
+    #[test]
+    fn the_shared_start_is_kept_short_of_the_last_token() {
+        assert_eq!(reusable_prefix(&[1, 2, 3], &[1, 2, 4]), 2);
+        assert_eq!(reusable_prefix(&[1, 2], &[1, 2, 3]), 2);
+        assert_eq!(reusable_prefix(&[1, 2, 3], &[1, 2, 3]), 2);
+        assert_eq!(reusable_prefix(&[1, 2, 3, 4], &[1, 2]), 1);
+        assert_eq!(reusable_prefix(&[], &[1]), 0);
+        assert_eq!(reusable_prefix(&[5], &[1]), 0);
+        assert_eq!(reusable_prefix(&[1], &[]), 0);
+    }
 }

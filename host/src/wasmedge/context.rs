@@ -213,11 +213,7 @@ impl Context {
             Some(session) => session,
             None => self.engine.open_session(&SessionOptions { context_length, ..SessionOptions::default() }, quota)?,
         };
-        let held = session.tokens()?;
-        let common = held.iter().zip(&self.prompt).take_while(|(a, b)| a == b).count().min(self.prompt.len() - 1);
-        session.rewind((held.len() - common) as u32)?;
-        session.append_tokens(&self.prompt[common..])?;
-        self.cached_tokens = common as u32;
+        self.cached_tokens = session.set_tokens(&self.prompt)? as u32;
         Ok(self.session.insert(session))
     }
 
