@@ -268,16 +268,7 @@ fn cache_key(path: &Path, threads: u32, ctx_size: u32, device: &str) -> Option<S
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
     let file = path.file_name()?.to_string_lossy();
-    // The build's CPU code: `make cuda` builds for x86-64-v3, the CPU
-    // build for this machine's own instruction set.
-    let isa = if cfg!(target_feature = "avx512f") {
-        "avx512"
-    } else if cfg!(target_feature = "avx2") {
-        "avx2"
-    } else {
-        "baseline"
-    };
-    let version = format!("{} {isa}", env!("CARGO_PKG_VERSION"));
+    let version = format!("{} {}", env!("CARGO_PKG_VERSION"), super::cpu_code());
     // "probe 2": steps interleaved (see `probe`); earlier entries are measured again.
     Some(format!(
         "{file} {} {modified} | {cpu} | {threads} threads | context {ctx_size} | {device} | host {version} | probe 2",

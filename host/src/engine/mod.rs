@@ -139,6 +139,19 @@ pub fn gpu_build() -> bool {
     cfg!(any(feature = "cuda", feature = "vulkan"))
 }
 
+/// The instruction set this build's CPU code is compiled for: `avx512` (a
+/// build for this machine's own CPU, as `make` builds), `avx2` (`make
+/// cuda`'s x86-64-v3, to run on another machine's CPU) or `baseline`.
+pub fn cpu_code() -> &'static str {
+    if cfg!(target_feature = "avx512f") {
+        "avx512"
+    } else if cfg!(target_feature = "avx2") {
+        "avx2"
+    } else {
+        "baseline"
+    }
+}
+
 /// The GPUs llama.cpp can offload to in this process, described for people.
 ///
 /// Empty on a CPU build, and also on a GPU build run where no device or
@@ -154,12 +167,6 @@ pub fn gpus() -> anyhow::Result<Vec<String>> {
         .filter(|d| matches!(d.device_type, Gpu | IntegratedGpu))
         .map(|d| format!("{} {} ({} MiB)", d.name, d.description, d.memory_total >> 20))
         .collect())
-}
-
-/// The layers a model offloads when the operator does not say: all of them
-/// where a GPU is usable, else none.
-pub fn default_gpu_layers() -> anyhow::Result<u32> {
-    Ok(if gpus()?.is_empty() { 0 } else { u32::MAX })
 }
 
 /// A loaded model and its lanes; cheap to clone, shared by all guests.
@@ -189,10 +196,9 @@ impl Engine {
     /// Load a GGUF and start its lanes' scheduler threads.
     pub fn load(name: &str, path: &Path, config: &EngineConfig) -> anyhow::Result<Self> {
         let backend = backend()?;
-        let gpu_layers = match config.gpu_layers {
-            Some(n) => n,
-            None => default_gpu_layers()?,
-        };
+        let gpus = gpus()?;
+        // When the operator does not say: every layer where a GPU is usable, else none.
+        let gpu_layers = config.gpu_layers.unwrap_or(if gpus.is_empty() { 0 } else { u32::MAX });
         let model_params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
         let checked = model_file::check(path).with_context(|| format!("model {name:?}"))?;
         let model = LlamaModel::load_from_file(backend, path, &model_params).map_err(|e| {
@@ -212,7 +218,7 @@ impl Engine {
         let lanes = config.lanes.unwrap_or(lanes::DEFAULT_COUNT);
         let lanes = lanes.clamp(1, max_sessions);
         // Where the layers went is part of what a kernel measurement depends on.
-        let device = match gpus()?.first() {
+        let device = match gpus.first() {
             Some(gpu) if gpu_layers > 0 => {
                 format!("{gpu}, {} of {} layers", gpu_layers.min(model.n_layer()), model.n_layer())
             }
