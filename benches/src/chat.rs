@@ -22,6 +22,11 @@ pub const QUESTIONS: [&str; 10] = [
     "Summarise our conversation in two sentences.",
 ];
 
+/// Each turn's median over runs (`runs[run][turn]`).
+pub fn per_turn(runs: &[Vec<f64>]) -> Vec<f64> {
+    (0..QUESTIONS.len()).map(|t| median(&runs.iter().filter_map(|r| r.get(t).copied()).collect::<Vec<_>>())).collect()
+}
+
 /// One way's per-turn medians.
 pub struct Series {
     pub name: &'static str,
@@ -67,11 +72,6 @@ pub fn run(guest: &Guest, engine: &Engine, gguf: &str, settings: &Settings) -> R
         total_ratio.push(sum(0) / sum(1));
     }
 
-    let per_turn = |runs: &[Vec<f64>]| -> Vec<f64> {
-        (0..QUESTIONS.len())
-            .map(|t| median(&runs.iter().filter_map(|r| r.get(t).copied()).collect::<Vec<_>>()))
-            .collect()
-    };
     let series: Vec<Series> = WAYS
         .iter()
         .enumerate()

@@ -40,18 +40,7 @@ impl Guest {
 
     /// Run one command of `component` in a fresh instance; its JSON lines.
     pub fn run_in(&self, component: &Compiled, args: &[&str]) -> Result<Vec<Value>> {
-        let argv: Vec<String> = std::iter::once("bench-guest").chain(args.iter().copied()).map(String::from).collect();
-        let out = self
-            .runtime
-            .run(component, &argv, Stdio::Captured { stdin: Vec::new() }, std::slice::from_ref(&self.models))
-            .with_context(|| format!("running bench-guest {}", args.first().unwrap_or(&"")))?;
-        if out.exit_code != 0 {
-            bail!("bench-guest {:?} failed ({}): {}", args.first(), out.exit_code, out.stderr.trim());
-        }
-        out.stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).with_context(|| format!("bench-guest printed {l:?}")))
-            .collect()
+        json_lines(&self.runtime, component, "bench-guest", args, std::slice::from_ref(&self.models))
     }
 
     /// Run another component (an example guest) on `stdin`; what it printed
@@ -77,6 +66,25 @@ impl Guest {
             runs.into_iter().map(|r| r.join().map_err(|_| anyhow::anyhow!("a guest thread panicked"))?).collect()
         })
     }
+}
+
+/// Run `component` under `runtime` in a fresh instance, its argv `name` and
+/// `args`, with `dirs` preopened; the JSON lines it printed.
+pub fn json_lines(
+    runtime: &Runtime,
+    component: &Compiled,
+    name: &str,
+    args: &[&str],
+    dirs: &[Preopen],
+) -> Result<Vec<Value>> {
+    let argv: Vec<String> = std::iter::once(name).chain(args.iter().copied()).map(String::from).collect();
+    let out = runtime
+        .run(component, &argv, Stdio::Captured { stdin: Vec::new() }, dirs)
+        .with_context(|| format!("running {name} {}", args.first().unwrap_or(&"")))?;
+    if out.exit_code != 0 {
+        bail!("{name} {:?} failed ({}): {}", args.first(), out.exit_code, out.stderr.trim());
+    }
+    out.stdout.lines().map(|l| serde_json::from_str(l).with_context(|| format!("{name} printed {l:?}"))).collect()
 }
 
 /// A number from a guest line.

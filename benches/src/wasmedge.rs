@@ -8,15 +8,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use anyhow::Result;
 use wasi_nn_llm_host::engine::Engine;
 use wasi_nn_llm_host::policy::Policy;
-use wasi_nn_llm_host::runner::{Runtime, Stdio};
+use wasi_nn_llm_host::runner::Runtime;
 
 use crate::Settings;
-use crate::chat::QUESTIONS;
-use crate::guest::{Guest, f64_of};
+use crate::chat::{QUESTIONS, per_turn};
+use crate::guest::{Guest, f64_of, json_lines};
 use crate::report::{Table, Target, median, num, ratio};
 
 /// One way's per-turn figures of one run.
@@ -31,9 +30,12 @@ pub fn run(guest: &Guest, probe: &Path, engine: &Engine, settings: &Settings) ->
     let model = engine.name();
     let template = if engine.info().architecture.starts_with("gemma") { "gemma" } else { "chatml" };
     let max = settings.chat_tokens.to_string();
-    let models = guest.runtime.models().clone();
-    let kept = Runtime::with_policy(models.clone(), Arc::new(Policy::default()))?;
-    let cleared = Runtime::with_policy(models, Arc::new(Policy::parse("[wasi-ephemeral-nn]\nreuse-kv = false\n")?))?;
+    // The bench guest's runtime has the default policy, which keeps the KV cache.
+    let kept = &guest.runtime;
+    let cleared = Runtime::with_policy(
+        guest.runtime.models().clone(),
+        Arc::new(Policy::parse("[wasi-ephemeral-nn]\nreuse-kv = false\n")?),
+    )?;
     let mut args: Vec<&str> = vec!["chat", model, template, &max];
     args.extend(QUESTIONS);
     let mut ext_args: Vec<&str> = vec!["chat-ext", model, &max];
@@ -46,18 +48,16 @@ pub fn run(guest: &Guest, probe: &Path, engine: &Engine, settings: &Settings) ->
         let lines = guest.run(&ext_args)?;
         let ttft_ms = lines.iter().map(|l| f64_of(l, "ttft_ms")).collect::<Result<Vec<_>>>()?;
         ways[0].push(Turns { ttft_ms, ..Turns::default() });
-        for (w, runtime) in [(1, &kept), (2, &cleared)] {
+        for (w, runtime) in [(1, kept), (2, &cleared)] {
             ways[w].push(abi_chat(runtime, probe, &args)?);
         }
     }
 
-    let per_turn = |runs: &[Turns], pick: fn(&Turns) -> &Vec<f64>| -> Vec<f64> {
-        (0..QUESTIONS.len())
-            .map(|t| median(&runs.iter().filter_map(|r| pick(r).get(t).copied()).collect::<Vec<_>>()))
-            .collect()
+    let column = |runs: &[Turns], pick: fn(&Turns) -> &Vec<f64>| -> Vec<f64> {
+        per_turn(&runs.iter().map(|r| pick(r).clone()).collect::<Vec<_>>())
     };
-    let ttft: Vec<Vec<f64>> = ways.iter().map(|w| per_turn(w, |t| &t.ttft_ms)).collect();
-    let (input, cached) = (per_turn(&ways[1], |t| &t.input), per_turn(&ways[1], |t| &t.cached));
+    let ttft: Vec<Vec<f64>> = ways.iter().map(|w| column(w, |t| &t.ttft_ms)).collect();
+    let (input, cached) = (column(&ways[1], |t| &t.input), column(&ways[1], |t| &t.cached));
     let mut table = Table::new(&[
         "turn",
         "prompt tokens",
@@ -142,18 +142,7 @@ pub fn run(guest: &Guest, probe: &Path, engine: &Engine, settings: &Settings) ->
 
 /// One chat through the ABI under `runtime`'s policy: per-turn figures.
 fn abi_chat(runtime: &Runtime, probe: &Path, args: &[&str]) -> Result<Turns> {
-    let compiled = runtime.load(probe)?;
-    let argv: Vec<String> = std::iter::once("wasmedge-probe").chain(args.iter().copied()).map(String::from).collect();
-    let out =
-        runtime.run(&compiled, &argv, Stdio::Captured { stdin: Vec::new() }, &[]).context("running wasmedge-probe")?;
-    if out.exit_code != 0 {
-        bail!("wasmedge-probe failed ({}): {} {}", out.exit_code, out.stdout.trim(), out.stderr.trim());
-    }
-    let lines: Vec<Value> = out
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("wasmedge-probe printed {l:?}")))
-        .collect::<Result<_>>()?;
+    let lines = json_lines(runtime, &runtime.load(probe)?, "wasmedge-probe", args, &[])?;
     let field = |key: &str| lines.iter().map(|l| f64_of(l, key)).collect::<Result<Vec<_>>>();
     Ok(Turns { ttft_ms: field("ttft_ms")?, input: field("input_tokens")?, cached: field("cached_tokens")? })
 }
