@@ -7,16 +7,13 @@ use std::sync::Arc;
 use serde_json::Value;
 use wasi_nn_llm_host::catalog::ModelSpec;
 use wasi_nn_llm_host::engine::EngineConfig;
-use wasi_nn_llm_host::policy::Identity;
 use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::Runtime;
-use wasi_nn_llm_tests::{GEMMA, MODEL, chatml, host, model_path, run_lines};
+use wasi_nn_llm_tests::{GEMMA, MODEL, chatml, host, model_path, run_lines, sha256_hex};
 
 /// `sha256sum` of a test model's file.
 fn file_digest(model: &str) -> String {
-    let path = model_path(model);
-    let bytes = std::fs::read(&path).expect("reading the model");
-    Identity::of(&path, &bytes).digest.trim_start_matches("sha256:").to_owned()
+    sha256_hex(&model_path(model))
 }
 
 #[test]

@@ -10,9 +10,10 @@ use std::process::{Command, Stdio as ProcessStdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wasi_nn_llm_host::policy::Identity;
 use wasi_nn_llm_host::runner::{Output, Runtime, Stdio};
-use wasi_nn_llm_tests::{MODEL, Streamed, case, chatml, guest, host, host_cli, policed, serial, workspace_root};
+use wasi_nn_llm_tests::{
+    MODEL, Streamed, case, chatml, guest, guest_p1, host, host_cli, policed, serial, sha256_hex, workspace_root,
+};
 
 /// The three examples of second-state/WasmEdge-WASINN-examples, as published
 /// (tests/wasmedge/README.md), with their SHA-256.
@@ -30,8 +31,7 @@ const GREEDY: &str = "[wasi-ephemeral-nn]\nconfig = { temp = 0.0 }\n";
 /// A published guest, checked against its pinned digest.
 fn published((file, sha256): (&str, &str)) -> PathBuf {
     let path = workspace_root().join("tests/wasmedge").join(file);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(Identity::of(&path, &bytes).digest, format!("sha256:{sha256}"), "{file} is not the published build");
+    assert_eq!(sha256_hex(&path), sha256, "{file} is not the published build");
     path
 }
 
@@ -141,13 +141,6 @@ fn resent_chat(runtime: &Runtime) -> Vec<Value> {
     let out = run(runtime, &guest_p1("wasmedge-probe"), &args, "");
     assert_eq!(out.exit_code, 0, "{}\n{}", out.stdout, out.stderr);
     out.stdout.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
-}
-
-/// A wasm32-wasip1 test guest built by `make test`.
-fn guest_p1(name: &str) -> PathBuf {
-    let path = workspace_root().join("target/wasm32-wasip1/release").join(format!("{name}.wasm"));
-    assert!(path.is_file(), "{} is missing: run the tests with `make test`", path.display());
-    path
 }
 
 #[test]

@@ -8,7 +8,7 @@ use serde_json::Value;
 use wasi_nn_llm_host::catalog;
 use wasi_nn_llm_host::catalog::ModelSpec;
 use wasi_nn_llm_host::engine::{Engine, EngineConfig};
-use wasi_nn_llm_host::policy::Policy;
+use wasi_nn_llm_host::policy::{Identity, Policy};
 use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::Guest;
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
@@ -35,9 +35,24 @@ pub fn workspace_root() -> &'static Path {
 
 /// A guest component built by `make test` (`cargo build --target wasm32-wasip2`).
 pub fn guest(name: &str) -> PathBuf {
-    let path = workspace_root().join("target/wasm32-wasip2/release").join(format!("{name}.wasm"));
+    built_guest("wasm32-wasip2", name)
+}
+
+/// A wasm32-wasip1 guest built by `make test` (a guest of WasmEdge's ABI).
+pub fn guest_p1(name: &str) -> PathBuf {
+    built_guest("wasm32-wasip1", name)
+}
+
+fn built_guest(target: &str, name: &str) -> PathBuf {
+    let path = workspace_root().join("target").join(target).join("release").join(format!("{name}.wasm"));
     assert!(path.is_file(), "{} is missing: run the tests with `make test`, which builds the guests", path.display());
     path
+}
+
+/// What `sha256sum` prints for a file: 64 lowercase hex digits.
+pub fn sha256_hex(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    Identity::of(path, &bytes).digest.trim_start_matches("sha256:").to_owned()
 }
 
 /// The host CLI (`make test` builds it), for tests that need separate host processes.
