@@ -104,10 +104,11 @@ fn run(host: &Host, rows: &mut Vec<Row>) {
                 continue;
             }
             begun = None;
+            let observed = v["observed"].as_str().unwrap_or_default();
             let cell = match v["result"].as_str() {
-                Some("pass") => format!("pass: {}", v["observed"].as_str().unwrap_or_default()),
-                Some("fail") => format!("**fail**: {}", v["observed"].as_str().unwrap_or_default()),
-                _ => format!("n/a: {}", v["observed"].as_str().unwrap_or_default()),
+                Some("pass") => format!("pass: {observed}"),
+                Some("fail") => format!("**fail**: {observed}"),
+                _ => format!("n/a: {observed}"),
             };
             record(rows, &v, host.name, cell);
         }

@@ -100,20 +100,28 @@ def model(vocab_path, out, shape_name, seed):
 
     rng = np.random.default_rng(seed)
     ones = np.ones(embd, dtype=np.float32)
-    writer.add_tensor("token_embd.weight", q4_k(rng, n_vocab, embd), raw_dtype=GGMLQuantizationType.Q4_K)
+
+    def matrix(name, rows, cols):
+        writer.add_tensor(name, q4_k(rng, rows, cols), raw_dtype=GGMLQuantizationType.Q4_K)
+
+    # Each layer's matrices: (name, rows, columns), columns being the input width.
+    layer = [
+        ("attn_q", embd, embd),
+        ("attn_k", kv, embd),
+        ("attn_v", kv, embd),
+        ("attn_output", embd, embd),
+        ("ffn_gate", ff, embd),
+        ("ffn_up", ff, embd),
+        ("ffn_down", embd, ff),
+    ]
+    matrix("token_embd.weight", n_vocab, embd)
     for i in range(shape["layers"]):
-        b = f"blk.{i}."
-        writer.add_tensor(b + "attn_norm.weight", ones)
-        writer.add_tensor(b + "attn_q.weight", q4_k(rng, embd, embd), raw_dtype=GGMLQuantizationType.Q4_K)
-        writer.add_tensor(b + "attn_k.weight", q4_k(rng, kv, embd), raw_dtype=GGMLQuantizationType.Q4_K)
-        writer.add_tensor(b + "attn_v.weight", q4_k(rng, kv, embd), raw_dtype=GGMLQuantizationType.Q4_K)
-        writer.add_tensor(b + "attn_output.weight", q4_k(rng, embd, embd), raw_dtype=GGMLQuantizationType.Q4_K)
-        writer.add_tensor(b + "ffn_norm.weight", ones)
-        writer.add_tensor(b + "ffn_gate.weight", q4_k(rng, ff, embd), raw_dtype=GGMLQuantizationType.Q4_K)
-        writer.add_tensor(b + "ffn_up.weight", q4_k(rng, ff, embd), raw_dtype=GGMLQuantizationType.Q4_K)
-        writer.add_tensor(b + "ffn_down.weight", q4_k(rng, embd, ff), raw_dtype=GGMLQuantizationType.Q4_K)
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", ones)
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", ones)
+        for name, rows, cols in layer:
+            matrix(f"blk.{i}.{name}.weight", rows, cols)
     writer.add_tensor("output_norm.weight", ones)
-    writer.add_tensor("output.weight", q4_k(rng, n_vocab, embd), raw_dtype=GGMLQuantizationType.Q4_K)
+    matrix("output.weight", n_vocab, embd)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

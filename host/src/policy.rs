@@ -131,7 +131,7 @@ pub struct Interfaces {
     /// Base wasi-nn, token ids in and logits out.
     #[serde(default = "yes")]
     pub wasi_nn_tensor: bool,
-    /// WasmEdge's GGML ABI, for wasm32-wasip1 guests (`wasmedge.rs`).
+    /// WasmEdge's GGML ABI, for wasm32-wasip1 guests (`crate::wasmedge`).
     #[serde(default = "yes")]
     pub wasi_ephemeral_nn: bool,
 }

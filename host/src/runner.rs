@@ -410,12 +410,15 @@ impl Runtime {
                 // A guest's panic message is on its stderr, just before
                 // the trap: keep it in the error, where captured output
                 // would otherwise be lost with the run.
-                _ => Err(match captured.as_ref().map(|(_, err)| last_lines(&err.contents())) {
-                    Some(printed) if !printed.is_empty() => {
-                        anyhow::Error::from(e).context(format!("the guest trapped; its stderr ended with:\n{printed}"))
-                    }
-                    _ => anyhow::Error::from(e).context("the guest trapped"),
-                }),
+                _ => {
+                    let printed = captured.as_ref().map(|(_, err)| last_lines(&err.contents())).unwrap_or_default();
+                    let why = if printed.is_empty() {
+                        "the guest trapped".to_owned()
+                    } else {
+                        format!("the guest trapped; its stderr ended with:\n{printed}")
+                    };
+                    Err(anyhow::Error::from(e).context(why))
+                }
             },
         };
         // The run returns once the engines have freed what the store held.

@@ -320,8 +320,8 @@ pub fn add_to_linker<T: 'static>(linker: &mut Linker<T>, get: fn(&mut T) -> &mut
         "load_by_name_with_config",
         move |caller: Caller<'_, T>, name: i32, len: i32, config: i32, config_len: i32, out: i32| {
             with_memory(caller, get, "load_by_name_with_config", |memory, ctx| {
-                let config = memory.bytes(config, config_len, "the config")?.to_vec();
-                let graph = ctx.load(memory.text(name, len, "the model name")?, &config)?;
+                let config = memory.bytes(config, config_len, "the config")?;
+                let graph = ctx.load(memory.text(name, len, "the model name")?, config)?;
                 memory.put_u32(out, graph, "the graph handle")
             })
         },

@@ -333,10 +333,7 @@ fn run_case(case: &Case) -> Outcome {
         let outputs = compute(&context, &inputs(case)?).map_err(|e| format!("compute: {}", describe(&e)))?;
         expected(case, &outputs)
     };
-    match outcome() {
-        Ok(seen) => Outcome::Pass(seen),
-        Err(why) => Outcome::Fail(why),
-    }
+    outcome().map_or_else(Outcome::Fail, Outcome::Pass)
 }
 
 fn compute_typed_input(p: &Profile) -> Outcome {
