@@ -150,12 +150,24 @@ fn the_chat_says_what_is_wrong_in_sentences() {
     let out = run(&["--model", GEMMA, chat, GEMMA], "Hi!\n/save gemma.chat\n", Some(&dir));
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let out = run(&["--model", MODEL, chat], "/load damaged.chat\n/load gemma.chat\n/undo\n", Some(&dir));
+    let out = run(&["--model", MODEL, chat], "/load damaged.chat\n/load gemma.chat\n/load smol.chat\n", Some(&dir));
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("[damaged.chat is damaged]"), "{err}");
+    assert!(err.contains("[damaged.chat is damaged"), "{err}");
+    // A later run on this machine seals with the same key, kept in the cache directory.
+    assert!(err.contains("[loaded smol.chat as branch 1]"), "{err}");
     assert!(err.contains("[gemma.chat was saved from another model (this chat runs \"smollm2\")]"), "{err}");
     for line in err.lines().filter(|l| l.starts_with('[')) {
         assert!(!line.contains("::") && !line.contains("Error"), "Debug text reached the user: {line}");
     }
+
+    // A host with another snapshot key refuses the conversation, and says it may be why.
+    let other = dir.join("other.key");
+    std::fs::remove_file(&other).ok();
+    wasi_nn_llm_host::engine::SnapshotKey::create(&other).unwrap();
+    let out =
+        run(&["--snapshot-key", other.to_str().unwrap(), "--model", MODEL, chat], "/load smol.chat\n", Some(&dir));
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("[smol.chat is damaged, or was saved by a host with another snapshot key]"), "{err}");
 }

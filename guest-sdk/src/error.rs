@@ -78,9 +78,14 @@ impl fmt::Display for Error {
                 LlmError::InvalidGrammar(why) => write!(f, "invalid grammar: {why}"),
                 LlmError::InvalidSnapshot(kind) => f.write_str(match kind {
                     SnapshotError::Truncated => "not a saved conversation, or one cut short",
-                    SnapshotError::Corrupted => "a damaged saved conversation",
+                    SnapshotError::Corrupted => {
+                        "a saved conversation whose seal this host does not accept: damaged, forged, or saved by \
+                         a host with another snapshot key"
+                    }
                     SnapshotError::WrongModel => "a conversation saved from another model",
-                    SnapshotError::WrongVersion => "a conversation saved by a host with another snapshot format",
+                    SnapshotError::WrongVersion => {
+                        "a conversation saved in another snapshot format (an older, unkeyed one, or a newer one)"
+                    }
                     SnapshotError::TooLarge => "larger than any saved conversation can be",
                 }),
                 LlmError::LimitExceeded(l) => write!(f, "the host's limit {} ({}) is reached", l.name, l.max),

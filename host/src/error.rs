@@ -15,13 +15,20 @@ pub struct ContextOverflow {
     pub limit: u32,
 }
 
-/// Why a saved session was refused (used from 0.1.1 on; the WIT fixes the set now).
+/// Why a saved session was refused (used from 0.1.1 on). The WIT fixes its
+/// set at five; `WrongKey` and `Unsealed` say more on the host side and
+/// reach a guest as `corrupted` and `wrong-version`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotError {
     /// Shorter than its header says.
     Truncated,
-    /// Its checksum or its KV state does not match.
+    /// Its seal does not verify under this host's key (damaged or forged),
+    /// or its sealed contents are inconsistent.
     Corrupted,
+    /// Sealed by a host with another snapshot key.
+    WrongKey,
+    /// Written in an unkeyed format (1 or 2) of an earlier host.
+    Unsealed,
     /// Saved from another model file.
     WrongModel,
     /// Written in a format version this host does not read.
@@ -34,7 +41,15 @@ impl std::fmt::Display for SnapshotError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Truncated => "the snapshot is cut short",
-            Self::Corrupted => "the snapshot is damaged",
+            Self::Corrupted => "the snapshot's seal does not verify under this host's key: it is damaged or forged",
+            Self::WrongKey => {
+                "the snapshot was sealed by a host with another snapshot key (hosts accept each other's \
+                 snapshots only when their operators give them the same --snapshot-key)"
+            }
+            Self::Unsealed => {
+                "the snapshot was written in an unkeyed format (1 or 2) of an earlier host, which this host \
+                 no longer accepts: save the session again on this host"
+            }
             Self::WrongModel => "the snapshot was saved from another model",
             Self::WrongVersion => "the snapshot was written in a format this host does not read",
             Self::TooLarge => "the snapshot is larger than any session's state",

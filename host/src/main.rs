@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use wasi_nn_llm_host::catalog::{self, ModelSpec};
-use wasi_nn_llm_host::engine::{self, EngineConfig, FlashAttention, gpu_build};
+use wasi_nn_llm_host::engine::{self, EngineConfig, FlashAttention, SnapshotKey, gpu_build};
 use wasi_nn_llm_host::policy::Policy;
 use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
@@ -112,6 +112,12 @@ struct HostArgs {
     /// or `off` forces llama.cpp's flash attention on or off.
     #[arg(long, value_name = "auto|on|off", default_value = "auto")]
     flash_attn: FlashAttention,
+    /// The secret that seals saved sessions: 32 bytes, or 64 hex digits
+    /// (`openssl rand -hex 32`). Hosts given the same key accept each
+    /// other's snapshots [default: the policy's `snapshot-key-file`, else a
+    /// random key created once in the cache directory, mode 0600].
+    #[arg(long, value_name = "FILE")]
+    snapshot_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -191,6 +197,15 @@ impl HostArgs {
         }
         anyhow::ensure!(!specs.is_empty(), "no models: give --model or a policy with [models]");
         policy.apply_limits(&mut config, &mut specs);
+        config.snapshot_key = match self.snapshot_key.as_ref().or(policy.snapshot_key_file.as_ref()) {
+            Some(file) => SnapshotKey::from_file(file)?,
+            None => SnapshotKey::for_this_machine(&wasi_nn_llm_host::cache::dir()?)?,
+        };
+        eprintln!(
+            "snapshots sealed with {} (fingerprint {})",
+            config.snapshot_key.source(),
+            config.snapshot_key.fingerprint_hex()
+        );
         let gpus = engine::gpus()?;
         if gpu_build() && gpus.is_empty() {
             eprintln!(

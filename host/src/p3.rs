@@ -182,8 +182,9 @@ impl<T: Send> session::HostSessionWithStore<T> for HasLlmView {
     }
 
     async fn save(accessor: &Accessor<T, Self>, session: Resource<Session>) -> Answer<Vec<u8>> {
-        let pending = with_session(accessor, &session, Session::start_save)?;
-        Ok(answer(pending).await.map(|snapshot| snapshot.encode()))
+        let pending = with_session(accessor, &session, |s| Ok((s.start_save()?, s.engine().clone())))?;
+        let (pending, engine) = try_llm!(pending);
+        Ok(answer(Ok(pending)).await.map(|snapshot| engine.seal(&snapshot)))
     }
 }
 

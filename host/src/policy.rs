@@ -8,6 +8,8 @@
 //! nothing else (every component allowed, no limits beyond the engine's own).
 //!
 //! ```toml
+//! snapshot-key-file = "/etc/wasi-nn-llm/snapshot.key"   # 32 bytes or 64 hex digits
+//!
 //! [models.smollm2]
 //! catalog = "smollm2"            # or: path = "/srv/models/x.gguf"
 //! context = 2048                 # most tokens per session
@@ -67,6 +69,8 @@ pub struct Policy {
     /// How WasmEdge's GGML ABI serves its guests.
     #[serde(default)]
     pub wasi_ephemeral_nn: EphemeralNn,
+    /// The secret that seals saved sessions (`--snapshot-key` wins over it).
+    pub snapshot_key_file: Option<PathBuf>,
 }
 
 /// The `[wasi-ephemeral-nn]` table: WasmEdge's GGML ABI.

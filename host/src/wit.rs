@@ -461,9 +461,9 @@ impl From<LlmError> for types::Error {
             LlmError::InvalidGrammar(s) => Self::InvalidGrammar(s),
             LlmError::InvalidSnapshot(s) => Self::InvalidSnapshot(match s {
                 SnapshotError::Truncated => types::SnapshotError::Truncated,
-                SnapshotError::Corrupted => types::SnapshotError::Corrupted,
+                SnapshotError::Corrupted | SnapshotError::WrongKey => types::SnapshotError::Corrupted,
                 SnapshotError::WrongModel => types::SnapshotError::WrongModel,
-                SnapshotError::WrongVersion => types::SnapshotError::WrongVersion,
+                SnapshotError::WrongVersion | SnapshotError::Unsealed => types::SnapshotError::WrongVersion,
                 SnapshotError::TooLarge => types::SnapshotError::TooLarge,
             }),
             LlmError::LimitExceeded { name, max } => Self::LimitExceeded(types::Limit { name, max }),

@@ -103,8 +103,14 @@ fn load_failure(e: &Error, model: &str) -> String {
         Error::Llm(LlmError::InvalidSnapshot(SnapshotError::WrongModel)) => {
             format!("was saved from another model (this chat runs {model:?})")
         }
-        Error::Llm(LlmError::InvalidSnapshot(SnapshotError::Truncated | SnapshotError::Corrupted)) => {
-            "is damaged".into()
+        Error::Llm(LlmError::InvalidSnapshot(SnapshotError::Truncated)) => "is damaged".into(),
+        // A snapshot is sealed with the host's key: a blob from a host with
+        // another key fails the same check as a damaged one.
+        Error::Llm(LlmError::InvalidSnapshot(SnapshotError::Corrupted)) => {
+            "is damaged, or was saved by a host with another snapshot key".into()
+        }
+        Error::Llm(LlmError::InvalidSnapshot(SnapshotError::WrongVersion)) => {
+            "was saved in an older (unkeyed) or newer snapshot format: save it again".into()
         }
         other => format!("cannot be loaded: {other}"),
     }

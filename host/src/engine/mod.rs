@@ -35,6 +35,7 @@ mod scheduler;
 mod session;
 mod slot;
 pub mod snapshot;
+mod snapshot_key;
 mod stream;
 mod text;
 mod threads;
@@ -61,6 +62,7 @@ pub use prefix_cache::{CacheLimits, Namespace};
 pub use protocol::Pending;
 pub use quota::{Quota, QuotaLimits};
 pub use session::{Forking, Session};
+pub use snapshot_key::SnapshotKey;
 pub use stream::TokenStream;
 pub use text::{Chunk, TokenLogprob};
 
@@ -94,6 +96,9 @@ pub struct EngineConfig {
     pub flash_attn: FlashAttention,
     /// What the model's prefix cache may keep (see `prefix_cache.rs`).
     pub prefix_cache: CacheLimits,
+    /// The secret that seals saved sessions (see `snapshot_key.rs`);
+    /// default: a random key of this process.
+    pub snapshot_key: SnapshotKey,
 }
 
 impl Default for EngineConfig {
@@ -107,8 +112,15 @@ impl Default for EngineConfig {
             lanes: None,
             flash_attn: FlashAttention::Auto,
             prefix_cache: CacheLimits::default(),
+            snapshot_key: process_key(),
         }
     }
+}
+
+/// One random snapshot key per process, for configurations that name none.
+fn process_key() -> SnapshotKey {
+    static KEY: OnceLock<SnapshotKey> = OnceLock::new();
+    KEY.get_or_init(SnapshotKey::ephemeral).clone()
 }
 
 /// The process-wide llama.cpp backend (llama.cpp allows one). Its logs go
@@ -190,6 +202,8 @@ struct Inner {
     cache: PrefixCache,
     /// Held while `open_cached` finds its prefix and takes it over.
     opening: Mutex<()>,
+    /// Seals the sessions guests save, and checks those they restore.
+    snapshot_key: SnapshotKey,
 }
 
 impl Engine {
@@ -247,6 +261,7 @@ impl Engine {
             file_size: std::fs::metadata(path).map_or(0, |m| m.len()),
             cache: PrefixCache::new(config.prefix_cache),
             opening: Mutex::new(()),
+            snapshot_key: config.snapshot_key.clone(),
         })))
     }
 
@@ -451,10 +466,10 @@ impl Engine {
     }
 
     /// A session from a blob [`Session::save`] wrote: checked in full
-    /// (format, checksum, model identity, token ids, limits) before any of
-    /// it reaches llama.cpp.
+    /// (format, seal under this host's key, model identity, token ids,
+    /// limits) before any of it reaches llama.cpp.
     pub fn restore_session(&self, blob: &[u8], quota: &Arc<Quota>) -> Result<Session, LlmError> {
-        let snapshot = snapshot::Snapshot::decode(blob, &self.identity()?)?;
+        let snapshot = snapshot::Snapshot::decode(blob, &self.0.snapshot_key, &self.identity()?)?;
         if snapshot.limit > self.0.ctx_size {
             return Err(LlmError::LimitExceeded { name: "context-length".into(), max: self.0.ctx_size.into() });
         }
@@ -469,6 +484,17 @@ impl Engine {
         session.send(open)?;
         session.load(snapshot)?;
         Ok(session)
+    }
+
+    /// The key this engine seals and checks snapshots with.
+    pub fn snapshot_key(&self) -> &SnapshotKey {
+        &self.0.snapshot_key
+    }
+
+    /// The blob `session.save` returns for `snapshot`, sealed with this
+    /// host's key.
+    pub fn seal(&self, snapshot: &snapshot::Snapshot) -> Vec<u8> {
+        snapshot.encode(&self.0.snapshot_key)
     }
 
     /// Where the model's layers run: `cpu`, or the GPU and how many layers.

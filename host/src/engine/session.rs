@@ -209,11 +209,11 @@ impl Session {
     /// The session as a versioned blob bound to this model (see
     /// [`snapshot`](super::snapshot)); [`Engine::restore_session`] reads it back.
     pub fn save(&self) -> Result<Vec<u8>, LlmError> {
-        Ok(self.start_save()?.wait()?.encode())
+        Ok(self.engine().seal(&self.start_save()?.wait()?))
     }
 
-    /// [`save`](Self::save), answered later; the caller encodes the
-    /// snapshot ([`Snapshot::encode`]) once it has it.
+    /// [`save`](Self::save), answered later; the caller seals the
+    /// snapshot ([`Engine::seal`](super::Engine::seal)) once it has it.
     pub fn start_save(&self) -> Result<Pending<Snapshot>, LlmError> {
         let model = self.engine().identity()?;
         self.slot.start(|reply| Command::Save { seq: self.slot.seq(), model, reply })

@@ -135,6 +135,7 @@ fn extension(args: &[&str]) -> Option<Result<(), Error>> {
         ["chunks", model, prompt] => chunks(model, prompt),
         ["save", model, file, prompt] => save(model, file, prompt),
         ["restore", model, file] => restore(model, file),
+        ["restore-each", model, files @ ..] => restore_each(model, files),
         ["poll", model, a, b] => poll_two(model, a, b),
         ["overflow", model, prompt] => overflow(model, prompt),
         ["tensor", model, n, prompt] => tensor(model, n.parse().unwrap_or(8), prompt),
@@ -507,6 +508,27 @@ fn restore(model: &str, file: &str) -> Result<(), Error> {
             println!("{}", json!({ "len": len, "continued": tokens, "finish": finish }));
         }
         Err(e) => report("restore", Err::<(), _>(e)),
+    }
+    Ok(())
+}
+
+/// Restore each file in turn and, where the host accepts it, generate from
+/// it: one line per file, written before the next is tried (a test reads
+/// how far a host process got if one of them takes it down).
+fn restore_each(model: &str, files: &[&str]) -> Result<(), Error> {
+    let model = Model::load(model)?;
+    for file in files {
+        let blob = std::fs::read(file).map_err(io)?;
+        let outcome = Session::restore(&model, &blob).and_then(|session| {
+            let (_, tokens, finish) = drain(&mut session.generate(&Params::greedy().max_tokens(8))?, false)?;
+            Ok(json!({ "file": file, "restored": session.len(), "tokens": tokens.len(), "finish": finish }))
+        });
+        let line = match outcome {
+            Ok(line) => line,
+            Err(Error::Llm(e)) => json!({ "file": file, "llm-error": format!("{e:?}") }),
+            Err(e) => json!({ "file": file, "error": e.to_string() }),
+        };
+        println!("{line}");
     }
     Ok(())
 }
