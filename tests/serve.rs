@@ -7,38 +7,63 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use wasi_nn_llm_tests::{MODEL, guest, host_cli, llama_cpp_embedding, model_path, workspace_root};
 
-/// A server process; stopped with SIGTERM when dropped.
+/// A server process; stopped with SIGTERM when dropped, and in any case
+/// when this test process ends (see [`WATCHDOG`]).
 struct Server {
-    child: Child,
+    /// The watchdog shell the server runs under.
+    watchdog: Child,
+    /// Its end of the pipe the watchdog waits on.
+    lifeline: Option<ChildStdin>,
+    /// The server's own process id.
+    pid: u32,
     addr: String,
     log: Arc<Mutex<String>>,
 }
+
+/// The server runs under this shell, which prints the server's pid, then
+/// waits for its stdin (a pipe from this test process) to close and stops
+/// the server with SIGTERM; it exits with the server's status. The pipe
+/// closes when the test drops the server, and also when this process ends
+/// any other way (a panic in a static's initialiser, Ctrl-C, a kill): the
+/// shared server lives in a static, which is never dropped, and used to
+/// outlive every `cargo test` (issue 34).
+const WATCHDOG: &str = r#""$@" </dev/null >/dev/null & server=$!
+echo "$server"
+read _ignored
+kill -TERM "$server" 2>/dev/null
+wait "$server""#;
 
 impl Server {
     /// Start serving SmolLM2 (as `smollm2`) with `extra` flags; returns
     /// once the server listens.
     fn start(extra: &[&str], log_filter: Option<&str>) -> Server {
         let model = format!("{MODEL}={}", model_path(MODEL).display());
-        let mut command = Command::new(host_cli());
+        let mut command = Command::new("sh");
         command
+            .args(["-c", WATCHDOG, "watchdog"])
+            .arg(host_cli())
             .args(["serve", "--addr", "127.0.0.1:0", "--threads", "2", "--ctx-size", "2048", "--model", &model])
             .args(extra)
             .arg(guest("openai-server"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(filter) = log_filter {
             command.env("WASI_NN_LLM_LOG", filter);
         }
-        let mut child = command.spawn().expect("starting the server");
-        let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        let mut watchdog = command.spawn().expect("starting the server");
+        let lifeline = watchdog.stdin.take();
+        let mut pid = String::new();
+        BufReader::new(watchdog.stdout.take().expect("piped stdout")).read_line(&mut pid).expect("the server's pid");
+        let pid = pid.trim().parse().expect("the watchdog prints the server's pid");
+        let mut stderr = BufReader::new(watchdog.stderr.take().expect("piped stderr"));
         let log = Arc::new(Mutex::new(String::new()));
         let mut addr = None;
         let mut line = String::new();
@@ -57,7 +82,7 @@ impl Server {
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        Server { child, addr: addr.expect("an address"), log }
+        Server { watchdog, lifeline, pid, addr: addr.expect("an address"), log }
     }
 
     fn base(&self) -> String {
@@ -99,21 +124,37 @@ impl Server {
 
     /// Run `tests/serve/client.py MODE ARGS` against this server.
     fn client(&self, mode: &str, args: &[&str]) -> Value {
+        self.client_with_key(None, mode, args)
+    }
+
+    /// As [`client`](Self::client), the client given `key` as its API key.
+    fn client_with_key(&self, key: Option<&str>, mode: &str, args: &[&str]) -> Value {
         let python = workspace_root().join("target/py/bin/python");
         assert!(python.is_file(), "{} is missing: `make test` installs the openai client", python.display());
         let script: PathBuf = workspace_root().join("tests/serve/client.py");
-        let out = Command::new(python).arg(script).arg(self.base()).arg(mode).args(args).output().expect("python");
+        let mut command = Command::new(python);
+        if let Some(key) = key {
+            command.env("OPENAI_API_KEY", key);
+        }
+        let out = command.arg(script).arg(self.base()).arg(mode).args(args).output().expect("python");
         assert!(out.status.success(), "client.py {mode} failed:\n{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("client.py prints JSON")
     }
 }
 
+impl Server {
+    /// Wait for the server to exit (after a signal): its exit status.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        // Closing the lifeline makes the watchdog stop the server (already
+        // stopping here) and exit with its status.
+        drop(self.lifeline.take());
+        self.watchdog.wait().expect("waiting for the server")
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        }
-        let _ = self.child.wait();
+        self.wait();
     }
 }
 
@@ -413,12 +454,49 @@ fn a_client_that_goes_away_cancels_its_generation() {
 }
 
 #[test]
+fn with_api_keys_only_a_client_naming_one_gets_in() {
+    let dir = std::env::temp_dir().join(format!("wasi-nn-llm-api-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("keys");
+    std::fs::write(&keys, "# the operator's clients\nsk-team-a-0123456789\nsk-team-b-9876543210\n").unwrap();
+    let server = Server::start(&["--api-key-file", keys.to_str().unwrap()], Some("debug"));
+
+    // No key: 401 in OpenAI's shape, before any guest runs.
+    let (status, body) = server.request("GET", "/v1/models", None);
+    assert_eq!(status, 401, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("didn't provide an API key"), "{body}");
+    // Health checks need none.
+    assert_eq!(server.request("GET", "/health", None).0, 200);
+
+    // The stock client: a wrong key is refused, either listed key answers.
+    let wrong = server.client_with_key(Some("sk-team-a-0123456788"), "authenticated-chat", &[MODEL]);
+    assert_eq!(wrong["status"], 401, "{wrong}");
+    assert_eq!(wrong["error"], "AuthenticationError", "{wrong}");
+    assert_eq!(wrong["body"]["code"], "invalid_api_key", "{wrong}");
+    for key in ["sk-team-a-0123456789", "sk-team-b-9876543210"] {
+        let right = server.client_with_key(Some(key), "authenticated-chat", &[MODEL]);
+        assert_eq!(right["status"], 200, "{right}");
+        assert!(!right["text"].as_str().unwrap().is_empty(), "{right}");
+    }
+    // Even at debug level the log names no key.
+    let log = server.log();
+    assert!(log.contains("2 API key(s) admit clients"), "{log}");
+    for secret in ["sk-team-a-0123456789", "sk-team-a-0123456788", "sk-team-b"] {
+        assert!(!log.contains(secret), "the log shows a key:\n{log}");
+    }
+    drop(server);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
 fn sigterm_stops_the_server_cleanly() {
     let mut server = Server::start(&[], None);
     server.assert_healthy();
-    let id = server.child.id().to_string();
+    let id = server.pid.to_string();
     assert!(Command::new("kill").args(["-TERM", &id]).status().unwrap().success());
-    let status = server.child.wait().expect("waiting for the server");
+    let status = server.wait();
     assert!(status.success(), "exit status {status}:\n{}", server.log());
     std::thread::sleep(Duration::from_millis(100));
     assert!(server.log().contains("stopping"), "{}", server.log());

@@ -13,7 +13,7 @@ use wasi_nn_llm_host::engine::{self, EngineConfig, FlashAttention, SnapshotKey, 
 use wasi_nn_llm_host::policy::Policy;
 use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
-use wasi_nn_llm_host::serve::Server;
+use wasi_nn_llm_host::serve::{ApiKeys, Server};
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -67,6 +67,15 @@ struct ServeArgs {
     addr: SocketAddr,
     #[command(flatten)]
     host: HostArgs,
+    /// A key clients must send (`Authorization: Bearer KEY`, or
+    /// `x-api-key`); without any key the server is open to every client.
+    /// Repeatable. `/health` stays open.
+    #[arg(long = "api-key", value_name = "KEY")]
+    api_keys: Vec<String>,
+    /// A file of API keys, one a line (`#` comments); repeatable. Keeps
+    /// keys out of the process list, where `--api-key` shows them.
+    #[arg(long = "api-key-file", value_name = "FILE")]
+    api_key_files: Vec<PathBuf>,
     /// The HTTP guest component.
     component: PathBuf,
 }
@@ -155,9 +164,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Serve(args) => {
             Runtime::check_component(&args.component)?;
+            let keys = ApiKeys::new(&args.api_keys, &args.api_key_files)?;
             let runtime = Arc::new(args.host.runtime()?);
             let guest = runtime.load(&args.component)?;
-            Server::new(runtime, guest)?.serve(args.addr)?;
+            Server::new(runtime, guest, keys)?.serve(args.addr)?;
             Ok(0)
         }
     }

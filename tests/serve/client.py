@@ -5,6 +5,7 @@ Usage: client.py BASE_URL MODE ARGS...
 """
 
 import json
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -103,11 +104,23 @@ def models(client):
     return {"models": [m.id for m in client.models.list()]}
 
 
+def authenticated_chat(client, model):
+    """A short greedy chat with the client's key (OPENAI_API_KEY): its text,
+    or the error the client raised, with the status and OpenAI's error body."""
+    import openai
+    try:
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Say hello."}], temperature=0, max_tokens=8)
+        return {"status": 200, "text": reply.choices[0].message.content}
+    except openai.APIStatusError as e:
+        return {"status": e.status_code, "error": type(e).__name__, "body": e.body}
+
+
 def main():
     base, mode, *args = sys.argv[1:]
-    client = OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=300)
+    client = OpenAI(base_url=base, api_key=os.environ.get("OPENAI_API_KEY", "unused"), max_retries=0, timeout=300)
     modes = {"stream-chat": stream_chat, "conversation": conversation, "choices": choices,
-             "concurrent": concurrent, "embed": embed, "models": models}
+             "concurrent": concurrent, "embed": embed, "models": models, "authenticated-chat": authenticated_chat}
     print(json.dumps(modes[mode](client, *args)))
 
 

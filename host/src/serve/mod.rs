@@ -14,11 +14,20 @@
 //! A client that goes away mid-stream makes the guest's next body write
 //! fail; the guest stops (or traps), its store is dropped, and that drops
 //! its streams, which cancels their generations.
+//!
+//! With `--api-key`, a request without one of the operator's keys is
+//! answered 401 here, before any guest runs ([`auth`]). A guest that fails
+//! is the guest's (or its client's) doing, not the operator's: those
+//! warnings are rate-limited ([`Throttle`]), so no client can flood the log.
+
+mod auth;
+
+pub use auth::{ApiKeys, Refusal};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use http_body_util::{BodyExt, Full};
@@ -46,15 +55,18 @@ pub struct Server {
     runtime: Arc<Runtime>,
     guest: Guest,
     pre: ProxyPre<HostState>,
+    keys: ApiKeys,
+    failures: Throttle,
 }
 
 impl Server {
     /// Link `guest` for serving: it must export `wasi:http/incoming-handler`.
-    pub fn new(runtime: Arc<Runtime>, guest: Guest) -> anyhow::Result<Arc<Self>> {
+    /// With `keys`, only requests naming one of them reach it.
+    pub fn new(runtime: Arc<Runtime>, guest: Guest, keys: ApiKeys) -> anyhow::Result<Arc<Self>> {
         let pre = ProxyPre::new(runtime.instance_pre(&guest)?)
             .map_err(anyhow::Error::from)
             .context("the component does not export wasi:http/incoming-handler (build it as an HTTP handler)")?;
-        Ok(Arc::new(Self { runtime, guest, pre }))
+        Ok(Arc::new(Self { runtime, guest, pre, keys, failures: Throttle::new(10, Duration::from_secs(60)) }))
     }
 
     /// Serve on `addr` until SIGINT or SIGTERM, then finish the requests in
@@ -66,7 +78,15 @@ impl Server {
 
     async fn listen(self: Arc<Self>, addr: SocketAddr) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
-        eprintln!("serving {} on http://{}/ (Ctrl-C stops)", self.guest.identity.name, listener.local_addr()?);
+        let access = match self.keys.len() {
+            0 => "open to every client".to_owned(),
+            n => format!("{n} API key(s) admit clients"),
+        };
+        eprintln!(
+            "serving {} on http://{}/ ({access}; Ctrl-C stops)",
+            self.guest.identity.name,
+            listener.local_addr()?
+        );
         let graceful = GracefulShutdown::new();
         let mut stop = std::pin::pin!(stop_signal());
         loop {
@@ -107,6 +127,13 @@ impl Server {
     /// response (headers first, then the body as the guest writes it), or a
     /// 500 if it failed before answering.
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, Infallible> {
+        let (mut parts, body) = request.into_parts();
+        if let Err(refusal) = self.keys.admit(parts.uri.path(), &mut parts.headers) {
+            tracing::debug!(path = parts.uri.path(), "refused without running the guest: {refusal:?} API key");
+            return Ok(unauthorized(refusal));
+        }
+        let request = Request::from_parts(parts, body);
+        let failures = self.failures.clone();
         let (sender, receiver) = oneshot::channel();
         let guest = tokio::task::spawn_blocking(move || self.run_guest(request, sender));
         let response = match receiver.await {
@@ -115,8 +142,8 @@ impl Server {
                 tokio::spawn(async move {
                     match guest.await {
                         Ok(Ok(())) => tracing::debug!("the guest finished its response"),
-                        Ok(Err(e)) => tracing::warn!("the guest trapped after answering: {e:#}"),
-                        Err(e) => tracing::warn!("the guest's thread failed after answering: {e}"),
+                        Ok(Err(e)) => failures.warn(format_args!("the guest trapped after answering: {e:#}")),
+                        Err(e) => failures.warn(format_args!("the guest's thread failed after answering: {e}")),
                     }
                 });
                 return Ok(response);
@@ -128,7 +155,7 @@ impl Server {
                 Err(e) => format!("the guest's thread failed: {e}"),
             },
         };
-        tracing::warn!("{response}");
+        failures.warn(format_args!("{response}"));
         Ok(server_error(&response))
     }
 
@@ -161,18 +188,66 @@ impl Server {
 
 /// A 500 in the shape OpenAI-style clients parse (`{"error": {...}}`).
 fn server_error(message: &str) -> Response<HyperOutgoingBody> {
+    error_response(StatusCode::INTERNAL_SERVER_ERROR, message, "server_error", None)
+}
+
+/// A 401 as OpenAI answers a missing or wrong key.
+fn unauthorized(refusal: Refusal) -> Response<HyperOutgoingBody> {
+    let mut response =
+        error_response(StatusCode::UNAUTHORIZED, refusal.message(), "invalid_request_error", refusal.code());
+    response.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn error_response(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response<HyperOutgoingBody> {
     let body = serde_json::json!({
-        "error": { "message": message, "type": "server_error", "param": null, "code": null }
+        "error": { "message": message, "type": kind, "param": null, "code": code }
     });
     let body = Full::new(Bytes::from(body.to_string()))
         .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} })
         .boxed_unsync();
     let mut response = Response::new(body);
-    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    *response.status_mut() = status;
     response
         .headers_mut()
         .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     response
+}
+
+/// At most `burst` warnings per `window` (the rest at debug level); the
+/// first warning of a later window says how many were not shown.
+#[derive(Clone)]
+struct Throttle(Arc<Mutex<ThrottleState>>);
+
+struct ThrottleState {
+    burst: u32,
+    window: Duration,
+    started: Instant,
+    shown: u32,
+    hidden: u32,
+}
+
+impl Throttle {
+    fn new(burst: u32, window: Duration) -> Self {
+        Self(Arc::new(Mutex::new(ThrottleState { burst, window, started: Instant::now(), shown: 0, hidden: 0 })))
+    }
+
+    fn warn(&self, message: std::fmt::Arguments<'_>) {
+        let mut s = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if s.started.elapsed() >= s.window {
+            if s.hidden > 0 {
+                tracing::warn!("{} more guest failure(s) in the last {:?} were not logged", s.hidden, s.window);
+            }
+            (s.started, s.shown, s.hidden) = (Instant::now(), 0, 0);
+        }
+        if s.shown < s.burst {
+            s.shown += 1;
+            tracing::warn!("{message}");
+        } else {
+            s.hidden += 1;
+            tracing::debug!("{message}");
+        }
+    }
 }
 
 fn describe(code: &ErrorCode) -> String {
