@@ -171,3 +171,25 @@ fn the_chat_says_what_is_wrong_in_sentences() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("[smol.chat is damaged, or was saved by a host with another snapshot key]"), "{err}");
 }
+
+#[test]
+fn a_guests_bad_base_wasi_nn_calls_do_not_flood_the_operators_log() {
+    // The hostile guest's matrix makes 14 failing base wasi-nn calls (and
+    // many failing extension calls); with RUST_BACKTRACE set, wasmtime-wasi-nn's
+    // glue logged each as an ERROR with a backtrace of about 130 lines.
+    let model = format!("{MODEL}={}", model_path(MODEL).display());
+    let out = Command::new(host_cli())
+        .args(["run", "--threads", "2", "--model", &model])
+        .arg(guest("hostile"))
+        .args(["bad-inputs", MODEL])
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("WASI_NN_LLM_LOG")
+        .output()
+        .expect("running the host");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"case\":\"compute-no-inputs\""), "the guest made its bad calls: {stdout}");
+    assert!(!err.contains("ERROR") && !err.contains("backtrace"), "{err}");
+    assert!(err.lines().count() < 20, "the operator's log holds {} lines:\n{err}", err.lines().count());
+}

@@ -130,11 +130,7 @@ struct HostArgs {
 }
 
 fn main() -> ExitCode {
-    // WASI_NN_LLM_LOG is a tracing filter (`debug`, `wasi_nn_llm_host=trace`,
-    // …); unset, only warnings show.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WASI_NN_LLM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt().with_env_filter(log_filter()).with_writer(std::io::stderr).init();
     match run(Cli::parse()) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
@@ -171,6 +167,25 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// WASI_NN_LLM_LOG is a tracing filter (`debug`, `wasi_nn_llm_host=trace`,
+/// …); unset, only warnings show. Either way wasmtime-wasi-nn's glue is
+/// silenced unless the filter names it: it logs every error a base wasi-nn
+/// call returns to a guest at ERROR level (with a ~130-line backtrace
+/// where RUST_BACKTRACE is set), so any guest could flood the operator's
+/// log. Those are the guest's mistakes, and this host's wasi-nn backend
+/// logs each at debug level itself (`backend::ggml`).
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let given = std::env::var("WASI_NN_LLM_LOG").ok().filter(|f| !f.trim().is_empty());
+    let mut filter = given.as_deref().unwrap_or("warn").to_owned();
+    if !filter.contains("wasmtime_wasi_nn") {
+        filter.push_str(",wasmtime_wasi_nn::wit=off");
+    }
+    tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("WASI_NN_LLM_LOG={filter:?} is not a log filter ({e}); showing warnings");
+        tracing_subscriber::EnvFilter::new("warn,wasmtime_wasi_nn::wit=off")
+    })
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {

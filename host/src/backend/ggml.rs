@@ -74,7 +74,16 @@ impl BackendGraph for DeniedGraph {
     }
 }
 
+/// Every error this backend returns to a guest passes here, so this is
+/// where they are logged, as the extension logs its own: an engine failure
+/// is the host's fault (a warning), the rest the guest's (debug level;
+/// wasmtime-wasi-nn's glue would log each as an ERROR, which the CLI
+/// silences, see its `log_filter`).
 fn fail(e: LlmError) -> BackendError {
+    match &e {
+        LlmError::EngineFailure(_) => tracing::warn!(error = %e, "a base wasi-nn call fails"),
+        _ => tracing::debug!(error = %e, "a base wasi-nn call returns an error to the guest"),
+    }
     BackendError::BackendAccess(wasmtime::format_err!("{e}"))
 }
 
