@@ -20,6 +20,7 @@ test: guests
 	cargo build --release --quiet -p wasi-nn-llm-host
 	cargo build --release --quiet -p wasi-nn-stock-host
 	cargo test --release
+	@scripts/no-strays.sh
 
 bootstrap:
 	@scripts/bootstrap.sh

@@ -44,11 +44,14 @@ pub struct Context {
     output_tokens: u32,
     /// Of the last prompt's tokens, how many the session already held.
     cached_tokens: u32,
+    /// The configuration notes last said (its graph's, at first).
+    noted: Vec<String>,
 }
 
 impl Context {
-    /// A context of `engine`'s, configured with its graph's `config`.
-    pub fn new(engine: Engine, config: Config, reuse: bool) -> Self {
+    /// A context of `engine`'s, configured with its graph's `config` (whose
+    /// notes the guest was given at load: `noted`).
+    pub fn new(engine: Engine, config: Config, noted: Vec<String>, reuse: bool) -> Self {
         Self {
             engine,
             config,
@@ -60,6 +63,7 @@ impl Context {
             last: Vec::new(),
             output_tokens: 0,
             cached_tokens: 0,
+            noted,
         }
     }
 
@@ -67,8 +71,14 @@ impl Context {
     /// plugin also changes the graph's, which every context shares).
     pub fn configure(&mut self, json: &[u8], operator: &Config, console: &Console) -> Result<(), Fault> {
         let mut config = self.config.clone();
-        for note in config.apply(json, Reader::Guest)? {
-            console.note(&note);
+        let notes = config.apply(json, Reader::Guest)?;
+        // LlamaEdge sends the same metadata before every prompt: say each
+        // note once per context, and again only when it changes.
+        if notes != self.noted {
+            for note in &notes {
+                console.note(note);
+            }
+            self.noted = notes;
         }
         config.overlay(operator);
         self.config = config;

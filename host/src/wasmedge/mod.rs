@@ -48,11 +48,16 @@ use context::{Context, Step};
 /// The import module of the ABI.
 pub const MODULE: &str = "wasi_ephemeral_nn";
 
-/// The metadata output's llama.cpp build number and commit: what
-/// llama.cpp's own build info says (llama-cpp-sys-2 builds it outside git,
-/// so it knows neither, and says so).
+/// The metadata output's llama.cpp build number and commit. llama-cpp-sys-2
+/// builds llama.cpp from a copy outside git, so llama.cpp's own build info
+/// knows neither (it says 0 and "unknown"), and nothing in the published
+/// crate records which llama.cpp commit it copied. No build number is
+/// made up: it stays 0, and the commit field names what does pin the
+/// tree, the crate and its version ([`crate::engine::BACKEND`], what
+/// `model-identity` reports), so a guest's banner reads e.g.
+/// "b0 (commit llama-cpp-sys-2 0.1.161)" instead of "unknown".
 const LLAMA_BUILD_NUMBER: u32 = 0;
-const LLAMA_COMMIT: &str = "unknown";
+const LLAMA_COMMIT: &str = crate::engine::BACKEND.1;
 
 /// Graphs and contexts one instance may hold at once: each costs host
 /// memory, and a guest could otherwise make them until the host runs out.
@@ -135,6 +140,8 @@ pub struct WasmEdgeCtx {
 struct Graph {
     engine: Engine,
     config: Config,
+    /// What its configuration's notes told the guest at load.
+    notes: Vec<String>,
 }
 
 impl WasmEdgeCtx {
@@ -159,21 +166,21 @@ impl WasmEdgeCtx {
             Some(Ok(engine)) => engine.clone(),
         };
         let mut graph = Config::default();
-        if !config.is_empty() {
-            for note in graph.apply(config, Reader::Guest)? {
-                self.console.note(&note);
-            }
+        let notes = if config.is_empty() { Vec::new() } else { graph.apply(config, Reader::Guest)? };
+        for note in &notes {
+            self.console.note(note);
         }
         graph.overlay(&self.settings.config);
         if let (_, Some(note)) = graph.context_length(engine.ctx_size()) {
             self.console.note(&note);
         }
-        self.graphs.insert(Graph { engine, config: graph })
+        self.graphs.insert(Graph { engine, config: graph, notes })
     }
 
     fn init_execution_context(&mut self, graph: i32) -> Result<u32, Fault> {
         let graph = self.graphs.get(graph)?;
-        let context = Context::new(graph.engine.clone(), graph.config.clone(), self.settings.reuse);
+        let context =
+            Context::new(graph.engine.clone(), graph.config.clone(), graph.notes.clone(), self.settings.reuse);
         self.contexts.insert(context)
     }
 
