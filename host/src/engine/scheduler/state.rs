@@ -31,7 +31,7 @@ impl Scheduler<'_> {
         })
     }
 
-    /// Load a snapshot the caller has checked (format, checksum, model,
+    /// Load a snapshot the caller has checked (format, seal, model,
     /// token ids, limit) into the empty sequence `seq`.
     pub(super) fn restore(&mut self, seq: SeqId, snapshot: Snapshot) -> Result<(), LlmError> {
         let file = StateFile::new(seq);
