@@ -201,6 +201,22 @@ pub fn as_u32(v: &Value) -> u32 {
     v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or_else(|| panic!("not a u32: {v}"))
 }
 
+/// Tokens a stream decoded beside others must start as the same prompt's
+/// greedy reply decoded alone: the stream carried its own prompt's
+/// continuation. Only the start is asserted. A batch of several sequences
+/// runs other llama.cpp kernels than a batch of one, so the logits differ
+/// in the last bits, and a near-tie between two tokens can later flip a
+/// greedy choice (seen on an AMD EPYC of family 26: ten equal tokens, then
+/// a different one). Whether the whole reply matched is printed.
+pub fn assert_starts_as_alone(beside: &Value, alone: &[u32], what: &str) {
+    let beside: Vec<u32> =
+        beside.as_array().unwrap_or_else(|| panic!("{what}: not a token list")).iter().map(as_u32).collect();
+    let start = alone.len().min(8);
+    assert!(start > 0 && beside.len() >= start, "{what}: {} tokens beside others, {} alone", beside.len(), alone.len());
+    assert_eq!(beside[..start], alone[..start], "{what}: beside others {beside:?}, alone {alone:?}");
+    eprintln!("{what}: the whole reply beside others equals it alone: {}", beside == alone);
+}
+
 /// A single-turn ChatML prompt, as SmolLM2's template renders it.
 pub fn chatml(user: &str) -> String {
     format!("<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
