@@ -141,7 +141,17 @@ impl CatalogModel {
         let dir = crate::cache::dir()?;
         let path = dir.join(self.file);
         let stamp = dir.join(format!("{}.sha256", self.file));
-        if path.is_file() && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == self.sha256) {
+        let cached = || path.is_file() && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == self.sha256);
+        if cached() {
+            return Ok(path);
+        }
+        // One fetch at a time in this process: threads share the process id
+        // the scratch names below are made of (parallel tests in one binary
+        // asking for a model not yet cached raced on them). Whoever waited
+        // finds the model in place.
+        static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _fetching = FETCHING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cached() {
             return Ok(path);
         }
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
