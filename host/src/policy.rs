@@ -338,6 +338,10 @@ mod tests {
         let chat = Identity { name: "chat".into(), digest: "sha256:ab".into() };
         assert!(policy.permits(&chat, "smollm2"));
         assert!(!policy.permits(&chat, "gemma3"));
+        // Its snapshot key line, uncommented, names the file.
+        let keyed = include_str!("../../policy.example.toml").replace("# snapshot-key-file", "snapshot-key-file");
+        let keyed = Policy::parse(&keyed).expect("the example with its key line is valid");
+        assert_eq!(keyed.snapshot_key_file, Some(PathBuf::from("/etc/wasi-nn-llm/snapshot.key")));
     }
 
     #[test]
