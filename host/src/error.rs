@@ -41,7 +41,10 @@ impl std::fmt::Display for SnapshotError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Self::Truncated => "the snapshot is cut short",
-            Self::Corrupted => "the snapshot's seal does not verify under this host's key: it is damaged or forged",
+            Self::Corrupted => {
+                "the snapshot is damaged or forged: its seal does not verify under this host's key, or what it \
+                 holds is inconsistent"
+            }
             Self::WrongKey => {
                 "the snapshot was sealed by a host with another snapshot key (hosts accept each other's \
                  snapshots only when their operators give them the same --snapshot-key)"
