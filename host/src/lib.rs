@@ -16,6 +16,7 @@
 pub mod backend;
 pub mod cache;
 pub mod catalog;
+pub mod chat;
 pub mod engine;
 pub mod error;
 pub mod p3;

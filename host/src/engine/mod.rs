@@ -39,6 +39,7 @@ mod snapshot_key;
 mod stream;
 mod text;
 mod threads;
+mod template;
 mod tokens;
 
 use std::num::NonZeroU32;
@@ -51,7 +52,7 @@ use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel, RopeType};
+use llama_cpp_2::model::{LlamaModel, RopeType};
 
 pub use attention::{Attention, Chosen, FlashAttention};
 pub use embed::{EmbedInput, Embedding, Pooling};
@@ -66,6 +67,7 @@ pub use snapshot_key::SnapshotKey;
 pub use stream::TokenStream;
 pub use text::{Chunk, TokenLogprob};
 
+use crate::chat::{ChatTemplate, TemplateError};
 use crate::error::LlmError;
 use lanes::Lane;
 use prefix_cache::{PrefixCache, Shape, Start};
@@ -204,6 +206,9 @@ struct Inner {
     opening: Mutex<()>,
     /// Seals the sessions guests save, and checks those they restore.
     snapshot_key: SnapshotKey,
+    /// The GGUF's Jinja chat template, compiled on first use; none where
+    /// the file has no template.
+    jinja: OnceLock<Result<Option<Arc<ChatTemplate>>, TemplateError>>,
 }
 
 impl Engine {
@@ -262,6 +267,7 @@ impl Engine {
             cache: PrefixCache::new(config.prefix_cache),
             opening: Mutex::new(()),
             snapshot_key: config.snapshot_key.clone(),
+            jinja: OnceLock::new(),
         })))
     }
 
@@ -625,40 +631,6 @@ impl Engine {
     /// The model's metadata and this host's limits for it.
     pub fn info(&self) -> ModelInfo {
         info::read(self.name(), self.model(), self.ctx_size())
-    }
-
-    /// Render `messages` (role, content) with the model's own chat template.
-    pub fn apply_chat_template(&self, messages: &[(String, String)], add_assistant: bool) -> Result<String, LlmError> {
-        let template = self.chat_template()?;
-        let chat = messages
-            .iter()
-            .map(|(role, content)| LlamaChatMessage::new(role.clone(), content.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| LlmError::invalid(format!("chat message: {e}")))?;
-        self.model()
-            .apply_chat_template(&template, &chat, add_assistant)
-            .map_err(|e| LlmError::Unsupported(format!("llama.cpp cannot render this model's chat template: {e}")))
-    }
-
-    /// The GGUF's template; for a model without one (a base model), the
-    /// built-in template of its architecture family, where llama.cpp has one.
-    fn chat_template(&self) -> Result<LlamaChatTemplate, LlmError> {
-        if let Ok(template) = self.model().chat_template(None) {
-            return Ok(template);
-        }
-        let architecture = self.model().meta_val_str("general.architecture").unwrap_or_default();
-        let builtin = match architecture.as_str() {
-            a if a.starts_with("gemma") => "gemma",
-            a if a.starts_with("llama") => "llama3",
-            a if a.starts_with("phi3") => "phi3",
-            _ => {
-                return Err(LlmError::Unsupported(format!(
-                    "model {:?} ({architecture}) has no chat template and no built-in one is known for it",
-                    self.name()
-                )));
-            }
-        };
-        LlamaChatTemplate::new(builtin).map_err(|e| LlmError::EngineFailure(e.to_string()))
     }
 
     /// Whether `self` and `other` are the same loaded model.
