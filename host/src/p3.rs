@@ -40,7 +40,7 @@ use crate::engine::{self, Engine, Pending, Session, TokenStream};
 use crate::error::LlmError;
 use crate::wit::{HasLlmView, try_llm};
 
-/// The `wasi-nn-llm:llm@0.2.0-draft` world's bindings. Its 0.1.4 interfaces
+/// The `wasi-nn-llm:llm@0.2.0-draft` world's bindings. Its 0.1.5 interfaces
 /// and types are [`crate::wit`]'s (one implementation serves both worlds),
 /// and its session is the engine's [`Session`], as 0.1.x's is.
 #[allow(missing_docs)]
@@ -50,9 +50,10 @@ pub mod bindings {
         world: "wasi-nn-llm:llm/llm@0.2.0-draft",
         with: {
             "wasi:nn/graph.graph": wasmtime_wasi_nn::Graph,
-            "wasi-nn-llm:llm/types@0.1.4": crate::wit::bindings::wasi_nn_llm::llm::types,
-            "wasi-nn-llm:llm/model@0.1.4": crate::wit::bindings::wasi_nn_llm::llm::model,
-            "wasi-nn-llm:llm/embeddings@0.1.4": crate::wit::bindings::wasi_nn_llm::llm::embeddings,
+            "wasi-nn-llm:llm/types@0.1.5": crate::wit::bindings::wasi_nn_llm::llm::types,
+            "wasi-nn-llm:llm/model@0.1.5": crate::wit::bindings::wasi_nn_llm::llm::model,
+            "wasi-nn-llm:llm/embeddings@0.1.5": crate::wit::bindings::wasi_nn_llm::llm::embeddings,
+            "wasi-nn-llm:llm/chat@0.1.5": crate::wit::bindings::wasi_nn_llm::llm::chat,
             "wasi-nn-llm:llm/session@0.2.0-draft.session": crate::engine::Session,
         },
         imports: {
@@ -73,7 +74,7 @@ use bindings::wasi_nn_llm::llm0_2_0_draft::session;
 pub const RUN_EXPORT: &str = "wasi-nn-llm:llm/run@0.2.0-draft";
 
 /// Add the draft session interface to a linker whose store data `T` gives
-/// the extension's view; the 0.1.4 interfaces come from
+/// the extension's view; the 0.1.5 interfaces come from
 /// [`crate::wit::add_to_linker`].
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut wasmtime::component::Linker<T>,

@@ -36,7 +36,7 @@ pub mod bindings {
     });
 }
 
-use bindings::wasi_nn_llm::llm::{embeddings, model, session, types};
+use bindings::wasi_nn_llm::llm::{chat, embeddings, model, session, types};
 
 /// Per-instance state of the extension: what the instance may reach.
 pub struct LlmCtx {
@@ -88,6 +88,7 @@ pub fn add_to_linker<T: Send + 'static>(
     model::add_to_linker::<T, HasLlmView>(linker, f)?;
     session::add_to_linker::<T, HasLlmView>(linker, f)?;
     embeddings::add_to_linker::<T, HasLlmView>(linker, f)?;
+    chat::add_to_linker::<T, HasLlmView>(linker, f)?;
     Ok(())
 }
 
@@ -216,6 +217,76 @@ impl embeddings::Host for LlmView<'_> {
     fn dimensions(&mut self, graph: Resource<Graph>) -> wasmtime::Result<Result<u32, types::Error>> {
         let engine = try_llm!(self.engine(&graph)?);
         Ok(Ok(engine.dimensions()))
+    }
+}
+
+impl chat::Host for LlmView<'_> {
+    fn render(
+        &mut self,
+        graph: Resource<Graph>,
+        messages: Vec<chat::ChatMessage>,
+        options: chat::RenderOptions,
+    ) -> wasmtime::Result<Result<chat::Rendered, types::Error>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        let messages: Vec<crate::chat::ChatMessage> = messages.into_iter().map(Into::into).collect();
+        let options = crate::chat::RenderOptions::from(options);
+        Ok(engine.render_chat(&messages, &options).map(Into::into).map_err(Into::into))
+    }
+}
+
+impl From<chat::ChatMessage> for crate::chat::ChatMessage {
+    fn from(m: chat::ChatMessage) -> Self {
+        Self {
+            role: m.role,
+            content: m.content,
+            reasoning: m.reasoning,
+            tool_calls: m
+                .tool_calls
+                .into_iter()
+                .map(|c| crate::chat::ToolCall { id: c.id, name: c.name, arguments: c.arguments })
+                .collect(),
+            tool_call_id: m.tool_call_id,
+            name: m.name,
+        }
+    }
+}
+
+impl From<chat::RenderOptions> for crate::chat::RenderOptions {
+    fn from(o: chat::RenderOptions) -> Self {
+        use crate::chat::TemplateValue as V;
+        Self {
+            add_generation_prompt: o.add_generation_prompt,
+            tools: o
+                .tools
+                .into_iter()
+                .map(|t| crate::chat::Tool { name: t.name, description: t.description, parameters: t.parameters })
+                .collect(),
+            documents: o.documents,
+            arguments: o
+                .arguments
+                .into_iter()
+                .map(|(name, value)| {
+                    let value = match value {
+                        chat::TemplateValue::Boolean(b) => V::Boolean(b),
+                        chat::TemplateValue::Integer(i) => V::Integer(i),
+                        chat::TemplateValue::Float(x) => V::Float(x),
+                        chat::TemplateValue::Text(s) => V::Text(s),
+                        chat::TemplateValue::Json(s) => V::Json(s),
+                    };
+                    (name, value)
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<crate::chat::Rendered> for chat::Rendered {
+    fn from(r: crate::chat::Rendered) -> Self {
+        let source = match r.source {
+            crate::chat::TemplateSource::Jinja => chat::TemplateSource::Jinja,
+            crate::chat::TemplateSource::BuiltIn(name) => chat::TemplateSource::BuiltIn(name),
+        };
+        Self { text: r.text, source }
     }
 }
 
