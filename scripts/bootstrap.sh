@@ -43,6 +43,15 @@ if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "openai==$OPENAI_VERSION"
 fi
+# The chat template conformance test (tests/templates.rs) renders its
+# corpus with `transformers`' own renderer as the reference: the wheels
+# that renderer imports, pinned, without the rest of transformers' deps.
+TRANSFORMERS_VERSION=$(sed -n 's/^transformers==//p' tests/templates/oracle-requirements.txt)
+if ! "$venv/bin/python" -c "import transformers, sys; sys.exit(transformers.__version__ != '$TRANSFORMERS_VERSION')" 2>/dev/null; then
+    echo "bootstrap: installing transformers $TRANSFORMERS_VERSION (the chat template oracle) into $venv" >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+        -r tests/templates/oracle-requirements.txt
+fi
 # The base wasi-nn conformance suite's second host (wasmtime's own wasi-nn,
 # ONNX backend) loads onnxruntime at run time: the library out of the
 # registry's wheel, the version its ort (2.0.0-rc.10) is written for.
