@@ -232,6 +232,10 @@ impl chat::Host for LlmView<'_> {
         let options = crate::chat::RenderOptions::from(options);
         Ok(engine.render_chat(&messages, &options).map(Into::into).map_err(Into::into))
     }
+
+    fn json_schema_grammar(&mut self, schema: String) -> wasmtime::Result<Result<String, types::Error>> {
+        Ok(engine::schema_grammar(&schema).map_err(Into::into))
+    }
 }
 
 impl From<chat::ChatMessage> for crate::chat::ChatMessage {

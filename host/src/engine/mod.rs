@@ -62,6 +62,7 @@ pub use params::{Constraint, GenerateParams, SessionOptions};
 pub use prefix_cache::{CacheLimits, Namespace};
 pub use protocol::Pending;
 pub use quota::{Quota, QuotaLimits};
+pub use sampler::schema_grammar;
 pub use session::{Forking, Session};
 pub use snapshot_key::SnapshotKey;
 pub use stream::TokenStream;

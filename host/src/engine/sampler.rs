@@ -142,6 +142,14 @@ impl Sampler {
     }
 }
 
+/// The GBNF grammar (rule `root`) llama.cpp makes of a JSON schema.
+pub fn schema_grammar(schema: &str) -> Result<String, LlmError> {
+    serde_json::from_str::<serde_json::Value>(schema)
+        .map_err(|e| LlmError::InvalidGrammar(format!("json-schema is not valid JSON: {e}")))?;
+    llama_cpp_2::json_schema_to_grammar(schema)
+        .map_err(|e| LlmError::InvalidGrammar(format!("json-schema not supported: {e}")))
+}
+
 /// Build the sampler, in llama.cpp's usual order: logit bias, grammar,
 /// penalties, then either greedy or top-k → top-p → min-p → temperature → dist.
 ///
@@ -195,12 +203,7 @@ pub(crate) fn build(
     if let Some(constraint) = &params.constraint {
         let gbnf = match constraint {
             Constraint::Grammar(g) => g.clone(),
-            Constraint::JsonSchema(schema) => {
-                serde_json::from_str::<serde_json::Value>(schema)
-                    .map_err(|e| LlmError::InvalidGrammar(format!("json-schema is not valid JSON: {e}")))?;
-                llama_cpp_2::json_schema_to_grammar(schema)
-                    .map_err(|e| LlmError::InvalidGrammar(format!("json-schema not supported: {e}")))?
-            }
+            Constraint::JsonSchema(schema) => schema_grammar(schema)?,
         };
         let grammar = LlamaSampler::grammar(model, &gbnf, "root")
             .map_err(|e| LlmError::InvalidGrammar(format!("grammar rejected by llama.cpp: {e}")))?;
