@@ -11,7 +11,9 @@ use crate::error::LlmError;
 /// in an `i32`, and no real prompt comes near this.
 const MAX_TEXT: usize = (i32::MAX / 2) as usize;
 
-/// Token ids for `text`; `add_special` adds BOS where the model uses one,
+/// Token ids for `text`; `add_special` adds BOS where the model uses one
+/// (unless the text already starts with it, as a chat template that writes
+/// `{{ bos_token }}` makes it: two would be a prompt the model never saw),
 /// and special tokens (chat markers) are parsed when `parse_special` is set.
 pub(crate) fn tokenize_with(
     model: &LlamaModel,
@@ -22,7 +24,11 @@ pub(crate) fn tokenize_with(
     if text.len() > MAX_TEXT {
         return Err(LlmError::invalid(format!("text of {} bytes is too large to tokenize", text.len())));
     }
-    Ok(model.vocab().tokenize(text.as_bytes(), add_special, parse_special))
+    let mut tokens = model.vocab().tokenize(text.as_bytes(), add_special, parse_special);
+    if add_special && tokens.len() >= 2 && tokens[0] == tokens[1] && tokens[0] == model.vocab().bos() {
+        tokens.remove(0);
+    }
+    Ok(tokens)
 }
 
 /// Tokenize guest text for a session: special tokens parsed, so templated
