@@ -263,7 +263,7 @@ impl<'m> Chat<'m> {
             session_len: self.session.len(),
         };
         self.messages.push(Message { role: "user".into(), content: user.into() });
-        let rendered = self.model.apply_chat_template(&self.messages, true).and_then(|full| {
+        let rendered = self.model.render(&self.messages, true).and_then(|full| {
             let delta = turn_delta(&self.transcript, &full).ok_or(Error::TemplateNotIncremental)?.to_owned();
             Ok((full, delta))
         });

@@ -29,6 +29,7 @@ mod model;
 pub mod p3;
 mod params;
 mod session;
+pub mod tool_calls;
 
 /// The raw bindings of the `wasi-nn-llm:llm/llm` world (base wasi-nn and
 /// `wasi:io` included), for what the idiomatic types do not cover; the WIT
@@ -44,6 +45,10 @@ pub mod raw {
 }
 
 pub use chat::{Chat, Reply, turn_delta};
+/// Chat templates with tools and reasoning ([`Model::render_chat`]).
+pub use raw::wasi_nn_llm::llm::chat::{
+    ChatMessage, RenderOptions, Rendered, TemplateSource, TemplateValue, Tool, ToolCall,
+};
 pub use error::Error;
 pub use model::Model;
 pub use params::Params;
@@ -57,3 +62,10 @@ pub use raw::wasi_nn_llm::llm::types::{
     Chunk, Finish, FinishReason, Message, ModelMetadata, OverflowPolicy, SessionOptions, TokenLogprob, Usage,
 };
 pub use session::{Session, TokenStream};
+
+/// The GBNF grammar (start rule `root`) of a JSON schema, as the host's
+/// `json-schema` constraint would use it, to compose into a grammar of
+/// one's own: a tool call inside a template's markers, say (extension 0.1.5).
+pub fn json_schema_grammar(schema: &str) -> Result<String, Error> {
+    Ok(raw::wasi_nn_llm::llm::chat::json_schema_grammar(schema)?)
+}

@@ -1,9 +1,13 @@
 //! A model from the operator's registry.
 
 use crate::raw::wasi::nn::graph::{self, Graph};
+use crate::raw::wasi_nn_llm::llm::chat;
 use crate::raw::wasi_nn_llm::llm::embeddings;
 use crate::raw::wasi_nn_llm::llm::model as llm_model;
-use crate::{EmbedInput, EmbedOptions, Embedding, Error, Message, ModelIdentity, ModelMetadata};
+use crate::{
+    ChatMessage, EmbedInput, EmbedOptions, Embedding, Error, Message, ModelIdentity, ModelMetadata, RenderOptions,
+    Rendered,
+};
 
 /// A loaded model: a wasi:nn graph the extension can open sessions on.
 pub struct Model {
@@ -137,6 +141,51 @@ impl Model {
     /// ```
     pub fn apply_chat_template(&self, messages: &[Message], add_assistant_turn: bool) -> Result<String, Error> {
         Ok(llm_model::apply_chat_template(&self.graph, messages, add_assistant_turn)?)
+    }
+
+    /// Render a conversation with the model's own Jinja chat template, as
+    /// Hugging Face's `apply_chat_template` does: tools, tool calls, tool
+    /// results, reasoning and template arguments included (extension
+    /// 0.1.5). [`Rendered::source`] says whether the model's template or
+    /// the host's built-in format of its family rendered it.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// use wasi_nn_llm::{ChatMessage, RenderOptions};
+    /// let user = ChatMessage {
+    ///     role: "user".into(),
+    ///     content: Some("Hi!".into()),
+    ///     reasoning: None,
+    ///     tool_calls: vec![],
+    ///     tool_call_id: None,
+    ///     name: None,
+    /// };
+    /// let options =
+    ///     RenderOptions { add_generation_prompt: true, tools: vec![], documents: vec![], arguments: vec![] };
+    /// let prompt = model.render_chat(&[user], &options)?.text;
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
+    pub fn render_chat(&self, messages: &[ChatMessage], options: &RenderOptions) -> Result<Rendered, Error> {
+        Ok(chat::render(&self.graph, messages, options)?)
+    }
+
+    /// Render role-and-text messages with the model's own Jinja template
+    /// ([`render_chat`](Self::render_chat) with nothing else): what
+    /// [`Chat`](crate::Chat) appends, and what the OpenAI server sends.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, Error> {
+        let messages: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| ChatMessage {
+                role: m.role.clone(),
+                content: Some(m.content.clone()),
+                reasoning: None,
+                tool_calls: vec![],
+                tool_call_id: None,
+                name: None,
+            })
+            .collect();
+        let options = RenderOptions { add_generation_prompt, tools: vec![], documents: vec![], arguments: vec![] };
+        Ok(self.render_chat(&messages, &options)?.text)
     }
 
     /// One embedding per input, computed by the host's engine with no

@@ -3,9 +3,11 @@
 //! leave there is evaluated), `n` choices fork it (one prefill for all),
 //! and the streams are read either to one JSON answer or as SSE events.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+use wasi_nn_llm::tool_calls::{self, Format, Parsed, Streamer};
 use wasi_nn_llm::raw::wasi_nn_llm::llm::types::Error as LlmError;
 use wasi_nn_llm::{Chunk, Error, Finish, FinishReason, Model, Params, Session, SessionOptions, TokenStream};
 
@@ -32,6 +34,9 @@ pub struct Job {
     _sessions: Vec<Session>,
     model: Model,
     logprobs: bool,
+    /// The tool format replies are read in, when the request lets the
+    /// model call tools.
+    tools: Option<Format>,
 }
 
 /// What one choice produced, for the non-streamed answer.
@@ -51,6 +56,7 @@ impl Job {
         prompt: &[u32],
         params: &Params,
         n: u32,
+        tools: Option<Format>,
     ) -> Result<Self, ApiError> {
         let options = SessionOptions { context_length: None, seed: None, overflow: None };
         let first = queued(|| Session::open_cached(&model, options, prompt))?;
@@ -82,6 +88,7 @@ impl Job {
             _sessions: sessions,
             model,
             logprobs: params.as_raw().logprobs.is_some(),
+            tools,
         })
     }
 
@@ -105,16 +112,24 @@ impl Job {
             .into_iter()
             .enumerate()
             .map(|(index, c)| {
-                let finish = finish_reason(c.finish.as_ref());
                 let logprobs = self.logprobs.then(|| self.logprobs_object(c.logprobs));
                 match self.kind {
-                    Kind::Chat => json!({
-                        "index": index,
-                        "message": { "role": "assistant", "content": c.text, "refusal": null },
-                        "logprobs": logprobs,
-                        "finish_reason": finish,
-                    }),
+                    Kind::Chat => {
+                        let parsed = match self.tools {
+                            Some(format) => tool_calls::parse(format, &c.text),
+                            None => Parsed { content: Some(c.text), calls: Vec::new() },
+                        };
+                        let mut message = json!({ "role": "assistant", "content": parsed.content, "refusal": null });
+                        let finish = if parsed.calls.is_empty() {
+                            finish_reason(c.finish.as_ref())
+                        } else {
+                            message["tool_calls"] = parsed.calls.iter().map(|c| c.to_json()).collect();
+                            "tool_calls"
+                        };
+                        json!({ "index": index, "message": message, "logprobs": logprobs, "finish_reason": finish })
+                    }
                     Kind::Text => {
+                        let finish = finish_reason(c.finish.as_ref());
                         json!({ "index": index, "text": c.text, "logprobs": logprobs, "finish_reason": finish })
                     }
                 }
@@ -144,7 +159,8 @@ impl Job {
     /// stream ends with `data: [DONE]`.
     pub fn events(self, include_usage: bool) -> Events {
         let n = self.streams.len();
-        Events { job: self, include_usage, step: Step::Open, next: 0, done: vec![false; n] }
+        let readers = (0..n).map(|_| self.tools.map(Streamer::new)).collect();
+        Events { job: self, include_usage, step: Step::Open, next: 0, done: vec![false; n], readers, queued: VecDeque::new() }
     }
 
     fn chunk_event(&self, choices: Vec<Value>, usage: Option<Value>) -> String {
@@ -155,6 +171,27 @@ impl Job {
             event["usage"] = usage;
         }
         sse(&event)
+    }
+
+    /// The events that end a choice whose reply was read for tool calls:
+    /// content not yet sent, then each call (its id, type and name first,
+    /// then its arguments), then the finish reason.
+    fn closing_events(&self, index: usize, parsed: Parsed, finish: &'static str) -> Vec<String> {
+        let mut events = Vec::new();
+        if let Some(content) = parsed.content {
+            events.push(self.chunk_event(vec![self.choice_delta(index, Some(&content), None, None)], None));
+        }
+        for (k, call) in parsed.calls.iter().enumerate() {
+            let opening = json!({ "index": k, "id": call.id, "type": "function", "function": { "name": call.name, "arguments": "" } });
+            let arguments = json!({ "index": k, "function": { "arguments": call.arguments } });
+            for delta in [opening, arguments] {
+                let choice = json!({ "index": index, "delta": { "tool_calls": [delta] }, "logprobs": null, "finish_reason": null });
+                events.push(self.chunk_event(vec![choice], None));
+            }
+        }
+        let finish = if parsed.calls.is_empty() { finish } else { "tool_calls" };
+        events.push(self.chunk_event(vec![self.choice_delta(index, None, None, Some(finish))], None));
+        events
     }
 
     fn choice_delta(&self, index: usize, text: Option<&str>, logprobs: Option<Value>, finish: Option<&str>) -> Value {
@@ -232,6 +269,11 @@ pub struct Events {
     /// stream side by side as the engine batches them).
     next: usize,
     done: Vec<bool>,
+    /// Each choice's reply, read for tool calls as it streams (none
+    /// without tools).
+    readers: Vec<Option<Streamer>>,
+    /// Events made and not yet sent (a choice's end can be several).
+    queued: VecDeque<String>,
 }
 
 enum Step {
@@ -247,6 +289,9 @@ impl Iterator for Events {
 
     fn next(&mut self) -> Option<String> {
         loop {
+            if let Some(event) = self.queued.pop_front() {
+                return Some(event);
+            }
             match self.step {
                 Step::Open => {
                     self.step = Step::Tokens;
@@ -267,9 +312,16 @@ impl Iterator for Events {
                     self.next = (i + 1) % self.done.len();
                     match self.job.streams[i].next() {
                         Some(Ok(chunk)) => {
+                            let text = match &mut self.readers[i] {
+                                Some(reader) => match reader.push(&chunk.text) {
+                                    Some(text) => text,
+                                    None => continue,
+                                },
+                                None => chunk.text.clone(),
+                            };
                             let logprobs =
                                 self.job.logprobs.then(|| self.job.logprobs_object(self.job.token_logprobs(&chunk)));
-                            let choice = self.job.choice_delta(i, Some(&chunk.text), logprobs, None);
+                            let choice = self.job.choice_delta(i, Some(&text), logprobs, None);
                             return Some(self.job.chunk_event(vec![choice], None));
                         }
                         Some(Err(e)) => {
@@ -280,6 +332,10 @@ impl Iterator for Events {
                         None => {
                             self.done[i] = true;
                             let finish = finish_reason(self.job.streams[i].finish());
+                            if let Some(reader) = self.readers[i].take() {
+                                self.queued.extend(self.job.closing_events(i, reader.finish(), finish));
+                                continue;
+                            }
                             let choice = self.job.choice_delta(i, None, None, Some(finish));
                             return Some(self.job.chunk_event(vec![choice], None));
                         }

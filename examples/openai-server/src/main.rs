@@ -16,9 +16,11 @@ mod completion;
 mod embeddings;
 mod error;
 mod request;
+mod tools;
 
 use serde_json::json;
-use wasi_nn_llm::Model;
+use wasi_nn_llm::tool_calls::Format;
+use wasi_nn_llm::{Model, RenderOptions};
 use wstd::__internal::wasip2;
 use wstd::__internal::wasip2::exports::http::incoming_handler;
 use wstd::__internal::wasip2::http::types::{IncomingRequest, ResponseOutparam};
@@ -28,6 +30,7 @@ use wstd::http::{Body, Request, Response};
 use completion::{Job, Kind};
 use error::ApiError;
 use request::{ChatRequest, CompletionRequest};
+use tools::{Choice, Constrain, Constraint};
 
 /// Largest request body read (a prompt far past any context still fits).
 const MAX_BODY: u64 = 16 << 20;
@@ -119,15 +122,49 @@ fn load(name: &str) -> Result<Model, ApiError> {
     Model::load(name).map_err(|e| ApiError::from_model(name, e))
 }
 
+/// A chat: its messages rendered with the model's own template, and with
+/// tools, the template's tool format, a grammar that holds a call to the
+/// tools' schemas, and the reply read back for the calls it makes.
 fn chat(body: &[u8]) -> Result<Response<Body>, ApiError> {
     let request: ChatRequest = request::parse(body)?;
-    let messages = request.messages()?;
-    let params = request.params()?;
+    let mut messages = request.messages()?;
+    let tools = request.tools()?;
+    let arguments = request.template_arguments()?;
+    let mut params = request.params()?;
     let n = request.sampling.choices()?;
     let model = load(&request.model)?;
-    let prompt = model.apply_chat_template(&messages, true)?;
+    let mut options = RenderOptions { add_generation_prompt: true, tools: vec![], documents: vec![], arguments };
+    let mut format = None;
+    if let Some(tools) = &tools {
+        if request.response_format.is_some() {
+            return Err(ApiError::invalid("response_format cannot be combined with tools", Some("response_format")));
+        }
+        let template = model.info().map_err(|e| ApiError::from_model(&request.model, e))?.chat_template;
+        let native = Format::of(&model, template.as_deref());
+        if native == Format::Generic {
+            messages = tools::generic_messages(messages, tools);
+        } else {
+            options.tools = tools.list.clone();
+        }
+        match native.constraint(tools)? {
+            Some(Constraint::Grammar(gbnf)) => params = params.grammar(gbnf),
+            Some(Constraint::JsonSchema(schema)) => params = params.json_schema(schema),
+            None => {}
+        }
+        format = (tools.choice != Choice::None).then_some(native);
+    }
+    let prompt = model.render_chat(&messages, &options).map_err(|e| {
+        // The template refused or failed on the conversation: the messages' fault.
+        let mut e = ApiError::from(e);
+        if e.status == 400 {
+            e.param = Some("messages");
+        }
+        e
+    })?;
+    let prompt = prompt.text;
     let tokens = model.tokenize(&prompt, true, true)?;
-    let job = Job::start(Kind::Chat, request.model.clone(), model, &tokens, &params, n)?;
+    let job = Job::start(Kind::Chat, request.model.clone(), model, &tokens, &params, n, format)
+        .map_err(|e| if tools.is_some() { e.at("tools") } else { e })?;
     answer(job, request.sampling.stream, request.sampling.include_usage())
 }
 
@@ -140,7 +177,7 @@ fn complete(body: &[u8]) -> Result<Response<Body>, ApiError> {
     if tokens.is_empty() {
         return Err(ApiError::invalid("prompt must not be empty", Some("prompt")));
     }
-    let job = Job::start(Kind::Text, request.model.clone(), model, &tokens, &params, n)?;
+    let job = Job::start(Kind::Text, request.model.clone(), model, &tokens, &params, n, None)?;
     answer(job, request.sampling.stream, request.sampling.include_usage())
 }
 

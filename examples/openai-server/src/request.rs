@@ -1,11 +1,14 @@
 //! The request bodies of the API, parsed and checked before anything
 //! reaches the host: each wrong field is a 400 naming it.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 use serde_json::Value;
-use wasi_nn_llm::{Message, Params};
+use wasi_nn_llm::{ChatMessage as Message, Params, TemplateValue, ToolCall};
 
 use crate::error::ApiError;
+use crate::tools::{ToolChoiceSpec, ToolSpec, Tools};
 
 /// Most completions one request may ask for (`n`).
 const MAX_CHOICES: u32 = 8;
@@ -25,6 +28,17 @@ pub struct ChatRequest {
     pub top_logprobs: Option<u32>,
     #[serde(default)]
     pub response_format: Option<ResponseFormat>,
+    #[serde(default)]
+    pub tools: Option<Vec<ToolSpec>>,
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoiceSpec>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// Extra keyword arguments of the chat template (llama-server's).
+    #[serde(default)]
+    pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    pub reasoning_effort: Option<String>,
 }
 
 /// `POST /v1/completions`.
@@ -95,6 +109,33 @@ pub struct ChatMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant turn's calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<CallSpec>>,
+    /// A `tool` message's call.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// An assistant turn's reasoning, as llama-server returns it.
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
+}
+
+/// A call in an assistant message.
+#[derive(Deserialize)]
+pub struct CallSpec {
+    pub id: String,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub function: CalledFunction,
+}
+
+#[derive(Deserialize)]
+pub struct CalledFunction {
+    pub name: String,
+    /// JSON text, as OpenAI's API sends it (an object is taken too).
+    pub arguments: Value,
 }
 
 #[derive(Deserialize)]
@@ -138,45 +179,103 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 impl ChatRequest {
-    /// The messages as the host's template takes them; a content part other
-    /// than text is refused.
+    /// The messages as the host's template takes them: roles it knows,
+    /// text content, calls whose arguments are JSON, and tool results that
+    /// answer a call made before them.
     pub fn messages(&self) -> Result<Vec<Message>, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::invalid("messages must hold at least one message", Some("messages")));
         }
-        self.messages
-            .iter()
-            .map(|m| {
-                if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant") {
-                    return Err(ApiError::invalid(
-                        format!("message role {:?} is not one of system, developer, user, assistant", m.role),
-                        Some("messages"),
-                    ));
-                }
-                let content = match &m.content {
-                    None => String::new(),
-                    Some(Content::Text(text)) => text.clone(),
-                    Some(Content::Parts(parts)) => {
-                        let mut text = String::new();
-                        for part in parts {
-                            match (&*part.kind, &part.text) {
-                                ("text", Some(t)) => text.push_str(t),
-                                (kind, _) => {
-                                    return Err(ApiError::invalid(
-                                        format!("content parts of type {kind:?} are not supported: only text"),
-                                        Some("messages"),
-                                    ));
-                                }
+        let invalid = |i: usize, what: String| ApiError::invalid(format!("messages[{i}]: {what}"), Some("messages"));
+        // The calls made so far, by id: a tool result must answer one.
+        let mut calls: HashMap<String, String> = HashMap::new();
+        let mut out = Vec::with_capacity(self.messages.len());
+        for (i, m) in self.messages.iter().enumerate() {
+            if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant" | "tool") {
+                return Err(invalid(i, format!("role {:?} is not one of system, developer, user, assistant, tool", m.role)));
+            }
+            let content = match &m.content {
+                None => None,
+                Some(Content::Text(text)) => Some(text.clone()),
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for part in parts {
+                        match (&*part.kind, &part.text) {
+                            ("text", Some(t)) => text.push_str(t),
+                            (kind, _) => {
+                                return Err(invalid(i, format!("content parts of type {kind:?} are not supported: only text")));
                             }
                         }
-                        text
                     }
+                    Some(text)
+                }
+            };
+            let mut tool_calls = Vec::new();
+            for (k, call) in m.tool_calls.iter().flatten().enumerate() {
+                if m.role != "assistant" {
+                    return Err(invalid(i, "only assistant messages carry tool_calls".into()));
+                }
+                if call.kind.as_deref().is_some_and(|k| k != "function") {
+                    return Err(invalid(i, format!("tool_calls[{k}] is not of type \"function\"")));
+                }
+                let arguments = match &call.function.arguments {
+                    Value::String(text) => match serde_json::from_str::<Value>(text) {
+                        Ok(Value::Object(_)) => text.clone(),
+                        _ => return Err(invalid(i, format!("tool_calls[{k}].function.arguments is not a JSON object"))),
+                    },
+                    Value::Object(_) => call.function.arguments.to_string(),
+                    _ => return Err(invalid(i, format!("tool_calls[{k}].function.arguments is not a JSON object"))),
                 };
-                // The templates know system, user and assistant.
-                let role = if m.role == "developer" { "system".into() } else { m.role.clone() };
-                Ok(Message { role, content })
-            })
-            .collect()
+                calls.insert(call.id.clone(), call.function.name.clone());
+                tool_calls.push(ToolCall { id: call.id.clone(), name: call.function.name.clone(), arguments });
+            }
+            let (tool_call_id, name) = if m.role == "tool" {
+                let Some(id) = &m.tool_call_id else {
+                    return Err(invalid(i, "a tool message needs the tool_call_id of the call it answers".into()));
+                };
+                let Some(name) = calls.get(id) else {
+                    return Err(invalid(i, format!("tool_call_id {id:?} answers no tool call made before it")));
+                };
+                (Some(id.clone()), Some(m.name.clone().unwrap_or_else(|| name.clone())))
+            } else {
+                (None, m.name.clone())
+            };
+            // The templates know system, user and assistant.
+            let role = if m.role == "developer" { "system".into() } else { m.role.clone() };
+            let reasoning = m.reasoning_content.clone().filter(|_| m.role == "assistant");
+            out.push(Message { role, content, reasoning, tool_calls, tool_call_id, name });
+        }
+        Ok(out)
+    }
+
+    /// The request's tools, checked; none without `tools`.
+    pub fn tools(&self) -> Result<Option<Tools>, ApiError> {
+        Tools::check(self.tools.as_deref(), self.tool_choice.as_ref(), self.parallel_tool_calls)
+    }
+
+    /// `chat_template_kwargs` and `reasoning_effort` as typed template
+    /// arguments.
+    pub fn template_arguments(&self) -> Result<Vec<(String, TemplateValue)>, ApiError> {
+        let mut arguments = Vec::new();
+        for (name, value) in self.chat_template_kwargs.iter().flatten() {
+            let value = match value {
+                Value::Bool(b) => TemplateValue::Boolean(*b),
+                Value::Number(n) => match n.as_i64() {
+                    Some(i) => TemplateValue::Integer(i),
+                    None => TemplateValue::Float(n.as_f64().unwrap_or_default()),
+                },
+                Value::String(s) => TemplateValue::Text(s.clone()),
+                other => TemplateValue::Json(other.to_string()),
+            };
+            arguments.push((name.clone(), value));
+        }
+        if let Some(effort) = &self.reasoning_effort {
+            if !matches!(effort.as_str(), "low" | "medium" | "high") {
+                return Err(ApiError::invalid("reasoning_effort must be low, medium or high", Some("reasoning_effort")));
+            }
+            arguments.push(("reasoning_effort".into(), TemplateValue::Text(effort.clone())));
+        }
+        Ok(arguments)
     }
 
     /// The sampling parameters, with `logprobs`/`top_logprobs` and the

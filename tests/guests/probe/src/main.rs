@@ -220,7 +220,7 @@ fn chat_reprefill(model: &str, max: u32, questions: &[&str]) -> Result<(), Error
     for (turn, q) in questions.iter().enumerate() {
         messages.push(Message { role: "user".into(), content: q.to_string() });
         let session = Session::open(&model)?;
-        session.append(&model.apply_chat_template(&messages, true)?)?;
+        session.append(&model.render(&messages, true)?)?;
         let mut stream = session.generate(&Params::greedy().max_tokens(max))?;
         let (text, tokens, finish) = drain(&mut stream, false)?;
         println!("{}", json!({ "turn": turn, "text": text, "tokens": tokens, "finish": finish }));
