@@ -79,3 +79,31 @@ if ! command -v curl >/dev/null; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends curl >/dev/null
 fi
+
+# The serve tests' second client, written by others in another language:
+# the OpenAI Node SDK (`openai` on npm, no dependencies of its own) under
+# node, its registry tarball checked against the registry's own digest.
+if ! command -v node >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "bootstrap: installing node (apt)" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs >/dev/null
+fi
+OPENAI_NODE_VERSION=6.30.1
+OPENAI_NODE_SHA512=5bkK9GoQMd8j4a0TeY95AIC7FtGP38HlfO+YvRq4TkEndHLI1iR8ct9wajmsAMw+G/QcPOZnqzhhsUT2GKUWkA==
+node_pkg=target/node/node_modules/openai
+if ! grep -qs "\"version\": \"$OPENAI_NODE_VERSION\"" "$node_pkg/package.json"; then
+    echo "bootstrap: fetching the openai npm package $OPENAI_NODE_VERSION into $node_pkg" >&2
+    tarball=$(mktemp)
+    curl -sfL "https://registry.npmjs.org/openai/-/openai-$OPENAI_NODE_VERSION.tgz" -o "$tarball"
+    digest=$(python3 -c 'import base64, hashlib, sys; print(base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$tarball")
+    if [ "$digest" != "$OPENAI_NODE_SHA512" ]; then
+        echo "bootstrap: the openai npm tarball does not match its registry digest" >&2
+        rm -f "$tarball"
+        exit 1
+    fi
+    rm -rf "$node_pkg" && mkdir -p "$node_pkg"
+    tar xzf "$tarball" -C "$node_pkg" --strip-components=1
+    rm -f "$tarball"
+fi

@@ -140,6 +140,22 @@ impl Server {
         assert!(out.status.success(), "client.py {mode} failed:\n{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("client.py prints JSON")
     }
+
+    /// Run `tests/serve/client.mjs` (the OpenAI Node SDK) against this
+    /// server: its tool loop, `plain` or `stream`.
+    fn node_client(&self, mode: &str) -> Value {
+        let package = workspace_root().join("target/node");
+        assert!(package.join("node_modules/openai").is_dir(), "{} is missing: `make test` fetches it", package.display());
+        let out = Command::new("node")
+            .arg(workspace_root().join("tests/serve/client.mjs"))
+            .arg(&package)
+            .arg(self.base())
+            .args([MODEL, mode])
+            .output()
+            .expect("node");
+        assert!(out.status.success(), "client.mjs {mode} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("client.mjs prints JSON")
+    }
 }
 
 impl Server {
@@ -188,6 +204,46 @@ fn the_openai_client_streams_what_the_extensions_chat_says() {
     let usage = &streamed["usage"];
     assert_eq!(usage["completion_tokens"], reference["finish"]["generated"], "{usage} vs {reference}");
     assert_eq!(usage["prompt_tokens"], reference["finish"]["prompt"], "{usage} vs {reference}");
+}
+
+/// One run of the two-step tool loop (client.py's and client.mjs's): the
+/// model was made to call (`tool_choice: required`), and called
+/// `get_weather` for Paris with arguments that parse and fit the schema;
+/// then, given the result, it answered in text. Returns the call's
+/// arguments, parsed.
+fn assert_tool_loop(client: &str, seen: &Value) -> Value {
+    let steps = seen["steps"].as_array().unwrap_or_else(|| panic!("{client}: {seen}"));
+    assert_eq!(steps.len(), 2, "{client}: {seen}");
+    let (call, answer) = (&steps[0], &steps[1]);
+    assert_eq!(call["finish"], "tool_calls", "{client}: {seen}");
+    assert!(call["content"].is_null() || call["content"] == "", "{client}: no text beside the call: {seen}");
+    let calls = call["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{client}: {seen}");
+    assert_eq!(calls[0]["name"], "get_weather", "{client}: {seen}");
+    assert!(calls[0]["id"].as_str().is_some_and(|id| id.starts_with("call_")), "{client}: {seen}");
+    let arguments: Value = serde_json::from_str(calls[0]["arguments"].as_str().unwrap()).expect("arguments are JSON");
+    // The schema: `city` a string (required), `unit` one of its enum.
+    assert!(arguments["city"].is_string(), "{client}: {arguments}");
+    assert!(arguments.get("unit").is_none_or(|u| u == "celsius" || u == "fahrenheit"), "{client}: {arguments}");
+    assert!(arguments.as_object().unwrap().keys().all(|k| k == "city" || k == "unit"), "{client}: {arguments}");
+    assert_eq!(answer["finish"], "stop", "{client}: {seen}");
+    assert_eq!(answer["calls"], json!([]), "{client}: {seen}");
+    assert!(answer["content"].as_str().is_some_and(|c| !c.trim().is_empty()), "{client}: {seen}");
+    arguments
+}
+
+#[test]
+fn the_openai_clients_run_a_tool_loop_streamed_and_not() {
+    let server = shared();
+    let python = assert_tool_loop("python", &server.client("tool-loop", &[MODEL, "plain"]));
+    let python_streamed = assert_tool_loop("python streamed", &server.client("tool-loop", &[MODEL, "stream"]));
+    let node = assert_tool_loop("node", &server.node_client("plain"));
+    let node_streamed = assert_tool_loop("node streamed", &server.node_client("stream"));
+    // Greedy and held to its grammar, the call is the same every time.
+    assert_eq!(python["city"], "Paris", "{python}");
+    for other in [&python_streamed, &node, &node_streamed] {
+        assert_eq!(&python, other);
+    }
 }
 
 #[test]
@@ -355,6 +411,38 @@ fn every_error_answers_in_openais_shape_and_the_server_carries_on() {
         ("model the policy denies", Some(json!({ "model": "denied", "messages": [{ "role": "user", "content": "hi" }] }).to_string()), 403, None),
         ("over the token quota", Some(chat_body("hi", 100).to_string()), 429, Some("rate_limit_exceeded")),
     ];
+    let with_tools = |tools: Value, extra: Value| {
+        let mut body = json!({ "model": MODEL, "messages": [{ "role": "user", "content": "hi" }], "tools": tools });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        Some(body.to_string())
+    };
+    let function = |name: &str, parameters: Value| json!({ "type": "function", "function": { "name": name, "parameters": parameters } });
+    let object = json!({ "type": "object", "properties": { "city": { "type": "string" } } });
+    let call = json!({ "role": "assistant", "content": null, "tool_calls": [{ "id": "call_1", "type": "function",
+        "function": { "name": "f", "arguments": "{\"city\": \"Paris\"}" } }] });
+    let tool_cases: Vec<(&str, Option<String>, u16, Option<&str>)> = vec![
+        ("tools: a bad JSON schema", with_tools(json!([function("f", json!({ "type": "objekt" }))]), json!({})), 400, None),
+        ("tools: parameters not an object", with_tools(json!([function("f", json!("city"))]), json!({})), 400, None),
+        ("tools: two functions of one name", with_tools(json!([function("f", object.clone()), function("f", object.clone())]), json!({})), 400, None),
+        ("tools: a name OpenAI refuses", with_tools(json!([function("get weather!", object.clone())]), json!({})), 400, None),
+        ("tools: not a function", with_tools(json!([{ "type": "retrieval" }]), json!({})), 400, None),
+        ("tools: tool_choice names a missing function", with_tools(json!([function("f", object.clone())]),
+            json!({ "tool_choice": { "type": "function", "function": { "name": "g" } } })), 400, None),
+        ("tools: tool_choice unknown", with_tools(json!([function("f", object.clone())]), json!({ "tool_choice": "always" })), 400, None),
+        ("tools: tool_choice without tools", Some(json!({ "model": MODEL, "messages": [{ "role": "user", "content": "hi" }],
+            "tool_choice": "required" }).to_string()), 400, None),
+        ("tools: a tool message answering an unknown id", with_tools(json!([function("f", object.clone())]),
+            json!({ "messages": [{ "role": "user", "content": "hi" }, call.clone(),
+                { "role": "tool", "tool_call_id": "call_2", "content": "18" }] })), 400, None),
+        ("tools: a tool message with no id", with_tools(json!([function("f", object.clone())]),
+            json!({ "messages": [{ "role": "user", "content": "hi" }, call.clone(), { "role": "tool", "content": "18" }] })), 400, None),
+        ("tools: call arguments that are not JSON", with_tools(json!([function("f", object.clone())]),
+            json!({ "messages": [{ "role": "user", "content": "hi" }, { "role": "assistant", "tool_calls": [{ "id": "c",
+                "type": "function", "function": { "name": "f", "arguments": "{city: Paris" } }] }] })), 400, None),
+        ("tools: with response_format", with_tools(json!([function("f", object.clone())]),
+            json!({ "response_format": { "type": "json_object" } })), 400, None),
+    ];
+    let cases: Vec<_> = cases.into_iter().chain(tool_cases).collect();
     let embeddings = |input: Value, extra: Value| {
         let mut body = json!({ "model": MODEL, "input": input });
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());

@@ -116,11 +116,63 @@ def authenticated_chat(client, model):
         return {"status": e.status_code, "error": type(e).__name__, "body": e.body}
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def get_weather(city, unit="celsius"):
+    return {"city": city, "temperature": 18, "unit": unit}
+
+
+def tool_loop(client, model, stream):
+    """A two-step tool loop: the model must call a tool (`required`), the
+    client runs it and sends the result, and the model answers from it
+    (`none`: a 135M model does not decide by itself to stop calling).
+    Streamed, each step is the client's own accumulation of the deltas
+    (`chat.completions.stream`'s final completion)."""
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the weather in Paris?"},
+    ]
+    steps = []
+    for choice in ["required", "none"]:
+        request = dict(model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice=choice,
+                       temperature=0, max_tokens=64)
+        if stream == "stream":
+            with client.chat.completions.stream(**request) as events:
+                completion = events.get_final_completion()
+        else:
+            completion = client.chat.completions.create(**request)
+        message = completion.choices[0].message
+        calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+                 for c in message.tool_calls or []]
+        steps.append({"finish": completion.choices[0].finish_reason, "content": message.content, "calls": calls})
+        messages.append({"role": "assistant", "content": message.content,
+                         "tool_calls": [{"id": c["id"], "type": "function",
+                                         "function": {"name": c["name"], "arguments": c["arguments"]}}
+                                        for c in calls] or None})
+        for c in calls:
+            result = get_weather(**json.loads(c["arguments"]))
+            messages.append({"role": "tool", "tool_call_id": c["id"], "content": json.dumps(result)})
+    return {"steps": steps}
+
+
 def main():
     base, mode, *args = sys.argv[1:]
     client = OpenAI(base_url=base, api_key=os.environ.get("OPENAI_API_KEY", "unused"), max_retries=0, timeout=300)
     modes = {"stream-chat": stream_chat, "conversation": conversation, "choices": choices,
-             "concurrent": concurrent, "embed": embed, "models": models, "authenticated-chat": authenticated_chat}
+             "concurrent": concurrent, "embed": embed, "models": models, "authenticated-chat": authenticated_chat,
+             "tool-loop": tool_loop}
     print(json.dumps(modes[mode](client, *args)))
 
 
