@@ -240,6 +240,25 @@ pub mod statements {
         text: "model-identity MUST name the format, backend, backend version, host and device, and give the file's \
                non-zero size",
     };
+    pub const CHAT_RENDER_OWN: Statement = Statement {
+        id: "chat.render-own-template",
+        level: Level::Must,
+        text: "chat.render MUST render with the model's own template, and say so (source jinja), exactly when \
+               model-info gives one, else with a built-in format it names; the text holds each message's content, \
+               and add-generation-prompt extends the same text",
+    };
+    pub const CHAT_RENDER_REFUSALS: Statement = Statement {
+        id: "chat.render-refusals",
+        level: Level::Must,
+        text: "chat.render MUST refuse a tool whose parameters are not JSON and a template argument named \
+               messages: invalid-argument under the model's own template, unsupported under a built-in format",
+    };
+    pub const CHAT_SCHEMA_GRAMMAR: Statement = Statement {
+        id: "chat.json-schema-grammar",
+        level: Level::Must,
+        text: "chat.json-schema-grammar MUST give a grammar whose root rule, as a generate constraint, holds the \
+               output to the schema, and refuse a schema that is not JSON with invalid-grammar",
+    };
     pub const EMBEDDINGS_ERRORS: Statement = Statement {
         id: "embeddings.errors",
         level: Level::Must,

@@ -10,8 +10,8 @@
 use conformance::{ABCD, Fail, PROMPT, Suite, expect, greedy, llm_error, setup_failed, statements};
 use wasi_nn_llm::raw::wasi_nn_llm::llm::types::{Error as LlmError, SnapshotError};
 use wasi_nn_llm::{
-    EmbedInput, EmbedOptions, Error, FinishReason, Model, OverflowPolicy, Params, Session, SessionOptions, TokenStream,
-    Usage, poll,
+    ChatMessage, EmbedInput, EmbedOptions, Error, FinishReason, Model, OverflowPolicy, Params, RenderOptions, Session,
+    SessionOptions, TemplateSource, TemplateValue, TokenStream, Tool, Usage, poll,
 };
 
 /// Read a stream to the end: its text, tokens and finish reason.
@@ -381,6 +381,58 @@ fn main() {
             let id = m.identity()?;
             let named = [&id.format, &id.backend, &id.backend_version, &id.host, &id.device];
             expect(id.size_bytes > 0 && named.iter().all(|s| !s.is_empty()), || format!("{id:?}"))
+        })(),
+    );
+
+    // --- 0.1.5: chat templates -------------------------------------------
+    let said = |role: &str, content: &str| ChatMessage {
+        role: role.into(),
+        content: Some(content.into()),
+        reasoning: None,
+        tool_calls: vec![],
+        tool_call_id: None,
+        name: None,
+    };
+    let options = |add_generation_prompt| RenderOptions { add_generation_prompt, tools: vec![], documents: vec![], arguments: vec![] };
+    s.check(
+        &statements::CHAT_RENDER_OWN,
+        (|| -> Result<(), Fail> {
+            let messages = [said("user", "Where is Zürich?"), said("assistant", "In Switzerland."), said("user", "And Bern?")];
+            let closed = m.render_chat(&messages, &options(false))?;
+            let open = m.render_chat(&messages, &options(true))?;
+            let own = m.info()?.chat_template.is_some();
+            let source_ok = match &closed.source {
+                TemplateSource::Jinja => own,
+                TemplateSource::BuiltIn(name) => !own && !name.is_empty(),
+            };
+            let contents = messages.iter().all(|msg| closed.text.contains(msg.content.as_deref().unwrap_or_default()));
+            let extends = open.text.len() > closed.text.len() && open.text.starts_with(closed.text.trim_end());
+            expect(source_ok && contents && extends && open.source == closed.source, || {
+                format!("own template {own}: {:?} {:?} / {:?}", closed.source, closed.text, open.text)
+            })
+        })(),
+    );
+    s.check(
+        &statements::CHAT_RENDER_REFUSALS,
+        (|| -> Result<(), Fail> {
+            let own = m.info()?.chat_template.is_some();
+            let refused = |e: &LlmError| {
+                if own { matches!(e, LlmError::InvalidArgument(_)) } else { matches!(e, LlmError::Unsupported(_)) }
+            };
+            let tool = Tool { name: "f".into(), description: None, parameters: "{not json".into() };
+            let with_tool = RenderOptions { tools: vec![tool], ..options(true) };
+            llm_error(m.render_chat(&[said("user", "hi")], &with_tool), refused)?;
+            let argument = RenderOptions { arguments: vec![("messages".into(), TemplateValue::Boolean(true))], ..options(true) };
+            llm_error(m.render_chat(&[said("user", "hi")], &argument), refused)
+        })(),
+    );
+    s.check(
+        &statements::CHAT_SCHEMA_GRAMMAR,
+        (|| -> Result<(), Fail> {
+            let grammar = wasi_nn_llm::json_schema_grammar(r#"{"type": "string", "enum": ["abcd"]}"#)?;
+            let (text, ..) = drain(session(m, PROMPT)?.generate(&greedy(16).grammar(grammar))?)?;
+            expect(text.trim() == "\"abcd\"", || format!("{text:?}"))?;
+            llm_error(wasi_nn_llm::json_schema_grammar("{not json"), |e| matches!(e, LlmError::InvalidGrammar(_)))
         })(),
     );
 
