@@ -30,12 +30,21 @@ pub struct ModelSpec {
     pub context: Option<u32>,
     /// The attention kernel, overriding the host-wide setting.
     pub flash_attn: Option<FlashAttention>,
+    /// A Jinja chat template file that replaces the GGUF's own.
+    pub chat_template: Option<PathBuf>,
 }
 
 impl ModelSpec {
     /// A model at `path`, with the host-wide settings.
     pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
-        Self { name: name.into(), path: path.into(), gpu_layers: None, context: None, flash_attn: None }
+        Self {
+            name: name.into(),
+            path: path.into(),
+            gpu_layers: None,
+            context: None,
+            flash_attn: None,
+            chat_template: None,
+        }
     }
 
     /// `NAME=SOURCE`, or a catalog name alone (registered under itself);

@@ -127,6 +127,10 @@ struct HostArgs {
     /// random key created once in the cache directory, mode 0600].
     #[arg(long, value_name = "FILE")]
     snapshot_key: Option<PathBuf>,
+    /// A Jinja chat template file to use for model NAME instead of its
+    /// GGUF's own (as llama-server's --chat-template-file); repeatable.
+    #[arg(long = "chat-template", value_name = "NAME=FILE")]
+    chat_templates: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -221,6 +225,15 @@ impl HostArgs {
             specs.push(spec);
         }
         anyhow::ensure!(!specs.is_empty(), "no models: give --model or a policy with [models]");
+        for flag in &self.chat_templates {
+            let Some((name, file)) = flag.split_once('=') else {
+                anyhow::bail!("--chat-template wants NAME=FILE, got {flag:?}");
+            };
+            let Some(spec) = specs.iter_mut().find(|s| s.name == name) else {
+                anyhow::bail!("--chat-template {flag:?}: no model is named {name:?}");
+            };
+            spec.chat_template = Some(PathBuf::from(file));
+        }
         policy.apply_limits(&mut config, &mut specs);
         config.snapshot_key = match self.snapshot_key.as_ref().or(policy.snapshot_key_file.as_ref()) {
             Some(file) => SnapshotKey::from_file(file)?,

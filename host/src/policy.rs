@@ -108,6 +108,9 @@ pub struct ModelEntry {
     pub context: Option<u32>,
     /// `auto` (measured at load), `on` or `off` (default: the host's `--flash-attn`).
     pub flash_attn: Option<FlashAttention>,
+    /// A Jinja chat template file to use instead of the GGUF's own (a
+    /// corrected template, or one for a model that has none).
+    pub chat_template_file: Option<PathBuf>,
 }
 
 /// Models one component may use, the component named by file name or digest.
@@ -257,6 +260,7 @@ impl Policy {
                     gpu_layers: m.gpu_layers,
                     context: m.context,
                     flash_attn: m.flash_attn,
+                    chat_template: m.chat_template_file.clone(),
                 })
             })
             .collect()
@@ -342,6 +346,15 @@ mod tests {
         let keyed = include_str!("../../policy.example.toml").replace("# snapshot-key-file", "snapshot-key-file");
         let keyed = Policy::parse(&keyed).expect("the example with its key line is valid");
         assert_eq!(keyed.snapshot_key_file, Some(PathBuf::from("/etc/wasi-nn-llm/snapshot.key")));
+        // So do its commented model keys.
+        let mut full = include_str!("../../policy.example.toml").to_owned();
+        for key in ["path", "gpu-layers", "flash-attn", "chat-template-file"] {
+            full = full.replace(&format!("# {key} = "), &format!("{key} = "));
+        }
+        let full = Policy::parse(&full.replace("catalog = \"gemma3\"\n", "")).expect("every model key is valid");
+        let gemma = &full.models["gemma3"];
+        assert_eq!(gemma.chat_template_file, Some(PathBuf::from("/srv/templates/gemma3.jinja")));
+        assert_eq!((gemma.gpu_layers, gemma.flash_attn), (Some(99), Some(FlashAttention::Auto)));
     }
 
     #[test]

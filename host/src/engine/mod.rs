@@ -102,6 +102,8 @@ pub struct EngineConfig {
     /// The secret that seals saved sessions (see `snapshot_key.rs`);
     /// default: a random key of this process.
     pub snapshot_key: SnapshotKey,
+    /// A Jinja chat template that replaces the GGUF's own (the operator's).
+    pub chat_template: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -116,6 +118,7 @@ impl Default for EngineConfig {
             flash_attn: FlashAttention::Auto,
             prefix_cache: CacheLimits::default(),
             snapshot_key: process_key(),
+            chat_template: None,
         }
     }
 }
@@ -207,8 +210,10 @@ struct Inner {
     opening: Mutex<()>,
     /// Seals the sessions guests save, and checks those they restore.
     snapshot_key: SnapshotKey,
-    /// The GGUF's Jinja chat template, compiled on first use; none where
-    /// the file has no template.
+    /// The operator's chat template, replacing the GGUF's.
+    chat_template: Option<String>,
+    /// The model's Jinja chat template (the operator's, else the GGUF's),
+    /// compiled on first use; none where there is none.
     jinja: OnceLock<Result<Option<Arc<ChatTemplate>>, TemplateError>>,
 }
 
@@ -268,6 +273,7 @@ impl Engine {
             cache: PrefixCache::new(config.prefix_cache),
             opening: Mutex::new(()),
             snapshot_key: config.snapshot_key.clone(),
+            chat_template: config.chat_template.clone(),
             jinja: OnceLock::new(),
         })))
     }
@@ -631,7 +637,11 @@ impl Engine {
 
     /// The model's metadata and this host's limits for it.
     pub fn info(&self) -> ModelInfo {
-        info::read(self.name(), self.model(), self.ctx_size())
+        let mut info = info::read(self.name(), self.model(), self.ctx_size());
+        if let Some(template) = &self.0.chat_template {
+            info.chat_template = Some(template.clone());
+        }
+        info
     }
 
     /// Whether `self` and `other` are the same loaded model.

@@ -16,9 +16,10 @@ impl Engine {
     /// the format llama.cpp recognises in the GGUF's template, or the
     /// built-in one of the model's family. (The extension's 0.1.0 call.)
     pub fn apply_chat_template(&self, messages: &[(String, String)], add_assistant: bool) -> Result<String, LlmError> {
-        let template = match self.model().chat_template(None) {
-            Ok(template) => template,
-            Err(_) => self.builtin_template()?.1,
+        let template = match (&self.0.chat_template, self.model().chat_template(None)) {
+            (Some(text), _) => LlamaChatTemplate::new(text).map_err(|e| LlmError::invalid(e.to_string()))?,
+            (None, Ok(template)) => template,
+            (None, Err(_)) => self.builtin_template()?.1,
         };
         self.apply_builtin(&template, messages, add_assistant)
     }
@@ -65,11 +66,10 @@ impl Engine {
         self.0
             .jinja
             .get_or_init(|| {
-                let Ok(source) = self.model().chat_template(None) else { return Ok(None) };
-                let source = source.to_string().map_err(|e| TemplateError::Syntax(e.to_string()))?;
                 let info = self.info();
+                let Some(source) = &info.chat_template else { return Ok(None) };
                 let marker = |token: Option<u32>| token.and_then(|t| tokens::detokenize(self.model(), &[t], true).ok());
-                ChatTemplate::new(&source, marker(info.bos), marker(info.eos)).map(|t| Some(Arc::new(t)))
+                ChatTemplate::new(source, marker(info.bos), marker(info.eos)).map(|t| Some(Arc::new(t)))
             })
             .clone()
             .map_err(template_error)
