@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wasi_nn_llm_tests::{MODEL, guest, host_cli, llama_cpp_embedding, model_path, workspace_root};
+use wasi_nn_llm_tests::{MODEL, guest, host, host_cli, llama_cpp_embedding, model_path, workspace_root};
 
 /// A server process; stopped with SIGTERM when dropped, and in any case
 /// when this test process ends (see [`WATCHDOG`]).
@@ -244,6 +244,85 @@ fn the_openai_clients_run_a_tool_loop_streamed_and_not() {
     for other in [&python_streamed, &node, &node_streamed] {
         assert_eq!(&python, other);
     }
+}
+
+/// A streamed chat's SSE events, parsed (`[DONE]` left out).
+fn sse_events(server: &Server, body: &Value) -> Vec<Value> {
+    let (status, text) = server.request("POST", "/v1/chat/completions", Some(&body.to_string()));
+    assert_eq!(status, 200, "{text}");
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).expect("a JSON event"))
+        .collect()
+}
+
+#[test]
+fn reasoning_comes_apart_from_the_answer_and_keeps_to_its_budget() {
+    // SmolLM2's own template with its generation prompt opening a <think>
+    // block (tests/serve/think.jinja): a reasoning model's template for a
+    // catalog that has none.
+    let template = workspace_root().join("tests/serve/think.jinja");
+    let server = Server::start(&["--chat-template", &format!("{MODEL}={}", template.display())], None);
+    let tokens = |text: &str| host().engine_of(MODEL).tokenize(text, false, true).unwrap().len() as u64;
+    let ask = |extra: Value| {
+        let mut body = chat_body("Is Paris the capital of France?", 48);
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+
+    // A budget of 8 tokens: the host closes the block for the model, which answers.
+    let (status, reply) = server.post("/v1/chat/completions", &ask(json!({ "reasoning_budget": 8 })));
+    assert_eq!(status, 200, "{reply}");
+    let message = &reply["choices"][0]["message"];
+    let (reasoning, content) = (message["reasoning_content"].as_str().unwrap(), message["content"].as_str().unwrap());
+    assert!(!reasoning.is_empty() && !content.trim().is_empty(), "{reply}");
+    assert!(tokens(reasoning) <= 8, "{} tokens of reasoning: {reply}", tokens(reasoning));
+    let used = reply["usage"]["completion_tokens_details"]["reasoning_tokens"].as_u64().unwrap();
+    assert!((1..=8).contains(&used), "{reply}");
+    assert!(!content.contains("<think>") && !content.contains("</think>"), "{reply}");
+
+    // Streamed: reasoning deltas, then content deltas, never mixed.
+    let events = sse_events(&server, &ask(json!({ "reasoning_budget": 8, "stream": true })));
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter_map(|e| {
+            let delta = &e["choices"][0]["delta"];
+            if delta["reasoning_content"].is_string() {
+                Some("reasoning")
+            } else {
+                delta["content"].as_str().filter(|c| !c.is_empty()).map(|_| "content")
+            }
+        })
+        .collect();
+    let first_content = kinds.iter().position(|k| *k == "content").expect("content was streamed");
+    assert!(first_content > 0 && kinds[first_content..].iter().all(|k| *k == "content"), "{kinds:?}");
+    let streamed: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["reasoning_content"].as_str()).collect();
+    assert!(tokens(&streamed) <= 8, "{streamed:?}");
+
+    // No budget: the 135M model never closes the block by itself.
+    let (_, reply) = server.post("/v1/chat/completions", &ask(json!({})));
+    let message = &reply["choices"][0]["message"];
+    assert!(message["reasoning_content"].as_str().is_some_and(|r| !r.is_empty()), "{reply}");
+    assert_eq!(message["content"], "", "{reply}");
+
+    // The template's own switch, through chat_template_kwargs: no block.
+    let (_, reply) = server.post("/v1/chat/completions", &ask(json!({ "chat_template_kwargs": { "enable_thinking": false } })));
+    let message = &reply["choices"][0]["message"];
+    assert!(message.get("reasoning_content").is_none(), "{reply}");
+    assert!(message["content"].as_str().is_some_and(|c| !c.is_empty()), "{reply}");
+
+    // A block the reply opens itself (a grammar makes the model write one).
+    let grammar = r#"root ::= "<think>" [a-z ]{1,40} "</think>" [A-Z] [a-z ,]{1,40} ".""#;
+    let (_, reply) = server.post(
+        "/v1/chat/completions",
+        &ask(json!({ "chat_template_kwargs": { "enable_thinking": false }, "grammar": grammar, "max_tokens": 64 })),
+    );
+    let message = &reply["choices"][0]["message"];
+    let reasoning = message["reasoning_content"].as_str().unwrap_or_else(|| panic!("{reply}"));
+    let content = message["content"].as_str().unwrap();
+    assert!(!reasoning.is_empty() && reasoning.chars().all(|c| c.is_ascii_lowercase() || c == ' '), "{reply}");
+    assert!(content.starts_with(|c: char| c.is_ascii_uppercase()) && content.ends_with('.'), "{reply}");
 }
 
 #[test]

@@ -29,6 +29,7 @@ mod model;
 pub mod p3;
 mod params;
 mod session;
+pub mod reasoning;
 pub mod tool_calls;
 
 /// The raw bindings of the `wasi-nn-llm:llm/llm` world (base wasi-nn and

@@ -215,6 +215,17 @@ impl Params {
         self
     }
 
+    /// The same parameters with no grammar or JSON schema.
+    ///
+    /// ```
+    /// # use wasi_nn_llm::Params;
+    /// assert!(Params::new().json_schema("{}").unconstrained().as_raw().constraint.is_none());
+    /// ```
+    pub fn unconstrained(mut self) -> Self {
+        self.0.constraint = None;
+        self
+    }
+
     /// The raw WIT record.
     ///
     /// ```

@@ -7,11 +7,13 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use wasi_nn_llm::tool_calls::{self, Format, Parsed, Streamer};
 use wasi_nn_llm::raw::wasi_nn_llm::llm::types::Error as LlmError;
+use wasi_nn_llm::reasoning;
+use wasi_nn_llm::tool_calls::Format;
 use wasi_nn_llm::{Chunk, Error, Finish, FinishReason, Model, Params, Session, SessionOptions, TokenStream};
 
 use crate::error::ApiError;
+use crate::reply::{self, End, Reader};
 
 /// Which endpoint's shapes to answer in.
 #[derive(Clone, Copy, PartialEq)]
@@ -22,33 +24,57 @@ pub enum Kind {
     Text,
 }
 
+/// How a chat's replies are read: the tool format, whether the prompt
+/// opened a reasoning block, its budget, and what the answer is generated
+/// with once a block is closed for the model.
+pub struct Reading {
+    pub tools: Option<Format>,
+    pub open: bool,
+    pub budget: Option<u32>,
+}
+
 /// A request's generations in flight.
 pub struct Job {
     kind: Kind,
     id: String,
     created: u64,
     model_name: String,
-    // Fields drop in order: the streams first, then the forks, then the
-    // prompt's session, which then has no stream and goes into the cache.
-    streams: Vec<TokenStream>,
-    _sessions: Vec<Session>,
+    /// Each choice's generation; none once it has ended. Fields drop in
+    /// order: the streams first, then the forks, then the prompt's
+    /// session, which then has no stream and goes into the cache.
+    streams: Vec<Option<TokenStream>>,
+    sessions: Vec<Session>,
     model: Model,
     logprobs: bool,
-    /// The tool format replies are read in, when the request lets the
-    /// model call tools.
-    tools: Option<Format>,
+    /// Each choice's reader (chats only).
+    readers: Vec<Option<Reader>>,
+    /// What each choice's answer is generated with after its reasoning
+    /// block is closed for it.
+    answer_params: Vec<Params>,
+    /// Each choice's tokens so far (what is left of `max_tokens`), the
+    /// tokens its finished generations report, and its first
+    /// generation's prompt usage.
+    generated: Vec<u32>,
+    reported: Vec<u32>,
+    /// Each choice's tokens of reasoning, once it has ended.
+    reasoning: Vec<u32>,
+    prompt: Vec<Option<(u32, u32)>>,
 }
 
-/// What one choice produced, for the non-streamed answer.
-struct Choice {
-    text: String,
-    logprobs: Vec<Value>,
-    finish: Option<Finish>,
+/// What a choice produced next.
+pub enum Out {
+    /// Text as it came; `logprobs` per token where asked.
+    Piece { reasoning: String, content: String, logprobs: Vec<Value> },
+    /// Its end: what was held back, its calls, and the finish reason.
+    End { end: Option<End>, finish: &'static str },
 }
 
 impl Job {
     /// Prefill `prompt` once (from the prefix cache where it can), fork it
-    /// for the other `n - 1` choices, and start every generation.
+    /// for the other `n - 1` choices, and start every generation. A chat
+    /// is read as `reading` says; a prompt that opened a reasoning block
+    /// while a grammar holds the answer generates the block free, to
+    /// `</think>`, and the answer under the grammar after it.
     pub fn start(
         kind: Kind,
         model_name: String,
@@ -56,7 +82,7 @@ impl Job {
         prompt: &[u32],
         params: &Params,
         n: u32,
-        tools: Option<Format>,
+        reading: Option<Reading>,
     ) -> Result<Self, ApiError> {
         let options = SessionOptions { context_length: None, seed: None, overflow: None };
         let first = queued(|| Session::open_cached(&model, options, prompt))?;
@@ -65,79 +91,174 @@ impl Job {
             let fork = queued(|| sessions[0].fork())?;
             sessions.push(fork);
         }
+        let answer_params: Vec<Params> = (0..sessions.len())
+            .map(|i| match params.as_raw().seed {
+                // With a seed, each choice still samples differently.
+                Some(seed) if i > 0 => params.clone().seed(seed.wrapping_add(i as u64)),
+                _ => params.clone(),
+            })
+            .collect();
+        let split_block = reading.as_ref().is_some_and(|r| r.open && params.as_raw().constraint.is_some());
         let streams = sessions
             .iter()
-            .enumerate()
-            .map(|(i, session)| {
-                // With a seed, each choice still samples differently.
-                let params = match params.as_raw().seed {
-                    Some(seed) if i > 0 => params.clone().seed(seed.wrapping_add(i as u64)),
-                    _ => params.clone(),
-                };
-                session.generate(&params)
+            .zip(&answer_params)
+            .map(|(session, params)| {
+                let first = if split_block { params.clone().unconstrained().stop(reasoning::CLOSE) } else { params.clone() };
+                session.generate(&first).map(Some)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let readers = (0..sessions.len())
+            .map(|_| reading.as_ref().map(|r| Reader::new(r.open, r.tools, r.budget)))
+            .collect();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
+        let choices = sessions.len();
         Ok(Self {
             kind,
             id: format!("{prefix}-{:x}", now.as_nanos()),
             created: now.as_secs(),
             model_name,
             streams,
-            _sessions: sessions,
+            sessions,
             model,
             logprobs: params.as_raw().logprobs.is_some(),
-            tools,
+            readers,
+            answer_params,
+            generated: vec![0; choices],
+            reported: vec![0; choices],
+            reasoning: vec![0; choices],
+            prompt: vec![None; choices],
         })
+    }
+
+    /// Choice `i`'s next output: a piece of text, its end once, then none.
+    pub fn advance(&mut self, i: usize) -> Result<Option<Out>, ApiError> {
+        loop {
+            let Some(stream) = &mut self.streams[i] else { return Ok(None) };
+            match stream.next() {
+                Some(Ok(chunk)) => {
+                    self.generated[i] += chunk.tokens.len() as u32;
+                    let logprobs = if self.logprobs { self.token_logprobs(&chunk) } else { Vec::new() };
+                    let read = match &mut self.readers[i] {
+                        Some(reader) => reader.read(&chunk.text, chunk.tokens.len() as u32),
+                        None => reply::Read { content: chunk.text.clone(), ..Default::default() },
+                    };
+                    if read.close && !self.restart(i, true)? {
+                        return Ok(Some(Out::End { end: self.end_reading(i), finish: "length" }));
+                    }
+                    if read.reasoning.is_empty() && read.content.is_empty() {
+                        continue;
+                    }
+                    return Ok(Some(Out::Piece { reasoning: read.reasoning, content: read.content, logprobs }));
+                }
+                Some(Err(e)) => {
+                    self.streams[i] = None;
+                    return Err(e.into());
+                }
+                None => {
+                    let finish = stream.finish().cloned();
+                    self.account(i, finish.as_ref());
+                    let stopped_at_close = matches!(
+                        finish.as_ref().map(|f| &f.reason),
+                        Some(FinishReason::Stop(s)) if s == reasoning::CLOSE
+                    );
+                    let thinking = self.readers[i].as_ref().is_some_and(Reader::thinking);
+                    if thinking && stopped_at_close && self.restart(i, false)? {
+                        continue;
+                    }
+                    self.streams[i] = None;
+                    let finish = finish_reason(finish.as_ref());
+                    return Ok(Some(Out::End { end: self.end_reading(i), finish }));
+                }
+            }
+        }
+    }
+
+    /// Close choice `i`'s reasoning block for the model (its budget spent,
+    /// or its stop string hit) and start the answer's generation with what
+    /// is left of `max_tokens`. False if nothing is left.
+    fn restart(&mut self, i: usize, budget_spent: bool) -> Result<bool, ApiError> {
+        if let Some(mut stream) = self.streams[i].take() {
+            stream.cancel();
+            while stream.next().is_some() {}
+            let finish = stream.finish().cloned();
+            self.account(i, finish.as_ref());
+        }
+        if let Some(reader) = &mut self.readers[i] {
+            reader.close();
+        }
+        let mut params = self.answer_params[i].clone();
+        if let Some(max) = params.as_raw().max_tokens {
+            let left = max.saturating_sub(self.generated[i]);
+            if left == 0 {
+                return Ok(false);
+            }
+            params = params.max_tokens(left);
+        }
+        self.sessions[i].append(&reply::closing(budget_spent))?;
+        self.streams[i] = Some(self.sessions[i].generate(&params)?);
+        Ok(true)
+    }
+
+    /// Choice `i`'s reply read to its end.
+    fn end_reading(&mut self, i: usize) -> Option<End> {
+        let end = self.readers[i].take().map(Reader::end)?;
+        self.reasoning[i] = end.reasoning_tokens;
+        Some(end)
+    }
+
+    /// Note a finished generation's usage: its tokens, and the prompt's
+    /// from a choice's first.
+    fn account(&mut self, i: usize, finish: Option<&Finish>) {
+        if let Some(f) = finish {
+            self.reported[i] += f.usage.generated_tokens;
+            self.prompt[i].get_or_insert((f.usage.prompt_tokens, f.usage.cached_tokens));
+        }
     }
 
     /// Read every choice to its end: the non-streamed answer.
     pub fn collect(mut self) -> Result<Value, ApiError> {
         let mut choices = Vec::new();
-        for i in 0..self.streams.len() {
-            let mut choice = Choice { text: String::new(), logprobs: Vec::new(), finish: None };
-            while let Some(chunk) = self.streams[i].next() {
-                let chunk = chunk?;
-                choice.text.push_str(&chunk.text);
-                if self.logprobs {
-                    choice.logprobs.extend(self.token_logprobs(&chunk));
+        for index in 0..self.streams.len() {
+            let (mut reasoning, mut content, mut logprobs) = (String::new(), String::new(), Vec::new());
+            let (mut calls, mut finish) = (Vec::new(), "stop");
+            while let Some(out) = self.advance(index)? {
+                match out {
+                    Out::Piece { reasoning: r, content: c, logprobs: l } => {
+                        reasoning.push_str(&r);
+                        content.push_str(&c);
+                        logprobs.extend(l);
+                    }
+                    Out::End { end, finish: f } => {
+                        finish = f;
+                        if let Some(end) = end {
+                            reasoning.push_str(&end.reasoning);
+                            content.push_str(end.content.as_deref().unwrap_or_default());
+                            calls = end.calls;
+                        }
+                    }
                 }
             }
-            choice.finish = self.streams[i].finish().cloned();
-            choices.push(choice);
-        }
-        let usage = usage(choices.iter().map(|c| c.finish.as_ref()));
-        let choices: Vec<Value> = choices
-            .into_iter()
-            .enumerate()
-            .map(|(index, c)| {
-                let logprobs = self.logprobs.then(|| self.logprobs_object(c.logprobs));
-                match self.kind {
-                    Kind::Chat => {
-                        let parsed = match self.tools {
-                            Some(format) => tool_calls::parse(format, &c.text),
-                            None => Parsed { content: Some(c.text), calls: Vec::new() },
-                        };
-                        let mut message = json!({ "role": "assistant", "content": parsed.content, "refusal": null });
-                        let finish = if parsed.calls.is_empty() {
-                            finish_reason(c.finish.as_ref())
-                        } else {
-                            message["tool_calls"] = parsed.calls.iter().map(|c| c.to_json()).collect();
-                            "tool_calls"
-                        };
-                        json!({ "index": index, "message": message, "logprobs": logprobs, "finish_reason": finish })
+            let logprobs = self.logprobs.then(|| self.logprobs_object(logprobs));
+            choices.push(match self.kind {
+                Kind::Chat => {
+                    let content = if content.is_empty() && !calls.is_empty() { None } else { Some(content) };
+                    let mut message = json!({ "role": "assistant", "content": content, "refusal": null });
+                    if !reasoning.is_empty() {
+                        message["reasoning_content"] = json!(reasoning);
                     }
-                    Kind::Text => {
-                        let finish = finish_reason(c.finish.as_ref());
-                        json!({ "index": index, "text": c.text, "logprobs": logprobs, "finish_reason": finish })
+                    if !calls.is_empty() {
+                        message["tool_calls"] = calls.iter().map(|c| c.to_json()).collect();
+                        finish = "tool_calls";
                     }
+                    json!({ "index": index, "message": message, "logprobs": logprobs, "finish_reason": finish })
                 }
-            })
-            .collect();
+                Kind::Text => json!({ "index": index, "text": content, "logprobs": logprobs, "finish_reason": finish }),
+            });
+        }
         let mut answer = self.envelope(if self.kind == Kind::Chat { "chat.completion" } else { "text_completion" });
         answer["choices"] = Value::Array(choices);
-        answer["usage"] = usage;
+        answer["usage"] = self.usage();
         Ok(answer)
     }
 
@@ -154,13 +275,14 @@ impl Job {
 
     /// The SSE events of the answer, one `data:` line each, generated as
     /// the body is sent: a chat's first event opens the assistant's turn;
-    /// each choice's last one gives its finish reason; with
+    /// reasoning goes out as `reasoning_content` deltas, text as `content`;
+    /// a tool call whole when written (id, type and name, then its
+    /// arguments); each choice's last event gives its finish reason; with
     /// `include_usage` an event with no choices carries the usage; the
     /// stream ends with `data: [DONE]`.
     pub fn events(self, include_usage: bool) -> Events {
         let n = self.streams.len();
-        let readers = (0..n).map(|_| self.tools.map(Streamer::new)).collect();
-        Events { job: self, include_usage, step: Step::Open, next: 0, done: vec![false; n], readers, queued: VecDeque::new() }
+        Events { job: self, include_usage, step: Step::Open, next: 0, done: vec![false; n], queued: VecDeque::new() }
     }
 
     fn chunk_event(&self, choices: Vec<Value>, usage: Option<Value>) -> String {
@@ -173,40 +295,50 @@ impl Job {
         sse(&event)
     }
 
-    /// The events that end a choice whose reply was read for tool calls:
-    /// content not yet sent, then each call (its id, type and name first,
-    /// then its arguments), then the finish reason.
-    fn closing_events(&self, index: usize, parsed: Parsed, finish: &'static str) -> Vec<String> {
+    /// A choice's events for one output.
+    fn out_events(&self, index: usize, out: Out) -> Vec<String> {
         let mut events = Vec::new();
-        if let Some(content) = parsed.content {
-            events.push(self.chunk_event(vec![self.choice_delta(index, Some(&content), None, None)], None));
-        }
-        for (k, call) in parsed.calls.iter().enumerate() {
-            let opening = json!({ "index": k, "id": call.id, "type": "function", "function": { "name": call.name, "arguments": "" } });
-            let arguments = json!({ "index": k, "function": { "arguments": call.arguments } });
-            for delta in [opening, arguments] {
-                let choice = json!({ "index": index, "delta": { "tool_calls": [delta] }, "logprobs": null, "finish_reason": null });
+        let mut text = |reasoning: &str, content: &str, logprobs: Option<Value>| {
+            for (key, text) in [("reasoning_content", reasoning), ("content", content)] {
+                if text.is_empty() {
+                    continue;
+                }
+                let choice = match self.kind {
+                    Kind::Chat => json!({ "index": index, "delta": { key: text }, "logprobs": logprobs, "finish_reason": null }),
+                    Kind::Text => json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": null }),
+                };
+                events.push(self.chunk_event(vec![choice], None));
+            }
+        };
+        match out {
+            Out::Piece { reasoning, content, logprobs } => {
+                let logprobs = self.logprobs.then(|| self.logprobs_object(logprobs));
+                text(&reasoning, &content, logprobs);
+            }
+            Out::End { end, finish } => {
+                let mut finish = finish;
+                if let Some(end) = end {
+                    text(&end.reasoning, end.content.as_deref().unwrap_or_default(), None);
+                    for (k, call) in end.calls.iter().enumerate() {
+                        let opening = json!({ "index": k, "id": call.id, "type": "function", "function": { "name": call.name, "arguments": "" } });
+                        let arguments = json!({ "index": k, "function": { "arguments": call.arguments } });
+                        for delta in [opening, arguments] {
+                            let choice = json!({ "index": index, "delta": { "tool_calls": [delta] }, "logprobs": null, "finish_reason": null });
+                            events.push(self.chunk_event(vec![choice], None));
+                        }
+                    }
+                    if !end.calls.is_empty() {
+                        finish = "tool_calls";
+                    }
+                }
+                let choice = match self.kind {
+                    Kind::Chat => json!({ "index": index, "delta": {}, "logprobs": null, "finish_reason": finish }),
+                    Kind::Text => json!({ "index": index, "text": "", "logprobs": null, "finish_reason": finish }),
+                };
                 events.push(self.chunk_event(vec![choice], None));
             }
         }
-        let finish = if parsed.calls.is_empty() { finish } else { "tool_calls" };
-        events.push(self.chunk_event(vec![self.choice_delta(index, None, None, Some(finish))], None));
         events
-    }
-
-    fn choice_delta(&self, index: usize, text: Option<&str>, logprobs: Option<Value>, finish: Option<&str>) -> Value {
-        match self.kind {
-            Kind::Chat => {
-                let delta = match text {
-                    Some(text) => json!({ "content": text }),
-                    None => json!({}),
-                };
-                json!({ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish })
-            }
-            Kind::Text => {
-                json!({ "index": index, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish })
-            }
-        }
     }
 
     /// Each token of `chunk` with its log-probability and alternatives, in
@@ -269,10 +401,7 @@ pub struct Events {
     /// stream side by side as the engine batches them).
     next: usize,
     done: Vec<bool>,
-    /// Each choice's reply, read for tool calls as it streams (none
-    /// without tools).
-    readers: Vec<Option<Streamer>>,
-    /// Events made and not yet sent (a choice's end can be several).
+    /// Events made and not yet sent (one output can make several).
     queued: VecDeque<String>,
 }
 
@@ -310,41 +439,25 @@ impl Iterator for Events {
                         continue;
                     };
                     self.next = (i + 1) % self.done.len();
-                    match self.job.streams[i].next() {
-                        Some(Ok(chunk)) => {
-                            let text = match &mut self.readers[i] {
-                                Some(reader) => match reader.push(&chunk.text) {
-                                    Some(text) => text,
-                                    None => continue,
-                                },
-                                None => chunk.text.clone(),
-                            };
-                            let logprobs =
-                                self.job.logprobs.then(|| self.job.logprobs_object(self.job.token_logprobs(&chunk)));
-                            let choice = self.job.choice_delta(i, Some(&text), logprobs, None);
-                            return Some(self.job.chunk_event(vec![choice], None));
+                    match self.job.advance(i) {
+                        Ok(Some(out)) => {
+                            if matches!(out, Out::End { .. }) {
+                                self.done[i] = true;
+                            }
+                            let events = self.job.out_events(i, out);
+                            self.queued.extend(events);
                         }
-                        Some(Err(e)) => {
+                        Ok(None) => self.done[i] = true,
+                        Err(e) => {
                             // The status went out with the headers: the error becomes an event.
                             self.step = Step::Done;
-                            return Some(sse(&ApiError::from(e).body()));
-                        }
-                        None => {
-                            self.done[i] = true;
-                            let finish = finish_reason(self.job.streams[i].finish());
-                            if let Some(reader) = self.readers[i].take() {
-                                self.queued.extend(self.job.closing_events(i, reader.finish(), finish));
-                                continue;
-                            }
-                            let choice = self.job.choice_delta(i, None, None, Some(finish));
-                            return Some(self.job.chunk_event(vec![choice], None));
+                            return Some(sse(&e.body()));
                         }
                     }
                 }
                 Step::Usage => {
                     self.step = Step::Done;
-                    let usage = usage(self.job.streams.iter().map(TokenStream::finish));
-                    return Some(self.job.chunk_event(Vec::new(), Some(usage)));
+                    return Some(self.job.chunk_event(Vec::new(), Some(self.job.usage())));
                 }
                 Step::Done => {
                     self.step = Step::Ended;
@@ -391,18 +504,19 @@ fn finish_reason(finish: Option<&Finish>) -> &'static str {
     }
 }
 
-/// The request's usage: the prompt counted once (the choices share its
-/// prefill), with the tokens the prefix cache supplied; every choice's
-/// generated tokens.
-fn usage<'a>(finishes: impl Iterator<Item = Option<&'a Finish>>) -> Value {
-    let finishes: Vec<_> = finishes.flatten().collect();
-    let prompt = finishes.first().map_or(0, |f| f.usage.prompt_tokens);
-    let cached = finishes.first().map_or(0, |f| f.usage.cached_tokens);
-    let completion: u32 = finishes.iter().map(|f| f.usage.generated_tokens).sum();
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": { "cached_tokens": cached },
-    })
+impl Job {
+    /// The request's usage: the prompt counted once (the choices share its
+    /// prefill), with the tokens the prefix cache supplied; every choice's
+    /// generated tokens, over all its generations.
+    fn usage(&self) -> Value {
+        let (prompt, cached) = self.prompt.iter().flatten().next().copied().unwrap_or((0, 0));
+        let completion: u32 = self.reported.iter().sum();
+        json!({
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": { "cached_tokens": cached },
+            "completion_tokens_details": { "reasoning_tokens": self.reasoning.iter().sum::<u32>() },
+        })
+    }
 }

@@ -15,6 +15,7 @@
 mod completion;
 mod embeddings;
 mod error;
+mod reply;
 mod request;
 mod tools;
 
@@ -27,7 +28,7 @@ use wstd::__internal::wasip2::http::types::{IncomingRequest, ResponseOutparam};
 use wstd::http::server::Responder;
 use wstd::http::{Body, Request, Response};
 
-use completion::{Job, Kind};
+use completion::{Job, Kind, Reading};
 use error::ApiError;
 use request::{ChatRequest, CompletionRequest};
 use tools::{Choice, Constrain, Constraint};
@@ -163,7 +164,12 @@ fn chat(body: &[u8]) -> Result<Response<Body>, ApiError> {
     })?;
     let prompt = prompt.text;
     let tokens = model.tokenize(&prompt, true, true)?;
-    let job = Job::start(Kind::Chat, request.model.clone(), model, &tokens, &params, n, format)
+    let reading = Reading {
+        tools: format,
+        open: wasi_nn_llm::reasoning::opened_by(&prompt),
+        budget: request.reasoning_budget,
+    };
+    let job = Job::start(Kind::Chat, request.model.clone(), model, &tokens, &params, n, Some(reading))
         .map_err(|e| if tools.is_some() { e.at("tools") } else { e })?;
     answer(job, request.sampling.stream, request.sampling.include_usage())
 }

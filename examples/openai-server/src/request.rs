@@ -39,6 +39,14 @@ pub struct ChatRequest {
     pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
     pub reasoning_effort: Option<String>,
+    /// Most tokens the reply's reasoning block may take (llama-server's
+    /// `--reasoning-budget`, per request); then the block is closed for the
+    /// model and it answers.
+    #[serde(default)]
+    pub reasoning_budget: Option<u32>,
+    /// A GBNF grammar for the reply (llama-server's extension).
+    #[serde(default)]
+    pub grammar: Option<String>,
 }
 
 /// `POST /v1/completions`.
@@ -294,6 +302,12 @@ impl ChatRequest {
             params = params.logprobs(self.top_logprobs.unwrap_or(0));
         } else if self.top_logprobs.is_some() {
             return Err(ApiError::invalid("top_logprobs needs logprobs: true", Some("top_logprobs")));
+        }
+        if let Some(grammar) = &self.grammar {
+            if self.response_format.is_some() || self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+                return Err(ApiError::invalid("grammar cannot be combined with response_format or tools", Some("grammar")));
+            }
+            params = params.grammar(grammar.clone());
         }
         match &self.response_format {
             None | Some(ResponseFormat::Text) => {}
