@@ -56,6 +56,29 @@ impl Session {
         Ok(Self { raw: raw::Session::open_cached(model.graph(), options, prompt)? })
     }
 
+    /// Keep `note` under `key` with this session's conversation in the
+    /// host's prefix cache, for [`cached_note`](Self::cached_note) in a
+    /// later instance while the cache holds the conversation (extension
+    /// 0.1.5; only for a session from [`open_cached`](Self::open_cached)).
+    pub fn keep_note(&self, key: &str, note: &[u8]) -> Result<(), Error> {
+        Ok(self.raw.keep_note(key, note)?)
+    }
+
+    /// The note this component kept under `key` with a conversation the
+    /// prefix cache of `model` still holds (extension 0.1.5).
+    ///
+    /// ```no_run
+    /// # use wasi_nn_llm::{Model, Session};
+    /// let model = Model::load("smollm2")?;
+    /// if let Some(messages) = Session::cached_note(&model, "resp_1")? {
+    ///     println!("{} bytes kept with that conversation", messages.len());
+    /// }
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
+    pub fn cached_note(model: &Model, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(raw::Session::cached_note(model.graph(), key)?)
+    }
+
     /// Evaluate `text` into the session (special tokens such as `<|im_start|>`
     /// are parsed); returns how many tokens were added.
     ///

@@ -323,6 +323,24 @@ impl session::HostSession for LlmView<'_> {
         Ok(Ok(self.table.push(session)?))
     }
 
+    fn keep_note(
+        &mut self,
+        session: Resource<Session>,
+        key: String,
+        note: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), types::Error>> {
+        Ok(self.table.get(&session)?.keep_note(&key, note).map_err(Into::into))
+    }
+
+    fn cached_note(
+        &mut self,
+        graph: Resource<Graph>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, types::Error>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        Ok(Ok(engine.cached_note(self.ctx.access.namespace(), &key)))
+    }
+
     fn append(&mut self, session: Resource<Session>, text: String) -> wasmtime::Result<Result<u32, types::Error>> {
         tracing::trace!(bytes = text.len(), "session.append");
         Ok(self.table.get(&session)?.append(&text).map_err(Into::into))

@@ -452,6 +452,12 @@ impl Engine {
         &self.0.cache
     }
 
+    /// The note `namespace` kept under `key` with a conversation its prefix
+    /// cache still holds (see `prefix_cache.rs`).
+    pub fn cached_note(&self, namespace: &Namespace, key: &str) -> Option<Vec<u8>> {
+        self.0.cache.note(namespace, key).map(|bytes| bytes.to_vec())
+    }
+
     /// Drop every conversation the prefix cache keeps (they hold the engine
     /// alive; see `registry::Models`'s drop).
     pub fn clear_cache(&self) {

@@ -48,6 +48,15 @@
 //!   the prompt extends the whole entry; otherwise a copy.
 //! - Matching text instead of tokens: two renderings of one conversation
 //!   can tokenize differently; tokens are what the KV cache holds.
+//!
+//! Notes (0.1.5): where clients do name conversations (the Responses API's
+//! `previous_response_id`), a guest keeps a note under that key with the
+//! session it drops here, and a later instance reads it back by key. A
+//! note belongs to the tokens its session held: it lives while an entry of
+//! its namespace still holds those tokens (the entry itself or one that
+//! extends it), and goes when the last such entry goes, so nothing a
+//! client sent outlives the conversation the cache keeps. The key is only
+//! for finding the note; the conversation is still found by its tokens.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -91,10 +100,17 @@ pub(super) struct Shape {
     pub seed: Option<u64>,
 }
 
+/// Largest note a guest may keep with a conversation.
+pub const MAX_NOTE_BYTES: usize = 1 << 20;
+
+/// Most note bytes one model's cache holds; past it the oldest notes go.
+const NOTES_BYTES: usize = 64 << 20;
+
 /// One model's prefix cache.
 pub(super) struct PrefixCache {
     limits: CacheLimits,
     entries: Mutex<Vec<Entry>>,
+    notes: Mutex<Vec<Note>>,
     /// Holds the leases of the sessions kept here, so that a kept session no
     /// longer counts against the instance that made it.
     quota: Arc<Quota>,
@@ -108,6 +124,17 @@ struct Entry {
     held: Held,
     /// When it was last put in or used (the cache's clock).
     used: u64,
+}
+
+/// A guest's note on a conversation (see the module's doc).
+struct Note {
+    namespace: Namespace,
+    key: String,
+    /// The conversation it belongs to.
+    tokens: Vec<u32>,
+    bytes: Arc<[u8]>,
+    /// When it was kept (the cache's clock).
+    kept: u64,
 }
 
 enum Held {
@@ -132,7 +159,13 @@ pub(super) enum Start {
 
 impl PrefixCache {
     pub(super) fn new(limits: CacheLimits) -> Self {
-        Self { limits, entries: Mutex::default(), quota: Quota::unlimited(), clock: AtomicU64::new(0) }
+        Self {
+            limits,
+            entries: Mutex::default(),
+            notes: Mutex::default(),
+            quota: Quota::unlimited(),
+            clock: AtomicU64::new(0),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
@@ -178,17 +211,28 @@ impl PrefixCache {
     }
 
     /// Keep `session` (already moved onto this cache's quota) holding
-    /// `tokens`. An entry it extends is dropped (it is a prefix of this
-    /// one); if an entry already extends it, the session is not kept.
-    pub(super) fn keep(&self, namespace: Namespace, shape: Shape, tokens: Vec<u32>, session: Session) {
+    /// `tokens`, with the guest's `notes` on it. An entry it extends is
+    /// dropped (it is a prefix of this one); if an entry already extends
+    /// it, the session is not kept (its notes are: that entry holds it).
+    pub(super) fn keep(
+        &self,
+        namespace: Namespace,
+        shape: Shape,
+        tokens: Vec<u32>,
+        session: Session,
+        notes: Vec<(String, Arc<[u8]>)>,
+    ) {
         if tokens.is_empty() || !self.enabled() {
             return;
         }
+        self.add_notes(&namespace, &tokens, notes);
         let now = self.tick();
         let mut dropped = Vec::new();
         let mut entries = self.lock();
         let same = |e: &Entry| e.namespace == namespace && e.shape == shape;
         if entries.iter().any(|e| same(e) && e.tokens.starts_with(&tokens)) {
+            drop(entries);
+            self.prune_notes();
             return;
         }
         let mut i = 0;
@@ -207,6 +251,39 @@ impl PrefixCache {
         // Sessions close (a command to their lane) after the lock is released.
         drop(entries);
         drop(dropped);
+        self.prune_notes();
+    }
+
+    /// Keep `notes` on the conversation `tokens` of `namespace`; a note
+    /// under a key already kept replaces it.
+    fn add_notes(&self, namespace: &Namespace, tokens: &[u32], notes: Vec<(String, Arc<[u8]>)>) {
+        if notes.is_empty() {
+            return;
+        }
+        let now = self.tick();
+        let mut kept = self.notes.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, bytes) in notes {
+            kept.retain(|n| !(&n.namespace == namespace && n.key == key));
+            kept.push(Note { namespace: namespace.clone(), key, tokens: tokens.to_vec(), bytes, kept: now });
+        }
+        while kept.iter().map(|n| n.bytes.len()).sum::<usize>() > NOTES_BYTES {
+            let oldest = kept.iter().enumerate().min_by_key(|(_, n)| n.kept).map(|(i, _)| i).expect("notes");
+            kept.swap_remove(oldest);
+        }
+    }
+
+    /// Drop the notes whose conversation no entry holds any more.
+    fn prune_notes(&self) {
+        let entries = self.lock();
+        let mut notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
+        notes.retain(|n| entries.iter().any(|e| e.namespace == n.namespace && e.tokens.starts_with(&n.tokens)));
+    }
+
+    /// The note `namespace` kept under `key`, while its conversation is kept.
+    pub(super) fn note(&self, namespace: &Namespace, key: &str) -> Option<Arc<[u8]>> {
+        self.prune_notes();
+        let notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
+        notes.iter().find(|n| &n.namespace == namespace && n.key == key).map(|n| n.bytes.clone())
     }
 
     /// Give up the sequence of the least recently used live entry, saving
@@ -279,6 +356,7 @@ impl PrefixCache {
                 let gone = entries.swap_remove(at);
                 drop(entries);
                 drop(gone);
+                self.prune_notes();
                 return Some(None);
             }
         };
@@ -292,6 +370,7 @@ impl PrefixCache {
         drop(entries);
         drop(dropped);
         drop(session);
+        self.prune_notes();
         tracing::debug!(bytes = size, "a prefix-cache entry gave up its sequence, kept in host memory");
         Some(Some(saved))
     }
@@ -301,6 +380,7 @@ impl PrefixCache {
     pub(super) fn clear(&self) {
         let entries = std::mem::take(&mut *self.lock());
         drop(entries);
+        self.prune_notes();
     }
 
     /// How many entries are held, live and spilled (tests, benchmarks).

@@ -1,12 +1,12 @@
 //! A session handle: one llama.cpp sequence in one of a model's lanes, owned
 //! by one guest resource. Its calls block the calling guest's thread only.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use llama_cpp_2::token::LlamaToken;
 
 use super::params::GenerateParams;
-use super::prefix_cache::{Namespace, Shape};
+use super::prefix_cache::{MAX_NOTE_BYTES, Namespace, Shape};
 use super::protocol::{Command, Input, Pending, Reply, SeqId};
 use super::quota::Lease;
 use super::slot::Slot;
@@ -28,13 +28,15 @@ pub struct Session {
     /// Set for a session from [`Engine::open_cached`]: whose prefix cache
     /// it goes into when dropped.
     kept_for: Option<Namespace>,
+    /// The guest's notes, by key, that go into the cache with it.
+    notes: Mutex<Vec<(String, Arc<[u8]>)>>,
 }
 
 impl Session {
     /// A session of `engine` on `slot`.
     pub(super) fn new(engine: Engine, slot: Slot, shape: Shape) -> Self {
         let Shape { limit, shift, seed } = shape;
-        Self { engine, slot: Arc::new(slot), limit, shift, seed, kept_for: None }
+        Self { engine, slot: Arc::new(slot), limit, shift, seed, kept_for: None, notes: Mutex::default() }
     }
 
     /// What another session must share with this one to continue from it.
@@ -45,6 +47,28 @@ impl Session {
     /// Put this session into `namespace`'s prefix cache when it is dropped.
     pub(super) fn keep_for(&mut self, namespace: Namespace) {
         self.kept_for = Some(namespace);
+    }
+
+    /// Keep `note` under `key` with this session in the prefix cache (see
+    /// `prefix_cache.rs`): only a session from `open_cached` goes there.
+    pub fn keep_note(&self, key: &str, note: Vec<u8>) -> Result<(), LlmError> {
+        if self.kept_for.is_none() {
+            return Err(LlmError::Unsupported(
+                "only a session from open-cached goes into the prefix cache, and this host's cache must be on \
+                 (prefix-cache-entries above 0) to keep notes"
+                    .into(),
+            ));
+        }
+        if key.is_empty() || key.len() > 256 {
+            return Err(LlmError::invalid(format!("a note's key must be 1 to 256 bytes, not {}", key.len())));
+        }
+        if note.len() > MAX_NOTE_BYTES {
+            return Err(LlmError::LimitExceeded { name: "note-bytes".into(), max: MAX_NOTE_BYTES as u64 });
+        }
+        let mut notes = self.notes.lock().unwrap_or_else(|e| e.into_inner());
+        notes.retain(|(k, _)| k != key);
+        notes.push((key.to_owned(), note.into()));
+        Ok(())
     }
 
     /// Hold `lease` in place of the one it has: a session passing between
@@ -265,7 +289,14 @@ impl Drop for Session {
             return;
         }
         let Ok(tokens) = self.tokens() else { return };
-        let kept = Session { slot: self.slot.clone(), engine: self.engine.clone(), kept_for: None, ..*self };
-        self.engine.cache().keep(namespace, self.shape(), tokens, kept);
+        let notes = std::mem::take(&mut *self.notes.lock().unwrap_or_else(|e| e.into_inner()));
+        let kept = Session {
+            slot: self.slot.clone(),
+            engine: self.engine.clone(),
+            kept_for: None,
+            notes: Mutex::default(),
+            ..*self
+        };
+        self.engine.cache().keep(namespace, self.shape(), tokens, kept, notes);
     }
 }
