@@ -326,6 +326,76 @@ fn reasoning_comes_apart_from_the_answer_and_keeps_to_its_budget() {
 }
 
 #[test]
+fn the_responses_api_answers_text_messages_streams_and_continues_through_the_cache() {
+    let seen = shared().client("responses", &[MODEL]);
+    let text = &seen["text"];
+    assert_eq!(text["status"], "completed", "{seen}");
+    assert!(text["output_text"].as_str().unwrap().contains("Paris"), "{seen}");
+    assert!(text["id"].as_str().unwrap().starts_with("resp_"), "{seen}");
+    // Each continued response prefills only its new input: everything the
+    // one before held (its input and answer) came from the prefix cache.
+    for (before, now) in [("text", "messages"), ("messages", "streamed")] {
+        let (b, n) = (&seen[before]["usage"], &seen[now]["usage"]);
+        let held = b["input_tokens"].as_u64().unwrap() + b["output_tokens"].as_u64().unwrap();
+        let cached = n["input_tokens_details"]["cached_tokens"].as_u64().unwrap();
+        assert!(cached + 1 >= held, "{now} cached {cached} of the {held} tokens {before} held: {seen}");
+        assert!(n["input_tokens"].as_u64().unwrap() - cached <= 40, "{now} prefilled more than its input: {seen}");
+    }
+    assert!(seen["messages"]["output_text"].as_str().unwrap().contains("Rome"), "{seen}");
+    let streamed = &seen["streamed"];
+    let events = streamed["events"].as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"response.created"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"response.completed"), "{kinds:?}");
+    for kind in ["response.output_item.added", "response.content_part.added", "response.output_text.done", "response.output_item.done"] {
+        assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
+    }
+    let sequence: Vec<u64> = events.iter().map(|e| e["sequence"].as_u64().unwrap()).collect();
+    assert!(sequence.windows(2).all(|w| w[1] == w[0] + 1), "{sequence:?}");
+    let deltas: String = events.iter().filter_map(|e| e["delta"].as_str()).collect();
+    assert!(kinds.iter().filter(|k| **k == "response.output_text.delta").count() > 2, "streamed in pieces: {kinds:?}");
+    assert_eq!(streamed["output_text"].as_str().unwrap(), deltas, "{streamed}");
+    assert!(!deltas.trim().is_empty(), "{streamed}");
+    let calls = seen["call"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{seen}");
+    assert_eq!(calls[0]["name"], "get_weather", "{seen}");
+    let arguments: Value = serde_json::from_str(calls[0]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, json!({ "city": "Paris" }), "{seen}");
+    let answer = &seen["answer"];
+    assert_eq!((&answer["status"], &answer["types"]), (&json!("completed"), &json!(["message"])), "{seen}");
+    assert!(!answer["output_text"].as_str().unwrap().trim().is_empty(), "{seen}");
+}
+
+#[test]
+fn a_response_lives_only_as_long_as_the_cache_keeps_its_conversation() {
+    let dir = std::env::temp_dir().join(format!("wasi-nn-llm-responses-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, "[limits]\nprefix-cache-entries = 1\n").unwrap();
+    let server = Server::start(&["--policy", policy.to_str().unwrap()], None);
+    let ask = |input: &str, previous: Option<&str>| {
+        let body = json!({ "model": MODEL, "input": input, "temperature": 0, "max_output_tokens": 8,
+                           "previous_response_id": previous });
+        server.post("/v1/responses", &body)
+    };
+    let (status, first) = ask("Name a colour.", None);
+    assert_eq!(status, 200, "{first}");
+    let id = first["id"].as_str().unwrap();
+    // While its conversation is cached, it continues.
+    let (status, next) = ask("Another one.", Some(id));
+    assert_eq!(status, 200, "{next}");
+    // A conversation of its own takes the cache's one entry...
+    let (status, _) = ask("Count to three.", None);
+    assert_eq!(status, 200);
+    // ...and the first response is gone with its conversation.
+    let (status, gone) = ask("And one more.", Some(id));
+    assert_eq!(status, 404, "{gone}");
+    assert_eq!(gone["error"]["param"], "previous_response_id", "{gone}");
+    server.assert_healthy();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn curl_reads_the_sse_stream() {
     let server = shared();
     let mut body = chat_body("Count from one to five.", 24);
@@ -521,7 +591,23 @@ fn every_error_answers_in_openais_shape_and_the_server_carries_on() {
         ("tools: with response_format", with_tools(json!([function("f", object.clone())]),
             json!({ "response_format": { "type": "json_object" } })), 400, None),
     ];
+    let responses = |extra: Value| {
+        let mut body = json!({ "model": MODEL, "input": "hi" });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        Some(body.to_string())
+    };
+    let response_cases: Vec<(&str, Option<String>, u16, Option<&str>)> = vec![
+        ("responses: a field it does not serve", responses(json!({ "prompt_cache_key": "k" })), 400, None),
+        ("responses: background", responses(json!({ "background": true })), 400, None),
+        ("responses: an image input", responses(json!({ "input": [{ "role": "user", "content": [{ "type": "input_image", "image_url": "x" }] }] })), 400, None),
+        ("responses: a web search tool", responses(json!({ "tools": [{ "type": "web_search" }] })), 400, None),
+        ("responses: an output for no call", responses(json!({ "input": [{ "type": "function_call_output", "call_id": "c", "output": "1" }] })), 400, None),
+        ("responses: an unknown previous response", responses(json!({ "previous_response_id": "resp_nope" })), 404, None),
+        ("responses: input missing", Some(json!({ "model": MODEL }).to_string()), 400, None),
+    ];
     let cases: Vec<_> = cases.into_iter().chain(tool_cases).collect();
+    let cases = cases.into_iter().map(|c| ("/v1/chat/completions", c));
+    let cases = cases.chain(response_cases.into_iter().map(|c| ("/v1/responses", c)));
     let embeddings = |input: Value, extra: Value| {
         let mut body = json!({ "model": MODEL, "input": input });
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
@@ -559,7 +645,6 @@ fn every_error_answers_in_openais_shape_and_the_server_carries_on() {
             None,
         ),
     ];
-    let cases = cases.into_iter().map(|c| ("/v1/chat/completions", c));
     let cases = cases.chain(embedding_cases.into_iter().map(|c| ("/v1/embeddings", c)));
     for (path, (case, body, status, code)) in cases {
         let (got, text) = server.request("POST", path, body.as_deref());

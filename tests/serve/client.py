@@ -167,12 +167,52 @@ def tool_loop(client, model, stream):
     return {"steps": steps}
 
 
+def responses(client, model):
+    """`/v1/responses` through the client: text input, message input with
+    instructions, a streamed turn continuing the last (`previous_response_id`,
+    the client's own stream accumulation), and a function call answered by
+    its output in the next response."""
+    instructions = "You are a helpful assistant. Answer in one sentence."
+    seen = {}
+    first = client.responses.create(model=model, instructions=instructions, input="What is the capital of France?",
+                                    temperature=0, max_output_tokens=40)
+    seen["text"] = {"id": first.id, "status": first.status, "output_text": first.output_text,
+                    "usage": first.usage.model_dump()}
+    second = client.responses.create(
+        model=model, instructions=instructions, previous_response_id=first.id, temperature=0, max_output_tokens=40,
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "And the capital of Italy?"}]}])
+    seen["messages"] = {"status": second.status, "output_text": second.output_text, "usage": second.usage.model_dump()}
+    events = []
+    with client.responses.stream(model=model, instructions=instructions, previous_response_id=second.id,
+                                 input="And of Spain?", temperature=0, max_output_tokens=40) as stream:
+        for event in stream:
+            events.append({"type": event.type, "sequence": event.sequence_number,
+                           "delta": getattr(event, "delta", None) if event.type == "response.output_text.delta" else None})
+        final = stream.get_final_response()
+    seen["streamed"] = {"events": events, "output_text": final.output_text, "status": final.status,
+                        "usage": final.usage.model_dump()}
+    tools = [{"type": "function", "name": "get_weather", "description": "Get the current weather in a city",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    called = client.responses.create(model=model, instructions=instructions, input="What is the weather in Paris?",
+                                     tools=tools, tool_choice="required", temperature=0, max_output_tokens=40)
+    calls = [o for o in called.output if o.type == "function_call"]
+    seen["call"] = [{"name": c.name, "arguments": c.arguments, "call_id": c.call_id} for c in calls]
+    answered = client.responses.create(
+        model=model, instructions=instructions, previous_response_id=called.id, tools=tools, tool_choice="none",
+        temperature=0, max_output_tokens=40,
+        input=[{"type": "function_call_output", "call_id": c.call_id, "output": json.dumps(get_weather(**json.loads(c.arguments)))}
+               for c in calls])
+    seen["answer"] = {"status": answered.status, "output_text": answered.output_text,
+                      "types": [o.type for o in answered.output]}
+    return seen
+
+
 def main():
     base, mode, *args = sys.argv[1:]
     client = OpenAI(base_url=base, api_key=os.environ.get("OPENAI_API_KEY", "unused"), max_retries=0, timeout=300)
     modes = {"stream-chat": stream_chat, "conversation": conversation, "choices": choices,
              "concurrent": concurrent, "embed": embed, "models": models, "authenticated-chat": authenticated_chat,
-             "tool-loop": tool_loop}
+             "tool-loop": tool_loop, "responses": responses}
     print(json.dumps(modes[mode](client, *args)))
 
 

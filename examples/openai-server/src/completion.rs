@@ -207,6 +207,13 @@ impl Job {
         Some(end)
     }
 
+    /// Keep `note` under `key` with the first choice's conversation, for a
+    /// later request to continue it (`previous_response_id`); whether the
+    /// host keeps it.
+    pub fn keep_note(&self, key: &str, note: &[u8]) -> bool {
+        self.sessions[0].keep_note(key, note).is_ok()
+    }
+
     /// Note a finished generation's usage: its tokens, and the prompt's
     /// from a choice's first.
     fn account(&mut self, i: usize, finish: Option<&Finish>) {
@@ -217,7 +224,7 @@ impl Job {
     }
 
     /// Read every choice to its end: the non-streamed answer.
-    pub fn collect(mut self) -> Result<Value, ApiError> {
+    pub fn collect(&mut self) -> Result<Value, ApiError> {
         let mut choices = Vec::new();
         for index in 0..self.streams.len() {
             let (mut reasoning, mut content, mut logprobs) = (String::new(), String::new(), Vec::new());
@@ -508,7 +515,7 @@ impl Job {
     /// The request's usage: the prompt counted once (the choices share its
     /// prefill), with the tokens the prefix cache supplied; every choice's
     /// generated tokens, over all its generations.
-    fn usage(&self) -> Value {
+    pub fn usage(&self) -> Value {
         let (prompt, cached) = self.prompt.iter().flatten().next().copied().unwrap_or((0, 0));
         let completion: u32 = self.reported.iter().sum();
         json!({

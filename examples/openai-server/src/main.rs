@@ -1,7 +1,8 @@
 //! An OpenAI-compatible HTTP API as a wasi:http guest of `wasi-nn-llm serve`,
 //! on the LLM extension: `GET /health`, `GET /v1/models`,
-//! `POST /v1/chat/completions` and `POST /v1/completions` (streamed as SSE
-//! with `"stream": true`), and `POST /v1/embeddings`.
+//! `POST /v1/chat/completions`, `POST /v1/responses` and
+//! `POST /v1/completions` (streamed as SSE with `"stream": true`), and
+//! `POST /v1/embeddings`.
 //!
 //! Every request runs in a fresh instance, yet a conversation sent again
 //! with one more turn prefills only that turn: the prompt's session comes
@@ -17,6 +18,7 @@ mod embeddings;
 mod error;
 mod reply;
 mod request;
+mod responses;
 mod tools;
 
 use serde_json::json;
@@ -75,6 +77,10 @@ async fn route(mut request: Request<Body>) -> Response<Body> {
             Ok(body) => complete(&body),
             Err(e) => Err(e),
         },
+        ("POST", "/v1/responses") => match body(&mut request).await {
+            Ok(body) => responses::respond(&body),
+            Err(e) => Err(e),
+        },
         ("POST", "/v1/embeddings") => match body(&mut request).await {
             Ok(body) => embeddings::embed(&body).map(|answer| json_response(&answer)),
             Err(e) => Err(e),
@@ -123,24 +129,47 @@ fn load(name: &str) -> Result<Model, ApiError> {
     Model::load(name).map_err(|e| ApiError::from_model(name, e))
 }
 
-/// A chat: its messages rendered with the model's own template, and with
-/// tools, the template's tool format, a grammar that holds a call to the
-/// tools' schemas, and the reply read back for the calls it makes.
+/// `POST /v1/chat/completions`.
 fn chat(body: &[u8]) -> Result<Response<Body>, ApiError> {
     let request: ChatRequest = request::parse(body)?;
-    let mut messages = request.messages()?;
-    let tools = request.tools()?;
-    let arguments = request.template_arguments()?;
-    let mut params = request.params()?;
-    let n = request.sampling.choices()?;
-    let model = load(&request.model)?;
+    if request.response_format.is_some() && request.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::invalid("response_format cannot be combined with tools", Some("response_format")));
+    }
+    let conversation = Conversation {
+        model: request.model.clone(),
+        messages: request.messages()?,
+        tools: request.tools()?,
+        arguments: request.template_arguments()?,
+        params: request.params()?,
+        choices: request.sampling.choices()?,
+        reasoning_budget: request.reasoning_budget,
+    };
+    let job = start_chat(conversation, "messages")?;
+    answer(job, request.sampling.stream, request.sampling.include_usage())
+}
+
+/// A chat to answer, checked: what both chat endpoints start.
+pub struct Conversation {
+    pub model: String,
+    pub messages: Vec<wasi_nn_llm::ChatMessage>,
+    pub tools: Option<tools::Tools>,
+    pub arguments: Vec<(String, wasi_nn_llm::TemplateValue)>,
+    pub params: wasi_nn_llm::Params,
+    pub choices: u32,
+    pub reasoning_budget: Option<u32>,
+}
+
+/// Start a chat: its messages rendered with the model's own template, and
+/// with tools, the template's tool format, a grammar that holds a call to
+/// the tools' schemas, and the reply read back for the calls it makes.
+/// `messages_param` names the request field a refused conversation blames.
+fn start_chat(chat: Conversation, messages_param: &'static str) -> Result<Job, ApiError> {
+    let Conversation { model: name, mut messages, tools, arguments, mut params, choices, reasoning_budget } = chat;
+    let model = load(&name)?;
     let mut options = RenderOptions { add_generation_prompt: true, tools: vec![], documents: vec![], arguments };
     let mut format = None;
     if let Some(tools) = &tools {
-        if request.response_format.is_some() {
-            return Err(ApiError::invalid("response_format cannot be combined with tools", Some("response_format")));
-        }
-        let template = model.info().map_err(|e| ApiError::from_model(&request.model, e))?.chat_template;
+        let template = model.info().map_err(|e| ApiError::from_model(&name, e))?.chat_template;
         let native = Format::of(&model, template.as_deref());
         if native == Format::Generic {
             messages = tools::generic_messages(messages, tools);
@@ -158,20 +187,15 @@ fn chat(body: &[u8]) -> Result<Response<Body>, ApiError> {
         // The template refused or failed on the conversation: the messages' fault.
         let mut e = ApiError::from(e);
         if e.status == 400 {
-            e.param = Some("messages");
+            e.param = Some(messages_param);
         }
         e
     })?;
     let prompt = prompt.text;
     let tokens = model.tokenize(&prompt, true, true)?;
-    let reading = Reading {
-        tools: format,
-        open: wasi_nn_llm::reasoning::opened_by(&prompt),
-        budget: request.reasoning_budget,
-    };
-    let job = Job::start(Kind::Chat, request.model.clone(), model, &tokens, &params, n, Some(reading))
-        .map_err(|e| if tools.is_some() { e.at("tools") } else { e })?;
-    answer(job, request.sampling.stream, request.sampling.include_usage())
+    let reading = Reading { tools: format, open: wasi_nn_llm::reasoning::opened_by(&prompt), budget: reasoning_budget };
+    Job::start(Kind::Chat, name, model, &tokens, &params, choices, Some(reading))
+        .map_err(|e| if tools.is_some() { e.at("tools") } else { e })
 }
 
 fn complete(body: &[u8]) -> Result<Response<Body>, ApiError> {
@@ -187,7 +211,7 @@ fn complete(body: &[u8]) -> Result<Response<Body>, ApiError> {
     answer(job, request.sampling.stream, request.sampling.include_usage())
 }
 
-fn answer(job: Job, stream: bool, include_usage: bool) -> Result<Response<Body>, ApiError> {
+fn answer(mut job: Job, stream: bool, include_usage: bool) -> Result<Response<Body>, ApiError> {
     if !stream {
         return Ok(json_response(&job.collect()?));
     }

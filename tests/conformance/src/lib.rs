@@ -259,6 +259,13 @@ pub mod statements {
         text: "chat.json-schema-grammar MUST give a grammar whose root rule, as a generate constraint, holds the \
                output to the schema, and refuse a schema that is not JSON with invalid-grammar",
     };
+    pub const SESSION_NOTES: Statement = Statement {
+        id: "session.notes",
+        level: Level::Must,
+        text: "a note kept with a session from open-cached MUST come back from cached-note by its key once the \
+               session is dropped into the prefix cache, an unknown key gives none, and keep-note on a session not \
+               from open-cached MUST be unsupported",
+    };
     pub const EMBEDDINGS_ERRORS: Statement = Statement {
         id: "embeddings.errors",
         level: Level::Must,

@@ -436,6 +436,20 @@ fn main() {
         })(),
     );
 
+    s.check(
+        &statements::SESSION_NOTES,
+        (|| -> Result<(), Fail> {
+            let prompt = m.tokenize(PROMPT, true, true)?;
+            let cached = Session::open_cached(m, DEFAULTS, &prompt)?;
+            cached.keep_note("conformance-note", b"kept")?;
+            drop(cached);
+            let back = Session::cached_note(m, "conformance-note")?;
+            expect(back.as_deref() == Some(&b"kept"[..]), || format!("{back:?}"))?;
+            expect(Session::cached_note(m, "no-such-note")?.is_none(), || "an unknown key found a note".into())?;
+            llm_error(session(m, PROMPT)?.keep_note("k", b"v"), |e| matches!(e, LlmError::Unsupported(_)))
+        })(),
+    );
+
     // --- errors ---------------------------------------------------------
     s.check(
         &statements::ERROR_INVALID_ARGUMENT,
