@@ -3,7 +3,7 @@
 
 use std::sync::Barrier;
 
-use wasi_nn_llm_tests::{MODEL, Streamed, chatml, host, serial};
+use wasi_nn_llm_tests::{MODEL, Streamed, assert_starts_as_alone, chatml, host, serial};
 
 const MAX: &str = "48";
 
@@ -38,8 +38,13 @@ fn two_streaming_instances_finish_and_are_isolated() {
         assert!(matches!(reason, "FinishReason::MaxTokens" | "FinishReason::EndOfSequence"), "{reason}");
     }
     assert_ne!(b_out.tokens(), b2_out.tokens(), "the two neighbours must differ for the check to mean anything");
-    // Isolation: what A produces does not depend on who runs beside it.
-    assert_eq!(a_with_b.tokens(), a_with_b2.tokens());
+    // Isolation: what A produces does not depend on who runs beside it. A
+    // neighbour's cells in A's attention would derail A at once; a
+    // different neighbour also changes the batch's shape and so the last
+    // bits of A's logits, which can flip a near-tie later (on an AMD EPYC
+    // of family 26: ten equal tokens, then one different), so A's start
+    // is what is asserted, as for a stream beside others and alone.
+    assert_starts_as_alone(&serde_json::json!(a_with_b2.tokens()), &a_with_b.tokens(), "A beside B2 vs A beside B");
 
     // For the record (batched arithmetic may legitimately differ from a lone
     // run in the last bits, so this is reported, not asserted).
