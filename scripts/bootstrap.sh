@@ -4,13 +4,18 @@
 # wasm32-wasip2 target (the guests). Idempotent: installs only what is missing.
 set -euo pipefail
 
+# Debian packages, as root or through sudo.
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "bootstrap: installing $* (apt)" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 packages=(cmake libclang-dev)
 if ! dpkg -s "${packages[@]}" >/dev/null 2>&1; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    echo "bootstrap: installing ${packages[*]} (apt)" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+    apt_install "${packages[@]}"
 fi
 
 # wasip2 for the component guests; wasip1 for the guests of WasmEdge's ABI.
@@ -34,10 +39,7 @@ if ! "$venv/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '
     echo "bootstrap: installing the openai Python client $OPENAI_VERSION into $venv" >&2
     if ! python3 -c "import ensurepip" 2>/dev/null; then
         # Debian keeps venv's pip bootstrap in a package of its own.
-        sudo=""
-        [ "$(id -u)" -eq 0 ] || sudo="sudo"
-        $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+        apt_install python3-venv
     fi
     rm -rf "$venv"
     python3 -m venv "$venv"
@@ -73,22 +75,14 @@ PY
 fi
 
 if ! command -v curl >/dev/null; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    echo "bootstrap: installing curl (apt)" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends curl >/dev/null
+    apt_install curl
 fi
 
 # The serve tests' second client, written by others in another language:
 # the OpenAI Node SDK (`openai` on npm, no dependencies of its own) under
 # node, its registry tarball checked against the registry's own digest.
 if ! command -v node >/dev/null; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    echo "bootstrap: installing node (apt)" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs >/dev/null
+    apt_install nodejs
 fi
 OPENAI_NODE_VERSION=6.30.1
 OPENAI_NODE_SHA512=5bkK9GoQMd8j4a0TeY95AIC7FtGP38HlfO+YvRq4TkEndHLI1iR8ct9wajmsAMw+G/QcPOZnqzhhsUT2GKUWkA==
