@@ -7,6 +7,7 @@ Usage: client.py BASE_URL MODEL MODE ARGS...
   round-robin CONVS TURNS MAX_TOKENS  CONVS conversations, one turn of each in turn
   concurrent STREAMS MAX_TOKENS     STREAMS chats at once
   cold TOKENS                       a prompt of about TOKENS tokens sharing nothing cached
+  tool-loop STEPS MAX_TOKENS        an agent's loop: STEPS - 1 required tool calls, each answered, then the answer
 
 Every request is greedy and streamed; time to first token is from sending the
 request to the first chunk that carries text.
@@ -102,10 +103,47 @@ def cold(client, model, tokens):
     return {"ttft_ms": r["ttft_ms"], "prompt": r["prompt"]}
 
 
+CITIES = ["Paris", "Rome", "Madrid", "Berlin", "Vienna", "Oslo", "Lisbon", "Prague"]
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def tool_loop(client, model, steps, max_tokens):
+    """An agent's loop, not streamed: a call is required at each of the
+    first STEPS - 1 requests (its result goes back as a tool message), and
+    the last asks for the answer (`none`). Total and per-request time."""
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "Compare the weather in " + ", ".join(CITIES[:int(steps) - 1]) + "."}]
+    seen = []
+    started = time.perf_counter()
+    for step in range(int(steps)):
+        last = step == int(steps) - 1
+        t0 = time.perf_counter()
+        reply = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, temperature=0,
+                                               tool_choice="none" if last else "required", max_tokens=int(max_tokens))
+        message = reply.choices[0].message
+        calls = message.tool_calls or []
+        seen.append({"ms": (time.perf_counter() - t0) * 1e3, "calls": len(calls),
+                     "prompt": reply.usage.prompt_tokens,
+                     "cached": getattr(reply.usage.prompt_tokens_details, "cached_tokens", None)})
+        if not calls and not last:
+            # A required call that did not come (cut short by max_tokens):
+            # the loop cannot go on as an agent's would; the figures say so.
+            break
+        messages.append({"role": "assistant", "content": message.content,
+                         "tool_calls": [c.model_dump() for c in calls] or None})
+        for c in calls:
+            messages.append({"role": "tool", "tool_call_id": c.id,
+                             "content": json.dumps({"temperature": 15 + step, "sky": "clear"})})
+    return {"total_ms": (time.perf_counter() - started) * 1e3, "requests": seen,
+            "calls": sum(r["calls"] for r in seen)}
+
+
 def main():
     base, model, mode, *args = sys.argv[1:]
     client = OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=600)
-    modes = {"chat": chat, "round-robin": round_robin, "concurrent": concurrent, "cold": cold}
+    modes = {"chat": chat, "round-robin": round_robin, "concurrent": concurrent, "cold": cold, "tool-loop": tool_loop}
     print(json.dumps(modes[mode](client, model, *args)))
 
 

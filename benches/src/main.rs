@@ -20,6 +20,7 @@ mod report;
 mod restore;
 mod serve;
 mod single;
+mod template;
 mod wasmedge;
 
 use std::fmt::Write as _;
@@ -191,6 +192,8 @@ fn main() -> Result<()> {
     };
     let mut body = String::new();
     let mut targets: Vec<Target> = Vec::new();
+    // The serve section's prompt sizes: every model's template, counted.
+    let mut prompt_tokens = template::table();
     for (index, spec) in specs.iter().enumerate() {
         let name = spec.name.as_str();
         eprintln!("{name}:");
@@ -280,6 +283,10 @@ fn main() -> Result<()> {
             results.write(&body, &targets, false)?;
         }
 
+        if wanted(Section::Serve) {
+            template::rows(name, &engine, &mut prompt_tokens)?;
+        }
+
         if let Some(bin) = llama_server.as_ref().filter(|_| index == 0) {
             let setup = serve::Setup {
                 workspace,
@@ -351,6 +358,16 @@ fn main() -> Result<()> {
         }
     }
 
+    if wanted(Section::Serve) {
+        writeln!(
+            body,
+            "### Chat templates: prompt tokens, the model's Jinja against llama.cpp's built-in matcher\n\n\
+             The server renders chats with the GGUF's own Jinja template since extension 0.1.5 (before: \
+             llama.cpp's built-in matcher, which the 0.1.0 `apply-chat-template` still uses). Tokens of the \
+             rendered prompt, generation prompt included, counted by each model's tokenizer:\n\n{}",
+            prompt_tokens.markdown()
+        )?;
+    }
     results.write(&body, &targets, true)?;
     eprintln!("wrote {} in {:.0} s", results.path.display(), started.elapsed().as_secs_f64());
     Ok(())

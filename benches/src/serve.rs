@@ -39,6 +39,11 @@ const STREAMS: u32 = 4;
 const STREAM_TOKENS: u32 = 128;
 /// The cold prompt that normalises time to first token.
 const COLD_TOKENS: u32 = 512;
+/// Requests of the tool loop: calls required, each answered, then the answer.
+const TOOL_STEPS: u32 = 5;
+/// Reply limit of each of its requests: a call written as indented JSON
+/// (the grammar allows it, and SmolLM2 does it) takes about 40 tokens.
+const TOOL_TOKENS: u32 = 128;
 
 /// One server under test.
 #[derive(Clone, Copy, PartialEq)]
@@ -107,6 +112,10 @@ struct Figures {
     /// Σ of that prefill's time as the server itself logs it.
     round_prefill_ms: f64,
     streams_tps: f64,
+    /// The tool loop's total time, and the calls it got (one per required
+    /// step when the loop ran as an agent's would).
+    tool_loop_ms: f64,
+    tool_calls: f64,
 }
 
 pub struct Section {
@@ -213,6 +222,26 @@ pub fn run(setup: &Setup) -> Result<Section> {
         streams_norm,
     );
 
+    let tool_loop = |f: &Figures| f.tool_loop_ms;
+    row(
+        &mut table,
+        &format!(
+            "{TOOL_STEPS}-step tool loop ({} calls required, then the answer; Qwen 2.5's template): total time (ms)",
+            TOOL_STEPS - 1
+        ),
+        [num(med(0, &tool_loop)), num(med(1, &tool_loop)), "–".into()],
+        per_run_ratio(0, 1, &tool_loop),
+        per_run_ratio(0, 1, &|f| f.tool_loop_ms / f.cold_ms),
+    );
+    let calls = |f: &Figures| f.tool_calls;
+    row(
+        &mut table,
+        &format!("… tool calls it got (of {} required; fewer ends the loop early)", TOOL_STEPS - 1),
+        [num(med(0, &calls)), num(med(1, &calls)), "–".into()],
+        f64::NAN,
+        f64::NAN,
+    );
+
     let cached: Vec<String> = seen[0]
         .first()
         .map(|f| f.chat_cached.iter().map(|c| c.map_or("–".into(), |c| c.to_string())).collect())
@@ -223,9 +252,13 @@ pub fn run(setup: &Setup) -> Result<Section> {
          servers measured back to back. Ratios are ours over llama-server's default, per run, then the median; \
          \"normalised\" divides each side's time to first token by its own cold prefill and each side's \
          aggregate tok/s by its own one-stream decode, which cancels the two llama.cpp versions' own speed. \
-         llama-server: `-t 2 -tb 2 -c 8192 -np 4 -b 512 -ub 512 -fa {fa}` (its prompt cache on, \
+         llama-server: `-t 2 -tb 2 -c 8192 -np 4 -b 512 -ub 512 -fa {fa} --jinja` (its prompt cache on, \
          `--cache-ram` 8192 MiB by default); ours: `serve --threads 2 --ctx-size 2048 --flash-attn {fa}` (one \
-         lane, 8 sequences, the prefix cache's defaults: 256 entries, 1 GiB spilled to host memory).\n\n{}\n\
+         lane, 8 sequences, the prefix cache's defaults: 256 entries, 1 GiB spilled to host memory). The tool \
+         loop runs on a fresh pair of servers given Qwen 2.5's template (`{TOOL_TEMPLATE}`, \
+         `--chat-template-file` and `--chat-template`): SmolLM2's own template has no tool format, and \
+         llama-server then leaves the tools out of the prompt altogether. Its requests are not streamed, \
+         `tool_choice: required` for the calls, `none` for the answer, up to {TOOL_TOKENS} tokens each.\n\n{}\n\
          Our chat's cached tokens per turn (first run): {}.\n",
         table.markdown(),
         cached.join(", "),
@@ -327,7 +360,7 @@ pub fn run(setup: &Setup) -> Result<Section> {
 /// One side, one run, on a fresh server: the cold prefill first (the
 /// normaliser), then the workloads; `full`: also the chat and the streams.
 fn measure(setup: &Setup, side: Side, full: bool) -> Result<Figures> {
-    let server = start(setup, side)?;
+    let server = start(setup, side, None)?;
     let client = |mode: &str, args: &[String]| client(setup.workspace, &server.base, setup.model, mode, args);
     let mut f = Figures::default();
     let colds: Vec<f64> = (0..3)
@@ -343,6 +376,13 @@ fn measure(setup: &Setup, side: Side, full: bool) -> Result<Figures> {
         f.chat_cached = turns.iter().map(|t| t["cached"].as_u64()).collect();
         let streams = client("concurrent", &[STREAMS.to_string(), STREAM_TOKENS.to_string()])?;
         f.streams_tps = float(&streams, "tok_s")?;
+        let template = setup.workspace.join(TOOL_TEMPLATE);
+        let tooled = start(setup, side, Some(&template))?;
+        let tools =
+            self::client(setup.workspace, &tooled.base, setup.model, "tool-loop", &[TOOL_STEPS.to_string(), TOOL_TOKENS.to_string()])?;
+        drop(tooled);
+        f.tool_loop_ms = float(&tools, "total_ms")?;
+        f.tool_calls = float(&tools, "calls")?;
     }
     let logged = server.log().len();
     let round = client("round-robin", &[CONVERSATIONS.to_string(), ROUND_TURNS.to_string(), REPLY_TOKENS.to_string()])?;
@@ -376,7 +416,12 @@ fn float(v: &Value, key: &str) -> Result<f64> {
 }
 
 /// Start `side` and wait until it answers `/health`.
-fn start(setup: &Setup, side: Side) -> Result<Server> {
+/// A template with a native tool format, for the tool loop on both sides:
+/// SmolLM2's own has none, and llama-server then leaves the tools out of
+/// the prompt altogether.
+const TOOL_TEMPLATE: &str = "tests/templates/corpus/Qwen-Qwen2.5-7B-Instruct.jinja";
+
+fn start(setup: &Setup, side: Side, template: Option<&Path>) -> Result<Server> {
     let fa = if setup.flash { "on" } else { "off" };
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut command = match side {
@@ -386,17 +431,25 @@ fn start(setup: &Setup, side: Side) -> Result<Server> {
             c.env("WASI_NN_LLM_LOG", "warn,wasi_nn_llm_host::engine::scheduler=debug");
             c.args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--threads", "2", "--ctx-size", "2048"])
                 .args(["--flash-attn", fa, "--model"])
-                .arg(format!("{}={}", setup.model, setup.gguf.display()))
-                .arg(setup.workspace.join("target/wasm32-wasip2/release/openai-server.wasm"));
+                .arg(format!("{}={}", setup.model, setup.gguf.display()));
+            if let Some(template) = template {
+                c.arg("--chat-template").arg(format!("{}={}", setup.model, template.display()));
+            }
+            c.arg(setup.workspace.join("target/wasm32-wasip2/release/openai-server.wasm"));
             c
         }
         Side::LlamaServer { cache_ram } => {
             let mut c = Command::new(&setup.llama_server);
             c.arg("-m").arg(setup.gguf).args(["--host", "127.0.0.1", "--port", &port.to_string()]);
             c.args(["-t", "2", "-tb", "2", "-c", "8192", "-np", "4", "-b", "512", "-ub", "512", "-fa", fa]);
-            c.args(["--alias", setup.model, "--no-webui"]);
+            // `--jinja`: it renders the GGUF's template as ours does, which
+            // tools need (on by default in newer llama-servers; said anyway).
+            c.args(["--alias", setup.model, "--no-webui", "--jinja"]);
             if !cache_ram {
                 c.args(["--cache-ram", "0"]);
+            }
+            if let Some(template) = template {
+                c.arg("--chat-template-file").arg(template);
             }
             c
         }
