@@ -258,6 +258,25 @@ fn sse_events(server: &Server, body: &Value) -> Vec<Value> {
 }
 
 #[test]
+fn a_template_with_a_native_tool_format_gets_its_calls_in_that_format() {
+    // Qwen 2.5's template (tests/templates/corpus) writes and reads calls
+    // as Hermes' <tool_call> blocks: the tools are rendered by the template,
+    // the call is held by a grammar wrapped in its markers, and read back.
+    let template = workspace_root().join("tests/templates/corpus/Qwen-Qwen2.5-7B-Instruct.jinja");
+    let server = Server::start(&["--chat-template", &format!("{MODEL}={}", template.display())], None);
+    let plain = assert_tool_loop("python, Qwen 2.5's template", &server.client("tool-loop", &[MODEL, "plain"]));
+    let streamed = assert_tool_loop("python streamed, Qwen 2.5's template", &server.client("tool-loop", &[MODEL, "stream"]));
+    assert_eq!(plain, streamed);
+    // The template rendered the tools (its <tools> block) into the prompt.
+    let body = json!({ "model": MODEL, "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 1,
+        "tools": [{ "type": "function", "function": { "name": "get_weather", "parameters": { "type": "object" } } }] });
+    let (_, with_tools) = server.post("/v1/chat/completions", &body);
+    let (_, without) = server.post("/v1/chat/completions", &chat_body("hi", 1));
+    let prompt = |r: &Value| r["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt(&with_tools) > prompt(&without) + 20, "{with_tools} vs {without}");
+}
+
+#[test]
 fn reasoning_comes_apart_from_the_answer_and_keeps_to_its_budget() {
     // SmolLM2's own template with its generation prompt opening a <think>
     // block (tests/serve/think.jinja): a reasoning model's template for a
