@@ -15,6 +15,7 @@ use std::sync::Arc;
 use llama_cpp_2::token::LlamaToken;
 
 use super::Engine;
+use super::params::Pooling;
 use super::protocol::Command;
 use super::quota::Quota;
 use super::tokens::{checked_tokens, tokenize};
@@ -22,17 +23,6 @@ use crate::error::{ContextOverflow, LlmError};
 
 /// Most inputs one call takes (OpenAI's limit for one embeddings request).
 pub const MAX_INPUTS: usize = 2048;
-
-/// How an input's per-token vectors become one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    /// The mean over the input's tokens.
-    Mean,
-    /// The first token's.
-    Cls,
-    /// The last token's.
-    Last,
-}
 
 /// One input: text or token ids.
 #[derive(Debug, Clone)]

@@ -71,3 +71,14 @@ impl GenerateParams {
         Self { max_tokens: Some(max_tokens), temperature: Some(0.0), ..Self::default() }
     }
 }
+
+/// How an input's per-token vectors become one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over the input's tokens.
+    Mean,
+    /// The first token's.
+    Cls,
+    /// The last token's.
+    Last,
+}

@@ -62,7 +62,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::quota::Quota;
-use super::session::Session;
+use super::session::{Namespace, Session, Shape};
 use super::snapshot::Snapshot;
 use super::tokens;
 
@@ -85,23 +85,6 @@ impl Default for CacheLimits {
         Self { entries: 256, spill_bytes: 1 << 30 }
     }
 }
-
-/// Whose conversations an entry holds: the SHA-256 of the component that
-/// built it (what the policy's digest grants name).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Namespace(pub String);
-
-/// What a session must share with an entry to continue from it: the
-/// context limit, context-shift setting and default seed it was opened with.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct Shape {
-    pub limit: u32,
-    pub shift: Option<u32>,
-    pub seed: Option<u64>,
-}
-
-/// Largest note a guest may keep with a conversation.
-pub const MAX_NOTE_BYTES: usize = 1 << 20;
 
 /// Most note bytes one model's cache holds; past it the oldest notes go.
 const NOTES_BYTES: usize = 64 << 20;

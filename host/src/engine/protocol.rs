@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use llama_cpp_2::token::LlamaToken;
 
 use super::buffer::Shared;
-use super::embed::Pooling;
+use super::params::Pooling;
 use super::finish::Usage;
 use super::params::GenerateParams;
 use super::quota::Deadline;

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use llama_cpp_2::token::LlamaToken;
 
 use super::params::GenerateParams;
-use super::prefix_cache::{MAX_NOTE_BYTES, Namespace, Shape};
 use super::protocol::{Command, Input, Pending, Reply, SeqId};
 use super::quota::Lease;
 use super::slot::Slot;
@@ -14,6 +13,25 @@ use super::snapshot::Snapshot;
 use super::stream::TokenStream;
 use super::{Engine, sampler, tokens};
 use crate::error::LlmError;
+
+/// Whose conversations a prefix-cache entry holds: the SHA-256 of the
+/// component that built it (what the policy's digest grants name). A
+/// session from `open_cached` carries it to the cache when dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace(pub String);
+
+/// What a session must share with a prefix-cache entry to continue from
+/// it: the context limit, context-shift setting and default seed it was
+/// opened with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Shape {
+    pub limit: u32,
+    pub shift: Option<u32>,
+    pub seed: Option<u64>,
+}
+
+/// Largest note a guest may keep with a conversation.
+pub const MAX_NOTE_BYTES: usize = 1 << 20;
 
 /// A conversation in the model's KV cache. Its sequence is freed when the
 /// session and every stream it started are dropped.

@@ -10,7 +10,7 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 use super::Scheduler;
-use crate::engine::embed::Pooling;
+use crate::engine::params::Pooling;
 use crate::engine::protocol::Reply;
 use crate::engine::quota::Deadline;
 use crate::engine::threads::Workers;
