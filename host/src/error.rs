@@ -1,7 +1,7 @@
 //! The host's typed error, shared by both front doors.
 //!
 //! The extension maps it one-to-one onto the WIT `error` variant. Base wasi-nn
-//! cannot carry it (see [`crate::backend::ggml`]); its `Display`, which starts
+//! cannot carry it (see [`crate::wasi_nn`]); its `Display`, which starts
 //! with the WIT case name, is for host-side logs and errors.
 
 /// Which limit a context overflow hit.

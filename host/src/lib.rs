@@ -2,7 +2,7 @@
 //! one llama.cpp engine.
 //!
 //! Where a token goes: [`wit`] (extension), [`p3`] (its experimental
-//! WASIp3 draft), [`backend::ggml`] (base wasi-nn) or [`wasmedge`]
+//! WASIp3 draft), [`wasi_nn`] (base wasi-nn) or [`wasmedge`]
 //! (WasmEdge's GGML ABI, for wasip1 guests) receives the guest's call (for an HTTP guest, [`serve`] turns a
 //! request into that guest's instance first) → [`engine::Session`] sends it to the
 //! model's scheduler thread ([`engine`]) → llama.cpp decodes and samples →
@@ -13,7 +13,6 @@
 
 #![warn(missing_docs)]
 
-pub mod backend;
 pub mod cache;
 pub mod catalog;
 pub mod chat;
@@ -24,6 +23,7 @@ pub mod policy;
 pub mod registry;
 pub mod runner;
 pub mod serve;
+pub mod wasi_nn;
 pub mod wasmedge;
 pub mod wit;
 

@@ -179,7 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 /// call returns to a guest at ERROR level (with a ~130-line backtrace
 /// where RUST_BACKTRACE is set), so any guest could flood the operator's
 /// log. Those are the guest's mistakes, and this host's wasi-nn backend
-/// logs each at debug level itself (`backend::ggml`).
+/// logs each at debug level itself (`wasi_nn`).
 fn log_filter() -> tracing_subscriber::EnvFilter {
     let given = std::env::var("WASI_NN_LLM_LOG").ok().filter(|f| !f.trim().is_empty());
     let mut filter = given.as_deref().unwrap_or("warn").to_owned();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::bail;
 use wasmtime_wasi_nn::{Graph, GraphRegistry, Registry};
 
-use crate::backend::ggml;
+use crate::wasi_nn;
 use crate::catalog::ModelSpec;
 use crate::engine::{Engine, EngineConfig, Namespace, Quota};
 use crate::error::LlmError;
@@ -97,11 +97,11 @@ impl Access {
             .map(|engine| {
                 let name = engine.name().to_owned();
                 if policy.permits(guest, &name) {
-                    let graph = ggml::graph(engine.clone(), quota.clone(), &interfaces);
+                    let graph = wasi_nn::graph(engine.clone(), quota.clone(), &interfaces);
                     Reach { name, graph, engine: Ok(engine.clone()) }
                 } else {
                     let why = format!("the host's policy does not let component {:?} use model {name:?}", guest.name);
-                    Reach { name, graph: ggml::denied(why.clone()), engine: Err(why) }
+                    Reach { name, graph: wasi_nn::denied(why.clone()), engine: Err(why) }
                 }
             })
             .collect();

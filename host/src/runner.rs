@@ -39,7 +39,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
 
-use crate::backend::ggml;
+use crate::wasi_nn;
 use crate::engine::Quota;
 use crate::p3;
 use crate::policy::{Identity, Policy};
@@ -315,7 +315,7 @@ impl Runtime {
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
             hooks: NoOutgoingHttp,
-            nn: WasiNnCtx::new([ggml::backend()], access.nn_registry()),
+            nn: WasiNnCtx::new([wasi_nn::backend()], access.nn_registry()),
             llm: LlmCtx::new(access),
             limits,
         })

@@ -2,7 +2,7 @@
 //! the host implementations of its interfaces, on an [`LlmCtx`]/[`LlmView`]
 //! pair in the style of wasmtime's own WASI crates.
 //!
-//! Base wasi-nn itself is served by wasmtime-wasi-nn (see [`crate::backend`]);
+//! Base wasi-nn itself is served by wasmtime-wasi-nn (see [`crate::wasi_nn`]);
 //! the extension shares its resource table, so the `graph` a guest got from
 //! `load-by-name` is the very resource it passes to `session.open`.
 

@@ -1,4 +1,6 @@
-//! The `ggml` encoding of base wasi-nn, served by the shared llama.cpp engine.
+//! Base wasi-nn's front door: the `ggml` graph encoding served through
+//! wasmtime-wasi-nn's public backend traits (so the extension is shown to
+//! layer on the stock wasi-nn host), by the same engine as the extension.
 //!
 //! The spec is tensor-only, so an LLM is run by one of two conventions:
 //!
