@@ -25,8 +25,7 @@ pub enum Kind {
 }
 
 /// How a chat's replies are read: the tool format, whether the prompt
-/// opened a reasoning block, its budget, and what the answer is generated
-/// with once a block is closed for the model.
+/// opened a reasoning block, and its budget.
 pub struct Reading {
     pub tools: Option<Format>,
     pub open: bool,
@@ -39,26 +38,31 @@ pub struct Job {
     id: String,
     created: u64,
     model_name: String,
-    /// Each choice's generation; none once it has ended. Fields drop in
-    /// order: the streams first, then the forks, then the prompt's
-    /// session, which then has no stream and goes into the cache.
-    streams: Vec<Option<TokenStream>>,
+    /// Fields drop in order: the choices (their streams) first, then the
+    /// forks, then the prompt's session, which then has no stream and goes
+    /// into the cache.
+    choices: Vec<Choice>,
+    /// Each choice's session, the prompt's first.
     sessions: Vec<Session>,
     model: Model,
     logprobs: bool,
-    /// Each choice's reader (chats only).
-    readers: Vec<Option<Reader>>,
-    /// What each choice's answer is generated with after its reasoning
-    /// block is closed for it.
-    answer_params: Vec<Params>,
-    /// Each choice's tokens so far (what is left of `max_tokens`), the
-    /// tokens its finished generations report, and its first
-    /// generation's prompt usage.
-    generated: Vec<u32>,
-    reported: Vec<u32>,
-    /// Each choice's tokens of reasoning, once it has ended.
-    reasoning: Vec<u32>,
-    prompt: Vec<Option<(u32, u32)>>,
+}
+
+/// One choice in flight.
+struct Choice {
+    /// Its generation; none once it has ended.
+    stream: Option<TokenStream>,
+    /// Its reader (chats only).
+    reader: Option<Reader>,
+    /// What it is generated with, again after a reasoning block is closed
+    /// for it.
+    params: Params,
+    /// Tokens its finished generations report (so also what is left of
+    /// `max_tokens` when it is restarted), its tokens of reasoning once it
+    /// has ended, and its first generation's prompt usage.
+    generated: u32,
+    reasoning: u32,
+    prompt: Option<(u32, u32)>,
 }
 
 /// What a choice produced next.
@@ -91,55 +95,49 @@ impl Job {
             let fork = queued(|| sessions[0].fork())?;
             sessions.push(fork);
         }
-        let answer_params: Vec<Params> = (0..sessions.len())
-            .map(|i| match params.as_raw().seed {
-                // With a seed, each choice still samples differently.
-                Some(seed) if i > 0 => params.clone().seed(seed.wrapping_add(i as u64)),
-                _ => params.clone(),
-            })
-            .collect();
         let split_block = reading.as_ref().is_some_and(|r| r.open && params.as_raw().constraint.is_some());
-        let streams = sessions
+        let choices = sessions
             .iter()
-            .zip(&answer_params)
-            .map(|(session, params)| {
+            .enumerate()
+            .map(|(i, session)| {
+                let params = match params.as_raw().seed {
+                    // With a seed, each choice still samples differently.
+                    Some(seed) if i > 0 => params.clone().seed(seed.wrapping_add(i as u64)),
+                    _ => params.clone(),
+                };
                 let first = if split_block { params.clone().unconstrained().stop(reasoning::CLOSE) } else { params.clone() };
-                session.generate(&first).map(Some)
+                Ok(Choice {
+                    stream: Some(session.generate(&first)?),
+                    reader: reading.as_ref().map(|r| Reader::new(r.open, r.tools, r.budget)),
+                    params,
+                    generated: 0,
+                    reasoning: 0,
+                    prompt: None,
+                })
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        let readers = (0..sessions.len())
-            .map(|_| reading.as_ref().map(|r| Reader::new(r.open, r.tools, r.budget)))
-            .collect();
+            .collect::<Result<Vec<_>, Error>>()?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
-        let choices = sessions.len();
         Ok(Self {
             kind,
             id: format!("{prefix}-{:x}", now.as_nanos()),
             created: now.as_secs(),
             model_name,
-            streams,
+            choices,
             sessions,
             model,
             logprobs: params.as_raw().logprobs.is_some(),
-            readers,
-            answer_params,
-            generated: vec![0; choices],
-            reported: vec![0; choices],
-            reasoning: vec![0; choices],
-            prompt: vec![None; choices],
         })
     }
 
     /// Choice `i`'s next output: a piece of text, its end once, then none.
     pub fn advance(&mut self, i: usize) -> Result<Option<Out>, ApiError> {
         loop {
-            let Some(stream) = &mut self.streams[i] else { return Ok(None) };
+            let Some(stream) = &mut self.choices[i].stream else { return Ok(None) };
             match stream.next() {
                 Some(Ok(chunk)) => {
-                    self.generated[i] += chunk.tokens.len() as u32;
                     let logprobs = if self.logprobs { self.token_logprobs(&chunk) } else { Vec::new() };
-                    let read = match &mut self.readers[i] {
+                    let read = match &mut self.choices[i].reader {
                         Some(reader) => reader.read(&chunk.text, chunk.tokens.len() as u32),
                         None => reply::Read { content: chunk.text.clone(), ..Default::default() },
                     };
@@ -152,7 +150,7 @@ impl Job {
                     return Ok(Some(Out::Piece { reasoning: read.reasoning, content: read.content, logprobs }));
                 }
                 Some(Err(e)) => {
-                    self.streams[i] = None;
+                    self.choices[i].stream = None;
                     return Err(e.into());
                 }
                 None => {
@@ -162,11 +160,11 @@ impl Job {
                         finish.as_ref().map(|f| &f.reason),
                         Some(FinishReason::Stop(s)) if s == reasoning::CLOSE
                     );
-                    let thinking = self.readers[i].as_ref().is_some_and(Reader::thinking);
+                    let thinking = self.choices[i].reader.as_ref().is_some_and(Reader::thinking);
                     if thinking && stopped_at_close && self.restart(i, false)? {
                         continue;
                     }
-                    self.streams[i] = None;
+                    self.choices[i].stream = None;
                     let finish = finish_reason(finish.as_ref());
                     return Ok(Some(Out::End { end: self.end_reading(i), finish }));
                 }
@@ -178,32 +176,33 @@ impl Job {
     /// or its stop string hit) and start the answer's generation with what
     /// is left of `max_tokens`. False if nothing is left.
     fn restart(&mut self, i: usize, budget_spent: bool) -> Result<bool, ApiError> {
-        if let Some(mut stream) = self.streams[i].take() {
+        if let Some(mut stream) = self.choices[i].stream.take() {
             stream.cancel();
             while stream.next().is_some() {}
             let finish = stream.finish().cloned();
             self.account(i, finish.as_ref());
         }
-        if let Some(reader) = &mut self.readers[i] {
+        let choice = &mut self.choices[i];
+        if let Some(reader) = &mut choice.reader {
             reader.close();
         }
-        let mut params = self.answer_params[i].clone();
+        let mut params = choice.params.clone();
         if let Some(max) = params.as_raw().max_tokens {
-            let left = max.saturating_sub(self.generated[i]);
+            let left = max.saturating_sub(choice.generated);
             if left == 0 {
                 return Ok(false);
             }
             params = params.max_tokens(left);
         }
         self.sessions[i].append(&reply::closing(budget_spent))?;
-        self.streams[i] = Some(self.sessions[i].generate(&params)?);
+        choice.stream = Some(self.sessions[i].generate(&params)?);
         Ok(true)
     }
 
     /// Choice `i`'s reply read to its end.
     fn end_reading(&mut self, i: usize) -> Option<End> {
-        let end = self.readers[i].take().map(Reader::end)?;
-        self.reasoning[i] = end.reasoning_tokens;
+        let end = self.choices[i].reader.take().map(Reader::end)?;
+        self.choices[i].reasoning = end.reasoning_tokens;
         Some(end)
     }
 
@@ -218,15 +217,16 @@ impl Job {
     /// from a choice's first.
     fn account(&mut self, i: usize, finish: Option<&Finish>) {
         if let Some(f) = finish {
-            self.reported[i] += f.usage.generated_tokens;
-            self.prompt[i].get_or_insert((f.usage.prompt_tokens, f.usage.cached_tokens));
+            let choice = &mut self.choices[i];
+            choice.generated += f.usage.generated_tokens;
+            choice.prompt.get_or_insert((f.usage.prompt_tokens, f.usage.cached_tokens));
         }
     }
 
     /// Read every choice to its end: the non-streamed answer.
     pub fn collect(&mut self) -> Result<Value, ApiError> {
         let mut choices = Vec::new();
-        for index in 0..self.streams.len() {
+        for index in 0..self.choices.len() {
             let (mut reasoning, mut content, mut logprobs) = (String::new(), String::new(), Vec::new());
             let (mut calls, mut finish) = (Vec::new(), "stop");
             while let Some(out) = self.advance(index)? {
@@ -288,7 +288,7 @@ impl Job {
     /// `include_usage` an event with no choices carries the usage; the
     /// stream ends with `data: [DONE]`.
     pub fn events(self, include_usage: bool) -> Events {
-        let n = self.streams.len();
+        let n = self.choices.len();
         Events { job: self, include_usage, step: Step::Open, next: 0, done: vec![false; n], queued: VecDeque::new() }
     }
 
@@ -516,14 +516,14 @@ impl Job {
     /// prefill), with the tokens the prefix cache supplied; every choice's
     /// generated tokens, over all its generations.
     pub fn usage(&self) -> Value {
-        let (prompt, cached) = self.prompt.iter().flatten().next().copied().unwrap_or((0, 0));
-        let completion: u32 = self.reported.iter().sum();
+        let (prompt, cached) = self.choices.iter().find_map(|c| c.prompt).unwrap_or((0, 0));
+        let completion: u32 = self.choices.iter().map(|c| c.generated).sum();
         json!({
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
             "prompt_tokens_details": { "cached_tokens": cached },
-            "completion_tokens_details": { "reasoning_tokens": self.reasoning.iter().sum::<u32>() },
+            "completion_tokens_details": { "reasoning_tokens": self.choices.iter().map(|c| c.reasoning).sum::<u32>() },
         })
     }
 }
