@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use wasi_nn_llm::{EmbedInput, EmbedOptions, Model};
+use wasi_nn_llm::{EmbedInput, EmbedOptions};
 
 use crate::error::ApiError;
 use crate::request;
@@ -71,7 +71,7 @@ pub fn embed(body: &[u8]) -> Result<Value, ApiError> {
         }
     };
     let inputs = request.input.inputs()?;
-    let model = Model::load(&request.model).map_err(|e| ApiError::from_model(&request.model, e))?;
+    let model = crate::load(&request.model)?;
     let dimensions = model.dimensions()?;
     if let Some(wanted) = request.dimensions.filter(|&d| d != dimensions) {
         return Err(ApiError::invalid(

@@ -135,13 +135,17 @@ fn chat(body: &[u8]) -> Result<Response<Body>, ApiError> {
     if request.response_format.is_some() && request.tools.as_ref().is_some_and(|t| !t.is_empty()) {
         return Err(ApiError::invalid("response_format cannot be combined with tools", Some("response_format")));
     }
+    let (messages, tools) = (request.messages()?, request.tools()?);
+    let (arguments, params, choices) =
+        (request.template_arguments()?, request.params()?, request.sampling.choices()?);
     let conversation = Conversation {
-        model: request.model.clone(),
-        messages: request.messages()?,
-        tools: request.tools()?,
-        arguments: request.template_arguments()?,
-        params: request.params()?,
-        choices: request.sampling.choices()?,
+        name: request.model.clone(),
+        model: load(&request.model)?,
+        messages,
+        tools,
+        arguments,
+        params,
+        choices,
         reasoning_budget: request.reasoning_budget,
     };
     let job = start_chat(conversation, "messages")?;
@@ -150,7 +154,9 @@ fn chat(body: &[u8]) -> Result<Response<Body>, ApiError> {
 
 /// A chat to answer, checked: what both chat endpoints start.
 pub struct Conversation {
-    pub model: String,
+    /// The model's name, as the request gave it and answers repeat it.
+    pub name: String,
+    pub model: Model,
     pub messages: Vec<wasi_nn_llm::ChatMessage>,
     pub tools: Option<tools::Tools>,
     pub arguments: Vec<(String, wasi_nn_llm::TemplateValue)>,
@@ -164,8 +170,7 @@ pub struct Conversation {
 /// the tools' schemas, and the reply read back for the calls it makes.
 /// `messages_param` names the request field a refused conversation blames.
 fn start_chat(chat: Conversation, messages_param: &'static str) -> Result<Job, ApiError> {
-    let Conversation { model: name, mut messages, tools, arguments, mut params, choices, reasoning_budget } = chat;
-    let model = load(&name)?;
+    let Conversation { name, model, mut messages, tools, arguments, mut params, choices, reasoning_budget } = chat;
     let mut options = RenderOptions { add_generation_prompt: true, tools: vec![], documents: vec![], arguments };
     let mut format = None;
     if let Some(tools) = &tools {

@@ -278,10 +278,7 @@ impl ChatRequest {
             arguments.push((name.clone(), value));
         }
         if let Some(effort) = &self.reasoning_effort {
-            if !matches!(effort.as_str(), "low" | "medium" | "high") {
-                return Err(ApiError::invalid("reasoning_effort must be low, medium or high", Some("reasoning_effort")));
-            }
-            arguments.push(("reasoning_effort".into(), TemplateValue::Text(effort.clone())));
+            arguments.push(effort_argument(effort, "reasoning_effort", "reasoning_effort")?);
         }
         Ok(arguments)
     }
@@ -422,7 +419,16 @@ fn stop_string(s: &str) -> Result<&str, ApiError> {
     Ok(s)
 }
 
-fn check_range(param: &'static str, value: f32, min: f32, max: f32) -> Result<(), ApiError> {
+/// A reasoning effort as the template argument `reasoning_effort`; `field`
+/// names where the request held it, in the request's parameter `param`.
+pub fn effort_argument(effort: &str, field: &str, param: &'static str) -> Result<(String, TemplateValue), ApiError> {
+    if !matches!(effort, "low" | "medium" | "high") {
+        return Err(ApiError::invalid(format!("{field} must be low, medium or high"), Some(param)));
+    }
+    Ok(("reasoning_effort".into(), TemplateValue::Text(effort.to_owned())))
+}
+
+pub fn check_range(param: &'static str, value: f32, min: f32, max: f32) -> Result<(), ApiError> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {

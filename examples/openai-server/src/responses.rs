@@ -15,10 +15,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use wasi_nn_llm::{ChatMessage, Params, Session, TemplateValue, ToolCall};
+use wasi_nn_llm::{ChatMessage, Params, Session, ToolCall};
 
 use crate::completion::{Job, Out};
 use crate::error::ApiError;
+use crate::request::{check_range, effort_argument};
 use crate::tools::{FunctionSpec, NamedFunction, ToolChoiceSpec, ToolSpec, Tools};
 use crate::{Conversation, load, start_chat};
 
@@ -288,7 +289,6 @@ pub fn respond(body: &[u8]) -> Result<wstd::http::Response<wstd::http::Body>, Ap
             from_note(&note).ok_or_else(|| ApiError::invalid("the previous response's record is damaged", None))?
         }
     };
-    drop(model);
     let new = input_messages(request.input, &earlier)?;
     let mut conversation: Vec<ChatMessage> = earlier;
     conversation.extend(new);
@@ -309,15 +309,11 @@ pub fn respond(body: &[u8]) -> Result<wstd::http::Response<wstd::http::Body>, Ap
         params = params.max_tokens(max);
     }
     if let Some(t) = request.temperature {
-        if !(0.0..=2.0).contains(&t) {
-            return Err(ApiError::invalid("temperature must be from 0 to 2", Some("temperature")));
-        }
+        check_range("temperature", t, 0.0, 2.0)?;
         params = params.temperature(t);
     }
     if let Some(p) = request.top_p {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(ApiError::invalid("top_p must be from 0 to 1", Some("top_p")));
-        }
+        check_range("top_p", p, 0.0, 1.0)?;
         params = params.top_p(p);
     }
     match request.text.as_ref().and_then(|t| t.format.as_ref()) {
@@ -335,13 +331,8 @@ pub fn respond(body: &[u8]) -> Result<wstd::http::Response<wstd::http::Body>, Ap
     if tools.is_some() && params.as_raw().constraint.is_some() {
         return Err(ApiError::invalid("a JSON text.format cannot be combined with tools", Some("text")));
     }
-    let mut arguments = Vec::new();
-    if let Some(effort) = request.reasoning.as_ref().and_then(|r| r.effort.as_deref()) {
-        if !matches!(effort, "low" | "medium" | "high") {
-            return Err(ApiError::invalid("reasoning.effort must be low, medium or high", Some("reasoning")));
-        }
-        arguments.push(("reasoning_effort".to_owned(), TemplateValue::Text(effort.to_owned())));
-    }
+    let effort = request.reasoning.as_ref().and_then(|r| r.effort.as_deref());
+    let arguments = effort.map(|e| effort_argument(e, "reasoning.effort", "reasoning")).into_iter().collect::<Result<Vec<_>, _>>()?;
 
     let created = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let id = format!("resp_{:x}", created.as_nanos());
@@ -362,7 +353,8 @@ pub fn respond(body: &[u8]) -> Result<wstd::http::Response<wstd::http::Body>, Ap
         "user": request.user,
     });
     let chat = Conversation {
-        model: request.model.clone(),
+        name: request.model.clone(),
+        model,
         messages,
         tools,
         arguments,
