@@ -214,8 +214,7 @@ impl PrefixCache {
         let mut entries = self.lock();
         let same = |e: &Entry| e.namespace == namespace && e.shape == shape;
         if entries.iter().any(|e| same(e) && e.tokens.starts_with(&tokens)) {
-            drop(entries);
-            self.prune_notes();
+            // Nothing is dropped: the notes just kept are that entry's too.
             return;
         }
         let mut i = 0;
