@@ -4,16 +4,18 @@
 
 GUESTS := target/wasm32-wasip2/release
 HOST := cargo run --release --quiet -p wasi-nn-llm-host --
+# The inference backend: llama.cpp, or candle (`make chat BACKEND=candle`).
+BACKEND ?= llama.cpp
 
 .PHONY: chat serve test bench fuzz cuda gpu-kit bootstrap guests
 
 ## Streaming chat on the default model (fetched and cached on first use).
 chat: guests
-	@$(HOST) run --model smollm2 --dir . $(GUESTS)/chat.wasm
+	@$(HOST) run --model smollm2 --backend $(BACKEND) --dir . $(GUESTS)/chat.wasm
 
 ## The OpenAI-compatible API on the default model, at http://127.0.0.1:8080/v1.
 serve: guests
-	@$(HOST) serve --model smollm2 $(GUESTS)/openai-server.wasm
+	@$(HOST) serve --model smollm2 --backend $(BACKEND) $(GUESTS)/openai-server.wasm
 
 ## The whole test suite, on the real model.
 test: guests

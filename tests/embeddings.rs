@@ -10,7 +10,7 @@ use wasi_nn_llm_host::engine::{
     EmbedInput, Embedding, Engine, GenerateParams, Pooling, Quota, QuotaLimits, SessionOptions,
 };
 use wasi_nn_llm_host::error::LlmError;
-use wasi_nn_llm_tests::{MODEL, MODELS, greedy_reply, host, llama_cpp_embedding, model_path, serial};
+use wasi_nn_llm_tests::{Llama, MODEL, MODELS, greedy_reply, host, llama_cpp_embedding, model_path, serial};
 
 fn embed(engine: &Engine, texts: &[&str], pooling: Option<Pooling>) -> Vec<Embedding> {
     let inputs: Vec<_> = texts.iter().map(|t| EmbedInput::Text((*t).to_owned())).collect();
@@ -24,13 +24,13 @@ fn an_input_of_several_chunks_pools_as_llama_cpp_does_in_one_batch() {
     // About 1200 tokens: ten of the engine's 128-token embedding chunks.
     let text = "The quick brown fox jumps over the lazy dog near the river bank. ".repeat(90);
     let ours = &embed(engine, &[&text], Some(Pooling::Mean))[0];
-    let tokens = engine.model().vocab().tokenize(text.as_bytes(), true, true);
+    let tokens = engine.llama().vocab().tokenize(text.as_bytes(), true, true);
     assert!(tokens.len() > 1024, "{} tokens", tokens.len());
     assert_eq!(ours.tokens as usize, tokens.len());
-    let backend = wasi_nn_llm_host::engine::backend().expect("backend");
+    let backend = wasi_nn_llm_host::backend::llama_cpp::backend().expect("backend");
     let model = llama_cpp_2::model::LlamaModel::load_from_file(backend, model_path(MODEL), &Default::default())
         .expect("loading the model directly");
-    let direct = llama_cpp_embedding(&model, &tokens, engine.attention().flash);
+    let direct = llama_cpp_embedding(&model, &tokens, engine.attention().expect("llama.cpp chooses a kernel").flash);
     let worst = ours.vector.iter().zip(&direct).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0.0, f64::max);
     assert!(worst < 1e-4, "largest difference from llama.cpp {worst:e}");
 

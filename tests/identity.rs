@@ -24,7 +24,7 @@ fn the_identity_is_the_files_digest_and_the_hosts_own_facts() {
         assert_eq!(id["digest"], file_digest(model), "{model}");
         assert_eq!(id["size"], std::fs::metadata(model_path(model)).unwrap().len());
         assert_eq!((id["format"].as_str(), id["backend"].as_str()), (Some("gguf"), Some("llama.cpp")));
-        assert_eq!(id["backend-version"], wasi_nn_llm_host::engine::BACKEND.1);
+        assert_eq!(id["backend-version"], wasi_nn_llm_host::backend::llama_cpp::BACKEND.1);
         assert_eq!(id["device"], "cpu", "the test host offloads nothing");
         assert!(id["host"].as_str().is_some_and(|h| h.starts_with("wasi-nn-llm ")));
     }

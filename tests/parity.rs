@@ -8,7 +8,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
-use wasi_nn_llm_host::engine::backend;
+use wasi_nn_llm_host::backend::llama_cpp::backend;
 use wasi_nn_llm_tests::{CTX_SIZE, MODEL, MODELS, Streamed, THREADS, chatml, host, model_path, serial};
 
 const MAX_TOKENS: u32 = 40;
@@ -22,7 +22,7 @@ fn llama_greedy(name: &str, prompt: &str, max: u32) -> Vec<u32> {
     let model =
         LlamaModel::load_from_file(backend, model_path(name), &LlamaModelParams::default().with_n_gpu_layers(0))
             .expect("loading the model");
-    let flash = host().engine_of(name).attention().flash;
+    let flash = host().engine_of(name).attention().expect("llama.cpp chooses a kernel").flash;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(CTX_SIZE))
         .with_n_batch(512)

@@ -515,7 +515,7 @@ fn embeddings_of_paraphrases_are_closer_and_equal_llama_cpp_driven_directly() {
     }
 
     // The same vectors as llama.cpp's own pooling computes them.
-    let backend = wasi_nn_llm_host::engine::backend().expect("llama.cpp backend");
+    let backend = wasi_nn_llm_host::backend::llama_cpp::backend().expect("llama.cpp backend");
     let model = llama_cpp_2::model::LlamaModel::load_from_file(backend, model_path(MODEL), &Default::default())
         .expect("loading SmolLM2 directly");
     assert!(vectors.iter().all(|v| v.len() == model.n_embd() as usize), "the model's hidden size");

@@ -3,7 +3,7 @@
 //! exactly the generated tokens' text.
 
 use serde_json::Value;
-use wasi_nn_llm_tests::{MODEL, Streamed, as_u32, assert_starts_as_alone, chatml, host, serial};
+use wasi_nn_llm_tests::{Llama, MODEL, Streamed, as_u32, assert_starts_as_alone, chatml, host, serial};
 
 // SmolLM2's own template gives a conversation without a system prompt
 // its default one, under which the 135M model answers the bare question
@@ -72,7 +72,7 @@ fn streamed_text_is_the_detokenized_output_even_when_characters_span_tokens() {
     let text = streamed.text();
     assert!(text.chars().any(|c| c.len_utf8() > 1), "expected multi-byte text, got {text:?}");
 
-    let vocab = host().engine().model().vocab();
+    let vocab = host().engine().llama().vocab();
     let pieces: Vec<Vec<u8>> = streamed
         .tokens()
         .iter()

@@ -1,7 +1,7 @@
 //! Tokenizer, model info and token-level appends, on a model and on a session.
 
 use serde_json::Value;
-use wasi_nn_llm_tests::{MODEL, as_u32, host};
+use wasi_nn_llm_tests::{Llama, MODEL, as_u32, host};
 
 #[test]
 fn tokenize_detokenize_count_and_model_info() {
@@ -10,7 +10,7 @@ fn tokenize_detokenize_count_and_model_info() {
     let first = &lines[0];
     let ids: Vec<u32> = first["ids"].as_array().unwrap().iter().map(as_u32).collect();
 
-    let vocab = host().engine().model().vocab();
+    let vocab = host().engine().llama().vocab();
     let expected: Vec<u32> = vocab.tokenize(text.as_bytes(), false, false).iter().map(|t| t.0 as u32).collect();
     assert_eq!(ids, expected, "the same ids as llama.cpp's tokenizer");
     assert_eq!(first["detokenized"], text);
@@ -46,7 +46,7 @@ fn gemma_reports_its_own_architecture_bos_and_lack_of_template() {
     let lines = host().probe(&["tokens", wasi_nn_llm_tests::GEMMA, text]);
     let first = &lines[0];
     let ids: Vec<u32> = first["ids"].as_array().unwrap().iter().map(as_u32).collect();
-    let vocab = host().engine_of(wasi_nn_llm_tests::GEMMA).model().vocab();
+    let vocab = host().engine_of(wasi_nn_llm_tests::GEMMA).llama().vocab();
     let expected: Vec<u32> = vocab.tokenize(text.as_bytes(), false, false).iter().map(|t| t.0 as u32).collect();
     assert_eq!(ids, expected);
     assert_eq!(first["detokenized"], text);

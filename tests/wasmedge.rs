@@ -79,7 +79,7 @@ fn the_published_guests_answer_as_the_extension_does() {
         assert_eq!(
             lines[..3],
             [
-                &format!("[INFO] llama_commit: \"{}\"", wasi_nn_llm_host::engine::BACKEND.1),
+                &format!("[INFO] llama_commit: \"{}\"", wasi_nn_llm_host::backend::llama_cpp::BACKEND.1),
                 "[INFO] llama_build_number: 0",
                 &format!("[INFO] Number of input tokens: {input_tokens}")
             ]

@@ -37,7 +37,7 @@ pub fn run(guest: &Guest, engine: &Engine, native: &Native, settings: &Settings)
     // The baselines prefill as many (random) tokens as the prompt has, and
     // run the engine's attention kernel, so both sides run the same kernels.
     let depth = engine.count_tokens(&prompt)?;
-    let flash = engine.attention().flash;
+    let flash = engine.attention().expect("llama.cpp chooses a kernel").flash;
     let n = settings.concurrency_tokens;
     let n_arg = n.to_string();
     let names = [

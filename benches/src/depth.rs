@@ -36,7 +36,7 @@ pub fn run(
     runs: usize,
 ) -> Result<DepthResult> {
     let model = engines[0].name();
-    let attention = engines[0].attention().to_string();
+    let attention = engines[0].attention().expect("llama.cpp chooses a kernel").to_string();
     let mut table = Table::new(&[
         "threads",
         "depth",
@@ -56,8 +56,8 @@ pub fn run(
             let (mut on, mut off, mut ext) = (Vec::new(), Vec::new(), Vec::new());
             let (mut decode_ratio, mut prefill_ratio, mut default_ratio) = (Vec::new(), Vec::new(), Vec::new());
             let mut same_kernel = Vec::new();
-            let flash = engines[t].attention().flash;
-            let attention = engines[t].attention().to_string();
+            let flash = engines[t].attention().expect("llama.cpp chooses a kernel").flash;
+            let attention = engines[t].attention().expect("llama.cpp chooses a kernel").to_string();
             for run in 0..runs {
                 eprintln!("  depth {model}: {threads} thread(s), depth {depth}, run {}/{runs}", run + 1);
                 let config =

@@ -208,7 +208,7 @@ fn main() -> Result<()> {
             info.parameters,
             info.quantization,
             info.size_bytes as f64 / 1e6,
-            engine.attention()
+            engine.attention().map_or_else(|| "the backend's own".to_owned(), |a| a.to_string())
         )?;
         let native = baseline::Native::new(&spec.path, args.gpu_layers)?;
 
@@ -293,7 +293,7 @@ fn main() -> Result<()> {
                 llama_server: bin.clone(),
                 model: name,
                 gguf: &spec.path,
-                flash: engine.attention().flash,
+                flash: engine.attention().expect("llama.cpp chooses a kernel").flash,
                 runs: args.chat_runs,
             };
             let s = serve::run(&setup)?;
@@ -408,7 +408,7 @@ impl Results {
             self.machine,
             self.commit,
             self.placement,
-            wasi_nn_llm_host::engine::cpu_code(),
+            wasi_nn_llm_host::backend::llama_cpp::cpu_code(),
             report::targets_table(targets),
             report::missed(targets),
         );
@@ -426,7 +426,7 @@ fn machine() -> Result<String> {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let gpus = wasi_nn_llm_host::engine::gpus()?;
+    let gpus = wasi_nn_llm_host::backend::llama_cpp::gpus()?;
     Ok(if gpus.is_empty() {
         format!("{cpu}, {cores} cores available")
     } else {

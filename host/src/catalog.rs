@@ -32,6 +32,8 @@ pub struct ModelSpec {
     pub flash_attn: Option<FlashAttention>,
     /// A Jinja chat template file that replaces the GGUF's own.
     pub chat_template: Option<PathBuf>,
+    /// The backend that runs it, overriding the host-wide setting.
+    pub backend: Option<crate::backend::BackendKind>,
 }
 
 impl ModelSpec {
@@ -44,6 +46,7 @@ impl ModelSpec {
             context: None,
             flash_attn: None,
             chat_template: None,
+            backend: None,
         }
     }
 

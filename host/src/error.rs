@@ -35,6 +35,9 @@ pub enum SnapshotError {
     WrongVersion,
     /// Larger than any session's state can be.
     TooLarge,
+    /// Saved by another backend (named), whose state format this model's
+    /// backend does not read.
+    OtherBackend(&'static str),
 }
 
 impl std::fmt::Display for SnapshotError {
@@ -56,6 +59,13 @@ impl std::fmt::Display for SnapshotError {
             Self::WrongModel => "the snapshot was saved from another model",
             Self::WrongVersion => "the snapshot was written in a format this host does not read",
             Self::TooLarge => "the snapshot is larger than any session's state",
+            Self::OtherBackend(backend) => {
+                return write!(
+                    f,
+                    "the snapshot was saved by the {backend} backend, and this model is served by another, \
+                     which cannot read {backend}'s state: restore it where the model runs on {backend}"
+                );
+            }
         })
     }
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use wasi_nn_llm_host::catalog::{self, ModelSpec};
-use wasi_nn_llm_host::engine::{self, EngineConfig, FlashAttention, SnapshotKey, gpu_build};
+use wasi_nn_llm_host::backend::llama_cpp::{gpu_build, gpus};
+use wasi_nn_llm_host::engine::{BackendKind, EngineConfig, FlashAttention, SnapshotKey};
 use wasi_nn_llm_host::policy::Policy;
 use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
@@ -121,6 +122,11 @@ struct HostArgs {
     /// or `off` forces llama.cpp's flash attention on or off.
     #[arg(long, value_name = "auto|on|off", default_value = "auto")]
     flash_attn: FlashAttention,
+    /// The inference backend of every model the policy does not give one:
+    /// `llama.cpp`, or `candle` (pure Rust; Llama-architecture models on
+    /// the CPU).
+    #[arg(long, value_name = "llama.cpp|candle", default_value = "llama.cpp")]
+    backend: BackendKind,
     /// The secret that seals saved sessions: 32 bytes, or 64 hex digits
     /// (`openssl rand -hex 32`). Hosts given the same key accept each
     /// other's snapshots [default: the policy's `snapshot-key-file`, else a
@@ -207,6 +213,7 @@ impl HostArgs {
         config.gpu_layers = self.gpu_layers;
         config.lanes = self.lanes;
         config.flash_attn = self.flash_attn;
+        config.backend = self.backend;
         if let Some(t) = self.threads {
             config.threads = t;
         }
@@ -244,7 +251,7 @@ impl HostArgs {
             config.snapshot_key.source(),
             config.snapshot_key.fingerprint_hex()
         );
-        let gpus = engine::gpus()?;
+        let gpus = gpus()?;
         if gpu_build() && gpus.is_empty() {
             eprintln!(
                 "this host is built with a GPU backend but finds no usable GPU (no device, or no driver; \
@@ -270,7 +277,10 @@ impl HostArgs {
         let models = Models::load(&specs, &config)?;
         for name in models.names() {
             if let Some(engine) = models.engine(name) {
-                eprintln!("model {name:?}: {}", engine.attention());
+                match engine.attention() {
+                    Some(attention) => eprintln!("model {name:?}: {}, {attention}", engine.backend()),
+                    None => eprintln!("model {name:?}: {}", engine.backend()),
+                }
             }
         }
         Runtime::with_policy(models, Arc::new(policy))

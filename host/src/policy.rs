@@ -111,6 +111,8 @@ pub struct ModelEntry {
     /// A Jinja chat template file to use instead of the GGUF's own (a
     /// corrected template, or one for a model that has none).
     pub chat_template_file: Option<PathBuf>,
+    /// `llama-cpp` or `candle` (default: the host's `--backend`).
+    pub backend: Option<crate::backend::BackendKind>,
 }
 
 /// Models one component may use, the component named by file name or digest.
@@ -261,6 +263,7 @@ impl Policy {
                     context: m.context,
                     flash_attn: m.flash_attn,
                     chat_template: m.chat_template_file.clone(),
+                    backend: m.backend,
                 })
             })
             .collect()

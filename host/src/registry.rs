@@ -34,6 +34,7 @@ impl Models {
             config.gpu_layers = spec.gpu_layers.or(config.gpu_layers);
             config.ctx_size = spec.context.unwrap_or(config.ctx_size);
             config.flash_attn = spec.flash_attn.unwrap_or(config.flash_attn);
+            config.backend = spec.backend.unwrap_or(config.backend);
             if let Some(file) = &spec.chat_template {
                 let template = std::fs::read_to_string(file).map_err(|e| {
                     anyhow::anyhow!("model {:?}: cannot read the chat template {}: {e}", spec.name, file.display())

@@ -176,7 +176,7 @@ impl model::Host for LlmView<'_> {
     fn model_identity(&mut self, graph: Resource<Graph>) -> wasmtime::Result<Result<model::Identity, types::Error>> {
         let engine = try_llm!(self.engine(&graph)?);
         let digest = try_llm!(engine.identity());
-        let (backend, backend_version) = engine::BACKEND;
+        let (backend, backend_version) = engine.model().version();
         Ok(Ok(model::Identity {
             digest: digest.iter().map(|b| format!("{b:02x}")).collect(),
             size_bytes: engine.file_size(),
@@ -556,7 +556,9 @@ impl From<LlmError> for types::Error {
                 SnapshotError::Truncated => types::SnapshotError::Truncated,
                 SnapshotError::Corrupted | SnapshotError::WrongKey => types::SnapshotError::Corrupted,
                 SnapshotError::WrongModel => types::SnapshotError::WrongModel,
-                SnapshotError::WrongVersion | SnapshotError::Unsealed => types::SnapshotError::WrongVersion,
+                SnapshotError::WrongVersion | SnapshotError::Unsealed | SnapshotError::OtherBackend(_) => {
+                    types::SnapshotError::WrongVersion
+                }
                 SnapshotError::TooLarge => types::SnapshotError::TooLarge,
             }),
             LlmError::LimitExceeded { name, max } => Self::LimitExceeded(types::Limit { name, max }),

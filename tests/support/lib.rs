@@ -283,7 +283,7 @@ pub fn llama_cpp_embedding(
 ) -> Vec<f64> {
     use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
     use llama_cpp_2::llama_batch::LlamaBatch;
-    let backend = wasi_nn_llm_host::engine::backend().expect("llama.cpp backend");
+    let backend = wasi_nn_llm_host::backend::llama_cpp::backend().expect("llama.cpp backend");
     let n = tokens.len().max(1) as u32;
     let params = LlamaContextParams::default()
         .with_n_ctx(std::num::NonZeroU32::new(n.max(256)))
@@ -303,4 +303,17 @@ pub fn llama_cpp_embedding(
     let v: Vec<f64> = ctx.embeddings_seq_ith(0).expect("pooled embedding").iter().map(|&x| f64::from(x)).collect();
     let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
     v.iter().map(|x| x / norm).collect()
+}
+
+/// The llama.cpp model behind an engine, for checks against llama.cpp
+/// called directly.
+pub trait Llama {
+    /// The model llama.cpp loaded.
+    fn llama(&self) -> &llama_cpp_2::model::LlamaModel;
+}
+
+impl Llama for Engine {
+    fn llama(&self) -> &llama_cpp_2::model::LlamaModel {
+        wasi_nn_llm_host::backend::llama_cpp::LlamaCpp::of(self.model()).expect("llama.cpp serves this model")
+    }
 }

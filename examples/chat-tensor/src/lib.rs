@@ -2,25 +2,22 @@
 //! does on the host, done in the guest.
 //!
 //! The guest reads the model's GGUF header (shared read-only by the
-//! operator) to build its tokenizer ([`tokenizer`]) and chat template
+//! operator) to build its tokenizer (`gguf-vocab`) and chat template
 //! ([`template`]), and runs one `compute` per generated token, each sending
 //! the whole sequence and receiving one logit per vocabulary entry
 //! ([`tensor`]). [`Conversation`] keeps the token history the way the
 //! extension's `Chat` keeps its session: each turn appends only the new
 //! text's tokens, so the two produce the same greedy replies.
 
-pub mod gguf;
 pub mod template;
 pub mod tensor;
-pub mod tokenizer;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gguf::Metadata;
+use gguf_vocab::{GgufTokenizer, Metadata};
 use template::Template;
 use tensor::TensorModel;
-use tokenizer::GgufTokenizer;
 
 /// A guest-side chat over a tensor-mode model.
 pub struct Conversation {

@@ -6,7 +6,7 @@
 //! for gemma3, whose GGUF has no template. A guest without host templates
 //! must re-implement each template it meets like this, one pattern at a time.
 
-use crate::gguf::Metadata;
+use gguf_vocab::Metadata;
 
 /// The chat formats this guest knows.
 #[derive(Debug, Clone, PartialEq, Eq)]

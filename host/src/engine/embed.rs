@@ -12,7 +12,6 @@
 
 use std::sync::Arc;
 
-use llama_cpp_2::token::LlamaToken;
 
 use super::Engine;
 use super::params::Pooling;
@@ -63,7 +62,7 @@ impl Engine {
         let limit = self.ctx_size();
         let mut tokenized = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.iter().enumerate() {
-            let tokens: Vec<LlamaToken> = match input {
+            let tokens: Vec<u32> = match input {
                 // Empty text is an empty input on every model, not just on
                 // those without a BOS (which would embed the BOS alone).
                 EmbedInput::Text(text) if text.is_empty() => Vec::new(),
@@ -100,15 +99,15 @@ impl Engine {
 
     /// Length of the model's vectors.
     pub fn dimensions(&self) -> u32 {
-        self.model().n_embd_out().max(0) as u32
+        self.model().embedding_size()
     }
 
     /// The pooling the GGUF names (`{arch}.pooling_type`, llama.cpp's
     /// numbering), or mean: a decoder LLM names none.
     fn own_pooling(&self) -> Pooling {
         let model = self.model();
-        let architecture = model.meta_val_str("general.architecture").unwrap_or_default();
-        match model.meta_val_str(&format!("{architecture}.pooling_type")).ok().and_then(|v| v.parse().ok()) {
+        let architecture = model.meta("general.architecture").unwrap_or_default();
+        match model.meta(&format!("{architecture}.pooling_type")).and_then(|v| v.parse().ok()) {
             Some(2) => Pooling::Cls,
             Some(3) => Pooling::Last,
             _ => Pooling::Mean,

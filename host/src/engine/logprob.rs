@@ -1,12 +1,10 @@
 //! Log-probabilities for a stream's chunks (`generate-params.logprobs`),
 //! computed from a decode step's raw logits.
 
-use llama_cpp_2::token::LlamaToken;
-
 use super::text::TokenLogprob;
 
 /// Log-probability of `token` and the `top` best alternatives, from raw logits.
-pub(crate) fn logprob(logits: &[f32], token: LlamaToken, top: usize) -> TokenLogprob {
+pub(crate) fn logprob(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let log_sum = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
@@ -19,8 +17,8 @@ pub(crate) fn logprob(logits: &[f32], token: LlamaToken, top: usize) -> TokenLog
     }
     let lp = |l: f32| l - log_sum;
     TokenLogprob {
-        token: token.0 as u32,
-        logprob: logits.get(token.0 as usize).map_or(f32::NEG_INFINITY, |&l| lp(l)),
+        token,
+        logprob: logits.get(token as usize).map_or(f32::NEG_INFINITY, |&l| lp(l)),
         top: best.into_iter().map(|(id, l)| (id, lp(l))).collect(),
     }
 }

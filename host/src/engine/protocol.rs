@@ -5,18 +5,15 @@
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 
-use llama_cpp_2::token::LlamaToken;
-
 use super::buffer::Shared;
 use super::params::Pooling;
 use super::finish::Usage;
-use super::params::GenerateParams;
+use crate::backend::GenerateParams;
 use super::quota::Deadline;
 use super::snapshot::Snapshot;
 use crate::error::LlmError;
 
-/// A sequence of one lane's llama.cpp context: which KV stream a session
-/// owns there. Ids are per lane, from 0 to the lane's sequence count.
+/// A sequence of one lane's context: which KV cache a session owns there. Ids are per lane, from 0 to the lane's sequence count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SeqId(u32);
 
@@ -30,9 +27,9 @@ impl SeqId {
         self.0 as usize
     }
 
-    /// llama.cpp's `llama_seq_id`.
-    pub fn llama(self) -> i32 {
-        self.0 as i32
+    /// The id the backend's context knows it by.
+    pub fn id(self) -> u32 {
+        self.0
     }
 }
 
@@ -79,7 +76,7 @@ pub(crate) enum Command {
     /// The session's tokens.
     Tokens {
         seq: SeqId,
-        reply: Reply<Vec<LlamaToken>>,
+        reply: Reply<Vec<u32>>,
     },
     Rewind {
         seq: SeqId,
@@ -139,7 +136,7 @@ pub(crate) enum Command {
     /// embeddings; the reply is each input's pooled vector (not yet
     /// normalized) and token count.
     Embed {
-        inputs: Vec<Vec<LlamaToken>>,
+        inputs: Vec<Vec<u32>>,
         pooling: Pooling,
         deadline: Option<Deadline>,
         reply: Reply<Vec<(Vec<f32>, u32)>>,
@@ -155,5 +152,5 @@ pub(crate) enum Command {
 /// What an append adds: guest text, or token ids already checked against the vocabulary.
 pub(crate) enum Input {
     Text(String),
-    Tokens(Vec<LlamaToken>),
+    Tokens(Vec<u32>),
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::params::GenerateParams;
+use crate::backend::GenerateParams;
 use crate::error::LlmError;
 
 /// The numbers; `None` is unlimited.

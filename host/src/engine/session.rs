@@ -1,17 +1,15 @@
-//! A session handle: one llama.cpp sequence in one of a model's lanes, owned
+//! A session handle: one sequence of a context in one of a model's lanes, owned
 //! by one guest resource. Its calls block the calling guest's thread only.
 
 use std::sync::{Arc, Mutex};
 
-use llama_cpp_2::token::LlamaToken;
-
-use super::params::GenerateParams;
+use crate::backend::sampling::{self, GenerateParams};
 use super::protocol::{Command, Input, Pending, Reply, SeqId};
 use super::quota::Lease;
 use super::slot::Slot;
 use super::snapshot::Snapshot;
 use super::stream::TokenStream;
-use super::{Engine, sampler, tokens};
+use super::{Engine, tokens};
 use crate::error::LlmError;
 
 /// Whose conversations a prefix-cache entry holds: the SHA-256 of the
@@ -150,11 +148,11 @@ impl Session {
     }
 
     /// [`append_tokens`](Self::append_tokens) of ids already checked.
-    pub(super) fn append_checked(&self, ids: Vec<LlamaToken>) -> Result<u32, LlmError> {
+    pub(super) fn append_checked(&self, ids: Vec<u32>) -> Result<u32, LlmError> {
         self.start_checked(ids)?.wait()
     }
 
-    fn start_checked(&self, ids: Vec<LlamaToken>) -> Result<Pending<u32>, LlmError> {
+    fn start_checked(&self, ids: Vec<u32>) -> Result<Pending<u32>, LlmError> {
         self.slot.start(|reply| Command::Append { seq: self.slot.seq(), input: Input::Tokens(ids), reply })
     }
 
@@ -173,8 +171,7 @@ impl Session {
 
     /// The tokens the session holds.
     pub fn tokens(&self) -> Result<Vec<u32>, LlmError> {
-        let tokens: Vec<LlamaToken> = self.request(|reply| Command::Tokens { seq: self.slot.seq(), reply })?;
-        Ok(tokens.into_iter().map(|t| t.0 as u32).collect())
+        self.request(|reply| Command::Tokens { seq: self.slot.seq(), reply })
     }
 
     /// Raw logits (one per vocabulary entry) for the next token, computed
@@ -240,7 +237,7 @@ impl Session {
 
     /// Start generating from the end of the session.
     pub fn generate(&self, params: &GenerateParams) -> Result<TokenStream, LlmError> {
-        sampler::validate(params)?;
+        sampling::validate(params)?;
         let mut params = params.clone();
         let deadline = self.slot.lease.quota().admit(&mut params)?;
         let permit = self.slot.lease.quota().start_generation()?;

@@ -1,11 +1,10 @@
 //! A model's chat template: the GGUF's Jinja (see [`crate::chat`]), and
-//! llama.cpp's built-in formats for models that have none, which also
-//! serve the extension's first `apply-chat-template`.
+//! the backend's built-in formats (llama.cpp's) for models that have none,
+//! which also serve the extension's first `apply-chat-template`.
 
 use std::sync::Arc;
 
 use chrono::Local;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate};
 
 use super::{Engine, tokens};
 use crate::chat::{ChatMessage, ChatTemplate, RenderOptions, Rendered, TemplateError, TemplateSource};
@@ -14,14 +13,18 @@ use crate::error::LlmError;
 impl Engine {
     /// Render `messages` (role, content) with llama.cpp's template matcher:
     /// the format llama.cpp recognises in the GGUF's template, or the
-    /// built-in one of the model's family. (The extension's 0.1.0 call.)
+    /// built-in one of the model's family. (The extension's 0.1.0 call.) A
+    /// backend without llama.cpp's formats renders the Jinja template.
     pub fn apply_chat_template(&self, messages: &[(String, String)], add_assistant: bool) -> Result<String, LlmError> {
-        let template = match (&self.0.chat_template, self.model().chat_template(None)) {
-            (Some(text), _) => LlamaChatTemplate::new(text).map_err(|e| LlmError::invalid(e.to_string()))?,
-            (None, Ok(template)) => template,
-            (None, Err(_)) => self.builtin_template()?.1,
-        };
-        self.apply_builtin(&template, messages, add_assistant)
+        if let Some(rendered) = self.model().apply_known_template(self.0.chat_template.as_deref(), messages, add_assistant) {
+            return rendered;
+        }
+        let messages: Vec<ChatMessage> = messages
+            .iter()
+            .map(|(role, content)| ChatMessage { role: role.clone(), content: Some(content.clone()), ..ChatMessage::default() })
+            .collect();
+        let options = RenderOptions { add_generation_prompt: add_assistant, ..RenderOptions::default() };
+        Ok(self.render_chat(&messages, &options)?.text)
     }
 
     /// Render a conversation with the model's own Jinja template, as
@@ -34,7 +37,6 @@ impl Engine {
             let text = template.render(messages, options, Local::now().naive_local()).map_err(template_error)?;
             return Ok(Rendered { text, source: TemplateSource::Jinja });
         }
-        let (name, template) = self.builtin_template()?;
         let needs_jinja = if !options.tools.is_empty() {
             Some("tools")
         } else if !options.documents.is_empty() {
@@ -48,6 +50,12 @@ impl Engine {
         } else {
             None
         };
+        let plain: Vec<(String, String)> =
+            messages.iter().map(|m| (m.role.clone(), m.content.clone().unwrap_or_default())).collect();
+        let (name, text) = self.model().apply_family_template(&plain, options.add_generation_prompt).map_err(|e| match e {
+            LlmError::Unsupported(why) => LlmError::Unsupported(format!("model {:?}: {why}", self.name())),
+            other => other,
+        })?;
         if let Some(what) = needs_jinja {
             return Err(LlmError::Unsupported(format!(
                 "model {:?} has no chat template of its own, and llama.cpp's built-in {name:?} format renders \
@@ -55,9 +63,6 @@ impl Engine {
                 self.name()
             )));
         }
-        let messages: Vec<(String, String)> =
-            messages.iter().map(|m| (m.role.clone(), m.content.clone().unwrap_or_default())).collect();
-        let text = self.apply_builtin(&template, &messages, options.add_generation_prompt)?;
         Ok(Rendered { text, source: TemplateSource::BuiltIn(name.into()) })
     }
 
@@ -73,41 +78,6 @@ impl Engine {
             })
             .clone()
             .map_err(template_error)
-    }
-
-    fn apply_builtin(
-        &self,
-        template: &LlamaChatTemplate,
-        messages: &[(String, String)],
-        add_assistant: bool,
-    ) -> Result<String, LlmError> {
-        let chat = messages
-            .iter()
-            .map(|(role, content)| LlamaChatMessage::new(role.clone(), content.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| LlmError::invalid(format!("chat message: {e}")))?;
-        self.model()
-            .apply_chat_template(template, &chat, add_assistant)
-            .map_err(|e| LlmError::Unsupported(format!("llama.cpp cannot render this model's chat template: {e}")))
-    }
-
-    /// For a model without a template (a base model), llama.cpp's built-in
-    /// format of its architecture family, where llama.cpp has one.
-    fn builtin_template(&self) -> Result<(&'static str, LlamaChatTemplate), LlmError> {
-        let architecture = self.model().meta_val_str("general.architecture").unwrap_or_default();
-        let name = match architecture.as_str() {
-            a if a.starts_with("gemma") => "gemma",
-            a if a.starts_with("llama") => "llama3",
-            a if a.starts_with("phi3") => "phi3",
-            _ => {
-                return Err(LlmError::Unsupported(format!(
-                    "model {:?} ({architecture}) has no chat template and no built-in one is known for it",
-                    self.name()
-                )));
-            }
-        };
-        let template = LlamaChatTemplate::new(name).map_err(|e| LlmError::EngineFailure(e.to_string()))?;
-        Ok((name, template))
     }
 }
 

@@ -9,8 +9,6 @@
 
 use std::collections::VecDeque;
 
-use llama_cpp_2::token::LlamaToken;
-
 /// A token's log-probability and its best alternatives (ids and log-probabilities).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprob {
@@ -52,7 +50,7 @@ pub(crate) enum Pushed {
 }
 
 struct Pending {
-    token: LlamaToken,
+    token: u32,
     /// Offset just past this token's bytes in `TextAssembler::raw`.
     end: usize,
     logprob: Option<TokenLogprob>,
@@ -78,7 +76,7 @@ impl TextAssembler {
         self.pending.len()
     }
 
-    pub fn push(&mut self, token: LlamaToken, bytes: &[u8], logprob: Option<TokenLogprob>) -> Pushed {
+    pub fn push(&mut self, token: u32, bytes: &[u8], logprob: Option<TokenLogprob>) -> Pushed {
         self.raw.extend_from_slice(bytes);
         self.pending.push_back(Pending { token, end: self.raw.len(), logprob });
 
@@ -117,7 +115,7 @@ impl TextAssembler {
         let mut chunk = Chunk { text, ..Chunk::default() };
         let base = if tokens == 0 { 0 } else { self.pending[tokens - 1].end };
         for p in self.pending.drain(..tokens) {
-            chunk.tokens.push(p.token.0 as u32);
+            chunk.tokens.push(p.token);
             chunk.logprobs.extend(p.logprob);
         }
         self.raw.drain(..base);
@@ -180,8 +178,8 @@ fn complete_utf8_prefix(b: &[u8]) -> usize {
 mod tests {
     use super::*;
 
-    fn push(a: &mut TextAssembler, id: i32, s: &[u8]) -> Option<Chunk> {
-        match a.push(LlamaToken(id), s, None) {
+    fn push(a: &mut TextAssembler, id: u32, s: &[u8]) -> Option<Chunk> {
+        match a.push(id, s, None) {
             Pushed::Ready(c) => c,
             Pushed::Stopped(_) => panic!("unexpected stop"),
         }
@@ -202,7 +200,7 @@ mod tests {
         let mut a = TextAssembler::new(vec!["END".into()]);
         assert_eq!(push(&mut a, 1, b"ok E").unwrap().text, "ok ");
         assert_eq!(push(&mut a, 2, b"N"), None);
-        match a.push(LlamaToken(3), b"Dx", None) {
+        match a.push(3, b"Dx", None) {
             Pushed::Stopped(m) => {
                 // Token 1 ("ok E") was half delivered: its "ok " stays as the straddle.
                 assert_eq!((m.chunk.text.as_str(), m.stop.as_str(), m.dropped), ("", "END", 3));
@@ -216,7 +214,7 @@ mod tests {
     #[test]
     fn stop_inside_a_token_keeps_its_prefix() {
         let mut a = TextAssembler::new(vec!["\n\n".into()]);
-        match a.push(LlamaToken(7), b"hi.\n\nmore", None) {
+        match a.push(7, b"hi.\n\nmore", None) {
             Pushed::Stopped(m) => {
                 assert_eq!((m.chunk.text.as_str(), m.dropped), ("hi.", 1));
                 assert_eq!(m.straddle, b"hi.");

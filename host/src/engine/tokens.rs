@@ -1,10 +1,7 @@
 //! Tokenizer operations on a model: no session, no KV cache, no scheduler.
 //! They run on the calling guest's thread (the vocabulary is read-only).
 
-use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::token::LlamaToken;
-
-use super::sampler::checked_token;
+use crate::backend::Model;
 use crate::error::LlmError;
 
 /// Largest text, in bytes, accepted for tokenizing: llama.cpp counts tokens
@@ -16,16 +13,16 @@ const MAX_TEXT: usize = (i32::MAX / 2) as usize;
 /// `{{ bos_token }}` makes it: two would be a prompt the model never saw),
 /// and special tokens (chat markers) are parsed when `parse_special` is set.
 pub(crate) fn tokenize_with(
-    model: &LlamaModel,
+    model: &dyn Model,
     text: &str,
     add_special: bool,
     parse_special: bool,
-) -> Result<Vec<LlamaToken>, LlmError> {
+) -> Result<Vec<u32>, LlmError> {
     if text.len() > MAX_TEXT {
         return Err(LlmError::invalid(format!("text of {} bytes is too large to tokenize", text.len())));
     }
-    let mut tokens = model.vocab().tokenize(text.as_bytes(), add_special, parse_special);
-    if add_special && tokens.len() >= 2 && tokens[0] == tokens[1] && tokens[0] == model.vocab().bos() {
+    let mut tokens = model.tokenize(text.as_bytes(), add_special, parse_special);
+    if add_special && tokens.len() >= 2 && tokens[0] == tokens[1] && Some(tokens[0]) == model.bos() {
         tokens.remove(0);
     }
     Ok(tokens)
@@ -33,15 +30,18 @@ pub(crate) fn tokenize_with(
 
 /// Tokenize guest text for a session: special tokens parsed, so templated
 /// turns keep their markers.
-pub(crate) fn tokenize(model: &LlamaModel, text: &str, add_special: bool) -> Result<Vec<LlamaToken>, LlmError> {
+pub(crate) fn tokenize(model: &dyn Model, text: &str, add_special: bool) -> Result<Vec<u32>, LlmError> {
     tokenize_with(model, text, add_special, true)
 }
 
-/// Guest token ids as llama.cpp's, each checked against the vocabulary
-/// (the first outside it is the error): nothing unchecked reaches a batch.
-pub(crate) fn checked_tokens(model: &LlamaModel, ids: &[u32]) -> Result<Vec<LlamaToken>, LlmError> {
-    let n_vocab = model.n_vocab();
-    ids.iter().map(|&t| checked_token(t, n_vocab)).collect()
+/// Guest token ids, each checked against the vocabulary (the first outside
+/// it is the error): nothing unchecked reaches a batch.
+pub(crate) fn checked_tokens(model: &dyn Model, ids: &[u32]) -> Result<Vec<u32>, LlmError> {
+    let vocab_size = model.n_vocab();
+    match ids.iter().find(|&&t| t >= vocab_size) {
+        Some(&token) => Err(LlmError::InvalidToken { token, vocab_size }),
+        None => Ok(ids.to_vec()),
+    }
 }
 
 /// How many leading tokens of `wanted` a sequence holding `held` keeps:
@@ -53,12 +53,12 @@ pub(crate) fn reusable_prefix(held: &[u32], wanted: &[u32]) -> usize {
 
 /// Text for token ids, each checked against the vocabulary first; invalid
 /// UTF-8 (a character cut between tokens) becomes U+FFFD.
-pub(crate) fn detokenize(model: &LlamaModel, tokens: &[u32], render_special: bool) -> Result<String, LlmError> {
+pub(crate) fn detokenize(model: &dyn Model, tokens: &[u32], render_special: bool) -> Result<String, LlmError> {
     let tokens = checked_tokens(model, tokens)?;
     if tokens.is_empty() {
         return Ok(String::new());
     }
-    let bytes = model.vocab().detokenize(&tokens, false, render_special);
+    let bytes = model.detokenize(&tokens, render_special);
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 

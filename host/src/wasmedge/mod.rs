@@ -53,11 +53,11 @@ pub const MODULE: &str = "wasi_ephemeral_nn";
 /// knows neither (it says 0 and "unknown"), and nothing in the published
 /// crate records which llama.cpp commit it copied. No build number is
 /// made up: it stays 0, and the commit field names what does pin the
-/// tree, the crate and its version ([`crate::engine::BACKEND`], what
+/// tree, the crate and its version ([`crate::backend::llama_cpp::BACKEND`], what
 /// `model-identity` reports), so a guest's banner reads e.g.
 /// "b0 (commit llama-cpp-sys-2 0.1.161)" instead of "unknown".
 const LLAMA_BUILD_NUMBER: u32 = 0;
-const LLAMA_COMMIT: &str = crate::engine::BACKEND.1;
+const LLAMA_COMMIT: &str = crate::backend::llama_cpp::BACKEND.1;
 
 /// Graphs and contexts one instance may hold at once: each costs host
 /// memory, and a guest could otherwise make them until the host runs out.

@@ -1,19 +1,15 @@
-//! Embedding jobs on the lane's thread: a context of their own (made at the
-//! first job, returning every token's last hidden state), one chunk
+//! Embedding jobs on the lane's thread: a context of their own (the
+//! backend's [`Embedder`], made at the first job, returning every token's
+//! last hidden state), one chunk
 //! ([`EMBED_CHUNK`] tokens) of one input per turn of the loop, so a long batch of inputs never
 //! stalls the lane's generations for more than a chunk. Pooling happens
 //! here, over the chunks (see `engine/embed.rs` for why not llama.cpp's).
 
-use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::token::LlamaToken;
-
 use super::Scheduler;
+use crate::backend::{ContextSetup, Embedder, Model};
 use crate::engine::params::Pooling;
 use crate::engine::protocol::Reply;
 use crate::engine::quota::Deadline;
-use crate::engine::threads::Workers;
 use crate::error::LlmError;
 
 /// Tokens evaluated per embedding decode; also the embedding context's
@@ -25,7 +21,7 @@ pub(in crate::engine) const EMBED_CHUNK: usize = 128;
 /// One call's inputs (checked: each 1..=context tokens, valid ids) and how
 /// far it has come.
 pub(super) struct EmbedJob {
-    inputs: Vec<Vec<LlamaToken>>,
+    inputs: Vec<Vec<u32>>,
     pooling: Pooling,
     deadline: Option<Deadline>,
     reply: Reply<Vec<(Vec<f32>, u32)>>,
@@ -39,7 +35,7 @@ pub(super) struct EmbedJob {
 
 impl EmbedJob {
     pub fn new(
-        inputs: Vec<Vec<LlamaToken>>,
+        inputs: Vec<Vec<u32>>,
         pooling: Pooling,
         deadline: Option<Deadline>,
         reply: Reply<Vec<(Vec<f32>, u32)>>,
@@ -75,43 +71,27 @@ impl EmbedJob {
     }
 }
 
-/// The lane's embedding context and its workers.
-pub(super) struct Embedder<'m> {
-    ctx: LlamaContext<'m>,
-    workers: Workers,
-}
-
 /// The embedding context, until the first job makes it.
 pub(super) enum EmbedContext<'m> {
-    /// What to make it with; `threads`: the count in `params`.
-    NotYet {
-        params: LlamaContextParams,
-        threads: u32,
-    },
-    Ready(Embedder<'m>),
+    /// What to make it with.
+    NotYet(ContextSetup),
+    Ready(Box<dyn Embedder + 'm>),
     Failed(String),
 }
 
 impl<'m> EmbedContext<'m> {
     /// The embedding context of `model`, made on first use.
-    fn get(&mut self, model: &'m LlamaModel) -> Result<&mut Embedder<'m>, LlmError> {
-        if let EmbedContext::NotYet { .. } = self {
-            let made = match std::mem::replace(self, EmbedContext::Failed(String::new())) {
-                EmbedContext::NotYet { params, threads } => match crate::engine::backend() {
-                    Ok(backend) => match model.new_context(backend, params) {
-                        Ok(ctx) => EmbedContext::Ready(Embedder { ctx, workers: Workers::new(threads) }),
-                        Err(e) => EmbedContext::Failed(format!("llama.cpp could not make the embedding context: {e}")),
-                    },
-                    Err(e) => EmbedContext::Failed(e.to_string()),
-                },
-                other => other,
+    fn get(&mut self, model: &'m dyn Model) -> Result<&mut (dyn Embedder + 'm), LlmError> {
+        if let EmbedContext::NotYet(setup) = self {
+            *self = match model.new_embedder(setup) {
+                Ok(embedder) => EmbedContext::Ready(embedder),
+                Err(e) => EmbedContext::Failed(e),
             };
-            *self = made;
         }
         match self {
-            EmbedContext::Ready(embedder) => Ok(embedder),
+            EmbedContext::Ready(embedder) => Ok(&mut **embedder),
             EmbedContext::Failed(why) => Err(LlmError::EngineFailure(why.clone())),
-            EmbedContext::NotYet { .. } => Err(LlmError::EngineFailure("the embedding context was not made".into())),
+            EmbedContext::NotYet(_) => Err(LlmError::EngineFailure("the embedding context was not made".into())),
         }
     }
 }
@@ -131,23 +111,17 @@ impl<'m> Scheduler<'m> {
         let input = &job.inputs[job.done.len()];
         let (start, len) = (job.n_past, input.len());
         let end = len.min(start + EMBED_CHUNK);
-        self.batch.clear();
-        for (i, &token) in input[start..end].iter().enumerate() {
-            if let Err(e) = self.batch.add(token, (start + i) as i32, &[0], true) {
-                return self.fail_embed(LlmError::EngineFailure(format!("batch: {e}")));
-            }
-        }
         // The lane's own workers sleep while the embedder's run on the cores.
-        self.workers.rest(&self.ctx);
+        self.ctx.rest();
         self.cores.set_busy(&mut self.busy, true);
-        embedder.workers.run_on(&mut embedder.ctx, self.cores.share());
-        let decoded = embedder.ctx.decode(&mut self.batch);
-        embedder.workers.rest(&embedder.ctx);
+        embedder.use_threads(self.cores.share());
+        let decoded = embedder.decode(&input[start..end], start);
+        embedder.rest();
         if let Err(e) = decoded {
             return self.fail_embed(LlmError::EngineFailure(format!("embedding decode failed: {e}")));
         }
         for i in 0..end - start {
-            let state = match embedder.ctx.embeddings_ith(i as i32) {
+            let state = match embedder.hidden(i) {
                 Ok(state) => state,
                 Err(e) => return self.fail_embed(LlmError::EngineFailure(format!("embeddings: {e}"))),
             };
@@ -158,7 +132,7 @@ impl<'m> Scheduler<'m> {
             return;
         }
         job.finish_input(len);
-        embedder.ctx.clear_kv_cache();
+        embedder.clear();
         if job.done.len() == job.inputs.len()
             && let Some(job) = self.embeds.pop_front()
         {
@@ -172,7 +146,7 @@ impl<'m> Scheduler<'m> {
             let _ = job.reply.send(Err(error));
         }
         if let EmbedContext::Ready(embedder) = &mut self.embed_context {
-            embedder.ctx.clear_kv_cache();
+            embedder.clear();
         }
     }
 }

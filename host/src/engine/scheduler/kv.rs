@@ -1,8 +1,6 @@
 //! The scheduler's KV-cache operations: rewinding, forking, context shift,
 //! and making a sequence's last token evaluable again. Each keeps the
-//! [`Sequence`](super::sequence::Sequence) mirror and llama.cpp's cache in step.
-
-use llama_cpp_2::token::LlamaToken;
+//! [`Sequence`](super::sequence::Sequence) mirror and the context's cache in step.
 
 use super::{Scheduler, open};
 use crate::engine::protocol::SeqId;
@@ -12,14 +10,14 @@ impl Scheduler<'_> {
     /// Drop `seq`'s whole KV stream. A failure leaves cells nobody reads
     /// (the sequence is closed or starts over), so it is only logged.
     pub(super) fn clear_kv(&mut self, seq: SeqId) {
-        if let Err(e) = self.ctx.clear_kv_cache_seq(Some(seq.llama() as u32), None, None) {
+        if let Err(e) = self.ctx.clear(seq.id()) {
             tracing::warn!(seq = seq.index(), "clearing a sequence's KV cache failed: {e}");
         }
     }
 
     /// Drop `seq`'s KV cells from position `keep` on, after a failed prefill.
     pub(super) fn remove_kv_from(&mut self, seq: SeqId, keep: usize) {
-        if let Err(e) = self.ctx.kv_cache_seq_rm(seq.llama(), Some(keep as u32), None) {
+        if let Err(e) = self.ctx.remove(seq.id(), keep as u32, None) {
             tracing::warn!(seq = seq.index(), keep, "dropping a failed prefill's KV cells failed: {e}");
             self.restart(seq);
         }
@@ -39,7 +37,7 @@ impl Scheduler<'_> {
         let Some(s) = self.seqs[seq.index()].as_mut() else { return };
         if s.n_past > keep {
             s.n_past = keep;
-            if self.ctx.kv_cache_seq_rm(seq.llama(), Some(keep as u32), None).is_err() {
+            if self.ctx.remove(seq.id(), keep as u32, None).is_err() {
                 // The model cannot drop a tail (recurrent state): start over.
                 tracing::debug!(
                     seq = seq.index(),
@@ -83,12 +81,11 @@ impl Scheduler<'_> {
     }
 
     /// Make `child` a copy of `seq`: same tokens, and the KV cache copied
-    /// whole inside llama.cpp (the only cross-stream copy it allows), so the
-    /// fork needs no prefill.
+    /// by the context, so the fork needs no prefill.
     pub(super) fn fork(&mut self, seq: SeqId, child: SeqId) -> Result<(), LlmError> {
         let copy = self.sequence(seq)?.fork();
         self.ctx
-            .copy_kv_cache_seq(seq.llama(), child.llama(), None, None)
+            .copy(seq.id(), child.id())
             .map_err(|e| LlmError::EngineFailure(format!("copying the KV cache: {e}")))?;
         self.seqs[child.index()] = Some(copy);
         Ok(())
@@ -112,10 +109,8 @@ impl Scheduler<'_> {
             }));
         }
         let failed = |e: &dyn std::fmt::Display| LlmError::EngineFailure(format!("context shift: {e}"));
-        self.ctx.kv_cache_seq_rm(seq.llama(), Some(keep as u32), Some((keep + drop) as u32)).map_err(|e| failed(&e))?;
-        self.ctx
-            .kv_cache_seq_add(seq.llama(), Some((keep + drop) as u32), None, -(drop as i32))
-            .map_err(|e| failed(&e))?;
+        self.ctx.remove(seq.id(), keep as u32, Some((keep + drop) as u32)).map_err(|e| failed(&e))?;
+        self.ctx.shift(seq.id(), (keep + drop) as u32, -(drop as i32)).map_err(|e| failed(&e))?;
         let s = open(&mut self.seqs, seq)?;
         s.tokens.drain(keep..keep + drop);
         s.n_past -= drop;
@@ -134,7 +129,7 @@ impl Scheduler<'_> {
         }
         if s.n_past > last {
             self.ctx
-                .kv_cache_seq_rm(seq.llama(), Some(last as u32), None)
+                .remove(seq.id(), last as u32, None)
                 .map_err(|e| LlmError::EngineFailure(format!("cannot rewind the KV cache: {e}")))?;
             s.n_past = last;
         }
@@ -147,9 +142,9 @@ impl Scheduler<'_> {
         self.uncache_last(seq)?;
         let s = open(&mut self.seqs, seq)?;
         let failed = |e: &dyn std::fmt::Display| LlmError::EngineFailure(format!("decoding the last token: {e}"));
-        let token: LlamaToken = s.tokens[s.n_past];
+        let token = s.tokens[s.n_past];
         self.batch.clear();
-        self.batch.add(token, s.n_past as i32, &[seq.llama()], logits).map_err(|e| failed(&e))?;
+        self.batch.add(token, s.n_past, seq.id(), logits);
         self.decode().map_err(|e| failed(&e))?;
         self.copies_applied();
         let s = open(&mut self.seqs, seq)?;
@@ -157,8 +152,9 @@ impl Scheduler<'_> {
         Ok(())
     }
 
-    /// Make a forked sequence's KV copy real (llama.cpp copies between
-    /// streams lazily, at the next decode) by decoding its last token.
+    /// Make a forked sequence's KV copy real (a backend may copy lazily, at
+    /// the next decode, as llama.cpp does between streams) by decoding its
+    /// last token.
     pub(super) fn settle(&mut self, seq: SeqId) -> Result<(), LlmError> {
         let s = open(&mut self.seqs, seq)?;
         if s.tokens.is_empty() {

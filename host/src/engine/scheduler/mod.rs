@@ -1,9 +1,8 @@
-//! The one thread per lane that owns the lane's llama.cpp context and decides
-//! what to decode next.
+//! The one thread per lane that owns the lane's context (the backend's, see
+//! [`crate::backend::Context`]) and decides what to decode next.
 //!
-//! Every session of the lane is a llama.cpp sequence in this context. Each
-//! decode first takes the lane's share of the model's threads
-//! (`threads.rs`). Each turn of the loop decodes one token for *every*
+//! Every session of the lane is a sequence in this context. Each decode
+//! first takes the lane's share of the model's threads (`cores.rs`). Each turn of the loop decodes one token for *every*
 //! generation that has room in its stream buffer, in a single batch (so
 //! concurrency is batching, not contention), then one prefill chunk of one
 //! appending session, so a long prompt never stalls the other streams for
@@ -14,8 +13,8 @@
 //! right after the decode that produced them (`fresh` remembers whose they
 //! are until the next decode). Every position handed to llama.cpp is below
 //! the session's limit, which is at most the context's per-sequence size,
-//! and every batch is at most `n_batch` tokens: nothing a guest sends can
-//! reach a llama.cpp assertion.
+//! and every batch is at most the context's batch size: nothing a guest
+//! sends can reach a backend's assertion (llama.cpp's abort the process).
 //!
 //! The KV-cache operations are `kv.rs`, snapshots `state.rs`, embedding
 //! jobs (a context of their own, chunk by chunk like a prefill) `embed.rs`.
@@ -29,73 +28,59 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
 
-use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::LlamaModel;
-
 use super::buffer::{Item, Shared};
 use super::finish::{Finish, FinishReason, Usage};
 use super::logprob::logprob;
-use super::params::GenerateParams;
+use crate::backend::GenerateParams;
 use super::protocol::{Command, Input, Reply, SeqId};
+use super::cores::Cores;
 use super::quota::Deadline;
-use super::sampler;
 use super::text::{Pushed, TextAssembler};
-use super::threads::{Cores, Workers};
 use super::tokens::tokenize;
+use crate::backend::{Batch, Context, ContextSetup, Model};
 use crate::error::{ContextOverflow, LlmError};
 pub(in crate::engine) use embed::EMBED_CHUNK;
 use embed::{EmbedContext, EmbedJob};
 use sequence::{Generation, Prefill, Sequence};
 
-/// Tokens decoded per prefill batch; also the context's `n_batch`.
+/// Tokens decoded per prefill batch; also the context's batch size.
 pub(crate) const PREFILL_CHUNK: usize = 512;
 
 pub(crate) struct Scheduler<'m> {
-    model: &'m LlamaModel,
-    ctx: LlamaContext<'m>,
+    model: &'m dyn Model,
+    ctx: Box<dyn Context + 'm>,
     seqs: Vec<Option<Sequence>>,
     prefills: VecDeque<SeqId>,
-    batch: LlamaBatch<'static>,
+    batch: Batch,
     /// The sequence whose last token the context's current logits belong to,
     /// and their index in the batch: a prefill's final chunk leaves them, so
     /// a generation that starts before any other decode samples its first
     /// token at once instead of decoding that token again.
-    fresh: Option<(SeqId, i32)>,
+    fresh: Option<(SeqId, usize)>,
     cores: Arc<Cores>,
     /// Whether this lane counts as busy in `cores`.
     busy: bool,
-    workers: Workers,
     /// Embedding calls waiting or in progress, first come first served.
     embeds: VecDeque<EmbedJob>,
     embed_context: EmbedContext<'m>,
 }
 
 impl<'m> Scheduler<'m> {
-    /// `threads`: what `ctx` and `embed` (the embedding context's
-    /// parameters, made at the first embedding call) were created with.
-    pub fn new(
-        model: &'m LlamaModel,
-        ctx: LlamaContext<'m>,
-        embed: LlamaContextParams,
-        threads: u32,
-        sequences: usize,
-        cores: Arc<Cores>,
-    ) -> Self {
-        let capacity = PREFILL_CHUNK.max(sequences);
+    /// `ctx`: the lane's context, made with `setup` (an embedding context
+    /// like it is made at the first embedding call).
+    pub fn new(model: &'m dyn Model, ctx: Box<dyn Context + 'm>, setup: &ContextSetup, cores: Arc<Cores>) -> Self {
+        let sequences = setup.sequences as usize;
         Self {
             model,
             ctx,
             seqs: (0..sequences).map(|_| None).collect(),
             prefills: VecDeque::new(),
-            batch: LlamaBatch::new(capacity, 1),
+            batch: Batch::with_capacity(PREFILL_CHUNK.max(sequences)),
             fresh: None,
             cores,
             busy: false,
-            workers: Workers::new(threads),
             embeds: VecDeque::new(),
-            embed_context: EmbedContext::NotYet { params: embed, threads },
+            embed_context: EmbedContext::NotYet(ContextSetup { batch: EMBED_CHUNK as u32, ..*setup }),
         }
     }
 
@@ -111,7 +96,7 @@ impl<'m> Scheduler<'m> {
             } else {
                 // Idle until the next command: the other lanes get our threads.
                 self.cores.set_busy(&mut self.busy, false);
-                self.workers.rest(&self.ctx);
+                self.ctx.rest();
                 match commands.recv() {
                     Ok(c) => Some(c),
                     Err(_) => return,
@@ -219,7 +204,7 @@ impl<'m> Scheduler<'m> {
 
     /// The logits of `seq`'s last token, if the context still holds them
     /// (their batch index); they are used up by whoever takes them.
-    fn take_fresh(&mut self, seq: SeqId) -> Option<i32> {
+    fn take_fresh(&mut self, seq: SeqId) -> Option<usize> {
         match self.fresh {
             Some((s, index)) if s == seq => {
                 self.fresh = None;
@@ -294,9 +279,7 @@ impl<'m> Scheduler<'m> {
         self.batch.clear();
         for (i, &token) in s.tokens[start..end].iter().enumerate() {
             let pos = start + i;
-            if let Err(e) = self.batch.add(token, pos as i32, &[seq.llama()], pos + 1 == len) {
-                return self.fail_prefill(seq, format!("batch: {e}"));
-            }
+            self.batch.add(token, pos, seq.id(), pos + 1 == len);
         }
         if let Err(e) = self.decode() {
             return self.fail_prefill(seq, format!("prefill decode failed: {e}"));
@@ -311,7 +294,7 @@ impl<'m> Scheduler<'m> {
                 tracing::debug!(seq = seq.index(), "prefill done: {} tokens in {ms:.2} ms", p.added);
                 let _ = p.reply.send(Ok(p.added));
             }
-            self.fresh = Some((seq, (end - start - 1) as i32));
+            self.fresh = Some((seq, end - start - 1));
         }
     }
 
@@ -342,7 +325,7 @@ impl<'m> Scheduler<'m> {
             let used = s.tokens.len() as u32;
             return Err(LlmError::ContextFull(ContextOverflow { requested: used + 1, used, limit: s.limit as u32 }));
         }
-        let sampler = sampler::build(model, params, s.seed, &s.tokens, s.limit)?;
+        let sampler = model.sampler(params, s.seed, &s.tokens, s.limit)?;
         let fresh = self.take_fresh(seq);
         if fresh.is_none() {
             // The first step decodes the last token again, for its logits.
@@ -388,10 +371,7 @@ impl<'m> Scheduler<'m> {
             }
             let Ok(s) = open(&mut self.seqs, seq) else { continue };
             let pos = s.tokens.len() - 1;
-            if let Err(e) = self.batch.add(s.tokens[pos], pos as i32, &[seq.llama()], true) {
-                self.fail_generation(seq, LlmError::EngineFailure(format!("batch: {e}")));
-                continue;
-            }
+            self.batch.add(s.tokens[pos], pos, seq.id(), true);
             members.push(seq);
         }
         if members.is_empty() {
@@ -406,25 +386,25 @@ impl<'m> Scheduler<'m> {
         }
         self.copies_applied();
         for (index, seq) in members.into_iter().enumerate() {
-            self.sample(seq, index as i32);
+            self.sample(seq, index);
         }
     }
 
     /// Sample `seq`'s next token from the logits at batch `index` (its last
     /// token's, just decoded) and hand it to the stream.
-    fn sample(&mut self, seq: SeqId, index: i32) {
+    fn sample(&mut self, seq: SeqId, index: usize) {
         let model = self.model;
         let Some(s) = self.seqs[seq.index()].as_mut() else { return };
         let Some(g) = s.generation.as_mut() else { return };
         s.n_past = s.tokens.len();
-        let token = g.sampler.sample(&self.ctx, index);
-        let vocab = model.vocab();
-        if vocab.is_eog(token) {
+        let logits = self.ctx.logits(index);
+        let token = g.sampler.sample(logits);
+        if model.is_end_of_generation(token) {
             return self.finish(seq, FinishReason::EndOfSequence);
         }
-        let logprob = g.logprobs.map(|n| logprob(self.ctx.get_logits_ith(index), token, n as usize));
+        let logprob = g.logprobs.map(|n| logprob(logits, token, n as usize));
         s.tokens.push(token);
-        let bytes = vocab.token_to_piece(token, false, None);
+        let bytes = model.piece(token);
         match g.text.push(token, &bytes, logprob) {
             Pushed::Ready(chunk) => {
                 if let Some(chunk) = chunk {
@@ -444,8 +424,8 @@ impl<'m> Scheduler<'m> {
                 s.tokens.truncate(keep);
                 let mut chunk = m.chunk;
                 if !m.straddle.is_empty() {
-                    let retok = model.vocab().tokenize(&m.straddle, false, false);
-                    chunk.tokens.extend(retok.iter().map(|t| t.0 as u32));
+                    let retok = model.tokenize(&m.straddle, false, false);
+                    chunk.tokens.extend(&retok);
                     s.tokens.extend(retok);
                 }
                 self.rewind_kv(seq, keep);
@@ -510,18 +490,18 @@ impl<'m> Scheduler<'m> {
                 0
             }
         };
-        Ok(self.ctx.get_logits_ith(index).to_vec())
+        Ok(self.ctx.logits(index).to_vec())
     }
 
     /// Decode the batch with this lane's current share of the threads.
-    fn decode(&mut self) -> Result<(), llama_cpp_2::DecodeError> {
+    fn decode(&mut self) -> Result<(), String> {
         self.fresh = None;
         self.cores.set_busy(&mut self.busy, true);
-        self.workers.run_on(&mut self.ctx, self.cores.share());
-        self.ctx.decode(&mut self.batch)
+        self.ctx.use_threads(self.cores.share());
+        self.ctx.decode(&self.batch)
     }
 
-    /// A decode ran, so llama.cpp has applied every queued KV copy.
+    /// A decode ran, so the context has applied every queued KV copy.
     fn copies_applied(&mut self) {
         for s in self.seqs.iter_mut().flatten() {
             s.copy_pending = false;

@@ -1,16 +1,14 @@
 //! What the scheduler knows of each session: its tokens, mirrored one by one
-//! (llama.cpp has no API that reports what a sequence holds), and the work
-//! in flight on it.
+//! (a context need not report what a sequence holds; llama.cpp cannot), and
+//! the work in flight on it.
 
 use std::sync::Arc;
-
-use llama_cpp_2::token::LlamaToken;
 
 use crate::engine::buffer::Shared;
 use crate::engine::finish::Usage;
 use crate::engine::protocol::Reply;
 use crate::engine::quota::Deadline;
-use crate::engine::sampler::Sampler;
+use crate::backend::Sampler;
 use crate::engine::text::TextAssembler;
 
 /// One session's state. Invariants: the KV cache holds `tokens[..n_past]`,
@@ -20,7 +18,7 @@ pub(super) struct Sequence {
     pub seed: Option<u64>,
     /// Context shift: the first tokens always kept; `None` refuses instead.
     pub shift: Option<usize>,
-    pub tokens: Vec<LlamaToken>,
+    pub tokens: Vec<u32>,
     /// `tokens[..n_past]` are in the KV cache.
     pub n_past: usize,
     /// `n_past` when the current turn's first append came; `None` once a
@@ -30,7 +28,7 @@ pub(super) struct Sequence {
     pub generation: Option<Generation>,
     /// The last stream handed out, until its reader has drained it.
     pub stream: Option<Arc<Shared>>,
-    /// A fork's KV copy that llama.cpp applies only at the next decode.
+    /// A fork's KV copy that the context may apply only at the next decode.
     pub copy_pending: bool,
 }
 
@@ -82,7 +80,7 @@ pub(super) struct Prefill {
 
 /// A generation in progress.
 pub(super) struct Generation {
-    pub sampler: Sampler,
+    pub sampler: Box<dyn Sampler>,
     pub text: TextAssembler,
     pub remaining: Option<u32>,
     pub logprobs: Option<u32>,

@@ -77,10 +77,12 @@ impl Metadata {
         Ok(Self { values })
     }
 
+    /// A value by key.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.values.get(key)
     }
 
+    /// A string value.
     pub fn str(&self, key: &str) -> Option<&str> {
         match self.get(key)? {
             Value::Str(s) => Some(s),
@@ -88,6 +90,7 @@ impl Metadata {
         }
     }
 
+    /// An integer value (of any width).
     pub fn int(&self, key: &str) -> Option<i64> {
         match self.get(key)? {
             Value::Int(n) => Some(*n),
@@ -95,6 +98,7 @@ impl Metadata {
         }
     }
 
+    /// A boolean value.
     pub fn bool(&self, key: &str) -> Option<bool> {
         match self.get(key)? {
             Value::Bool(b) => Some(*b),
@@ -102,6 +106,7 @@ impl Metadata {
         }
     }
 
+    /// An array of strings.
     pub fn strings(&self, key: &str) -> Option<&[String]> {
         match self.get(key)? {
             Value::Strings(s) => Some(s),
@@ -109,6 +114,7 @@ impl Metadata {
         }
     }
 
+    /// An array of integers.
     pub fn ints(&self, key: &str) -> Option<&[i64]> {
         match self.get(key)? {
             Value::Ints(n) => Some(n),
@@ -116,9 +122,30 @@ impl Metadata {
         }
     }
 
+    /// An array of floats.
     pub fn floats(&self, key: &str) -> Option<&[f32]> {
         match self.get(key)? {
             Value::Floats(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// A float value (an integer one too).
+    pub fn float(&self, key: &str) -> Option<f64> {
+        match self.get(key)? {
+            Value::Float(f) => Some(*f),
+            Value::Int(n) => Some(*n as f64),
+            _ => None,
+        }
+    }
+
+    /// A scalar value written as text, as llama.cpp's `meta_val_str` does.
+    pub fn text(&self, key: &str) -> Option<String> {
+        match self.get(key)? {
+            Value::Str(s) => Some(s.clone()),
+            Value::Int(n) => Some(n.to_string()),
+            Value::Float(f) => Some(f.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
             _ => None,
         }
     }

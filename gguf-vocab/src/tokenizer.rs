@@ -14,8 +14,14 @@
 //!   back to `<0xXX>` byte tokens.
 //!
 //! In both, control tokens are matched as special tokens (llama.cpp's
-//! `parse_special`), and user-defined tokens (gemma's whitespace runs) are
-//! split out of the raw text before anything else, as llama.cpp does.
+//! `parse_special`; [`GgufTokenizer::encode_plain`] leaves them text), and
+//! user-defined tokens (gemma's whitespace runs) are split out of the raw
+//! text before anything else, as llama.cpp does.
+//!
+//! A token's bytes ([`GgufTokenizer::piece`]) are llama.cpp's
+//! `token_to_piece`: byte-level BPE's alphabet mapped back to bytes, or
+//! SentencePiece's `▁` as a space and `<0xXX>` byte tokens as their byte;
+//! control tokens print only when asked.
 
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel;
@@ -33,14 +39,19 @@ use crate::gguf::Metadata;
 const NORMAL: i64 = 1;
 const CONTROL: i64 = 3;
 const USER_DEFINED: i64 = 4;
+const BYTE: i64 = 6;
 
-/// Texts of control tokens that end a turn. llama.cpp treats these as
+/// Texts of tokens that end a turn. llama.cpp treats these as
 /// end-of-generation besides the GGUF's eos/eot ids.
 const TURN_ENDS: [&str; 5] = ["<|im_end|>", "<end_of_turn>", "<|endoftext|>", "<|eot_id|>", "<|end|>"];
 
-/// A model's tokenizer, as a tensor-mode guest needs it.
+/// A model's tokenizer.
 pub struct GgufTokenizer {
     inner: Tokenizer,
+    /// The same, with control tokens' text left as text.
+    plain: Tokenizer,
+    /// Every token's bytes as generated text, and whether it is a control token.
+    pieces: Vec<(Vec<u8>, bool)>,
     /// Prepended to a sequence's first text when the model wants it.
     bos: Option<u32>,
     end_of_generation: Vec<u32>,
@@ -57,6 +68,10 @@ impl GgufTokenizer {
         }
         let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
 
+        let pieces = match kind {
+            "gpt2" => byte_level_pieces(tokens, types),
+            _ => sentencepiece_pieces(tokens, types),
+        };
         let mut inner = match kind {
             "gpt2" => byte_level_bpe(meta, vocab)?,
             "llama" => sentencepiece_bpe(meta, tokens, types, vocab)?,
@@ -85,7 +100,43 @@ impl GgufTokenizer {
                 .filter(|(_, (text, ty))| **ty == CONTROL && TURN_ENDS.contains(&text.as_str()))
                 .map(|(i, _)| i as u32),
         );
-        Ok(Self { inner, bos: id("tokenizer.ggml.bos_token_id").filter(|_| add_bos), end_of_generation })
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        let bos = id("tokenizer.ggml.bos_token_id").filter(|_| add_bos);
+        Ok(Self { inner, plain, pieces, bos, end_of_generation })
+    }
+
+    /// How many tokens the vocabulary has.
+    pub fn len(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// Whether the vocabulary is empty (never, for a model that loaded).
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// The token a sequence starts with, where the model wants one.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// Token ids of `text` with control tokens' text left as text
+    /// (llama.cpp's tokenize without `parse_special`).
+    pub fn encode_plain(&self, text: &str, first: bool) -> Result<Vec<u32>, String> {
+        let encoding = self.plain.encode_fast(text, false).map_err(|e| e.to_string())?;
+        Ok(self.bos.filter(|_| first).into_iter().chain(encoding.get_ids().iter().copied()).collect())
+    }
+
+    /// The bytes `id` adds to generated text: none for a control token
+    /// unless `special` (llama.cpp's `token_to_piece`); none for an id
+    /// outside the vocabulary.
+    pub fn piece(&self, id: u32, special: bool) -> &[u8] {
+        match self.pieces.get(id as usize) {
+            Some((_, true)) if !special => &[],
+            Some((bytes, _)) => bytes,
+            None => &[],
+        }
     }
 
     /// Token ids of `text`, with the model's BOS first when `first` is set
@@ -110,6 +161,58 @@ impl GgufTokenizer {
     pub fn end_ids(&self) -> &[u32] {
         &self.end_of_generation
     }
+}
+
+/// GPT-2's byte-level alphabet backwards: each printable stand-in
+/// character to the byte it stands for.
+fn byte_level_alphabet() -> std::collections::HashMap<char, u8> {
+    let direct = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut shifted = 0u32;
+    (0..=255u8)
+        .map(|b| {
+            if direct(b) {
+                (char::from(b), b)
+            } else {
+                shifted += 1;
+                (char::from_u32(255 + shifted).unwrap_or('\u{FFFD}'), b)
+            }
+        })
+        .collect()
+}
+
+/// Pieces of a byte-level BPE vocabulary: normal and user-defined tokens'
+/// characters mapped back to bytes; control tokens their text.
+fn byte_level_pieces(tokens: &[String], types: &[i64]) -> Vec<(Vec<u8>, bool)> {
+    let alphabet = byte_level_alphabet();
+    tokens
+        .iter()
+        .zip(types)
+        .map(|(text, &ty)| match ty {
+            NORMAL | USER_DEFINED => {
+                let bytes = text.chars().map(|c| alphabet.get(&c).copied()).collect::<Option<Vec<u8>>>();
+                (bytes.unwrap_or_else(|| text.as_bytes().to_vec()), false)
+            }
+            _ => (text.as_bytes().to_vec(), ty == CONTROL),
+        })
+        .collect()
+}
+
+/// Pieces of a SentencePiece vocabulary: `▁` as a space, `<0xXX>` byte
+/// tokens as their byte, control tokens their text.
+fn sentencepiece_pieces(tokens: &[String], types: &[i64]) -> Vec<(Vec<u8>, bool)> {
+    tokens
+        .iter()
+        .zip(types)
+        .map(|(text, &ty)| match ty {
+            BYTE => {
+                let byte = text.strip_prefix("<0x").and_then(|h| h.strip_suffix('>'));
+                let byte = byte.and_then(|h| u8::from_str_radix(h, 16).ok());
+                (byte.map_or_else(|| text.as_bytes().to_vec(), |b| vec![b]), false)
+            }
+            NORMAL | USER_DEFINED => (text.replace('▁', " ").into_bytes(), false),
+            _ => (text.as_bytes().to_vec(), ty == CONTROL),
+        })
+        .collect()
 }
 
 /// GPT-2 style: merges stored as "left right", byte-level alphabet.

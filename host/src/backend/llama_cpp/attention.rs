@@ -26,8 +26,8 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use serde::{Deserialize, Serialize};
 
-use super::backend;
-use super::threads::Workers;
+use super::init::{backend, cpu_code};
+use super::workers::Workers;
 
 /// llama.cpp's `llama_flash_attn_type` values.
 const FLASH_ATTN_DISABLED: i32 = 0;
@@ -268,7 +268,7 @@ fn cache_key(path: &Path, threads: u32, ctx_size: u32, device: &str) -> Option<S
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
     let file = path.file_name()?.to_string_lossy();
-    let version = format!("{} {}", env!("CARGO_PKG_VERSION"), super::cpu_code());
+    let version = format!("{} {}", env!("CARGO_PKG_VERSION"), cpu_code());
     // "probe 2": steps interleaved (see `probe`); earlier entries are measured again.
     Some(format!(
         "{file} {} {modified} | {cpu} | {threads} threads | context {ctx_size} | {device} | host {version} | probe 2",

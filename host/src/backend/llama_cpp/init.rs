@@ -1,8 +1,6 @@
 //! llama.cpp itself, as this host is built with it: the process-wide
 //! backend (llama.cpp allows one), its version, and what it can run on
-//! (the CPU code compiled in, the GPUs it finds). Kept apart from the
-//! engine that uses it, where the engine seam (issue 28) will put the
-//! llama.cpp backend whole.
+//! (the CPU code compiled in, the GPUs it finds).
 
 use std::sync::OnceLock;
 
@@ -65,4 +63,17 @@ pub fn gpus() -> anyhow::Result<Vec<String>> {
         .filter(|d| matches!(d.device_type, Gpu | IntegratedGpu))
         .map(|d| format!("{} {} ({} MiB)", d.name, d.description, d.memory_total >> 20))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_backend_version_is_the_one_cargo_lock_pins() {
+        let lock = include_str!("../../../../Cargo.lock");
+        let (crate_name, version) = super::BACKEND.1.split_once(' ').expect("crate and version");
+        assert!(
+            lock.contains(&format!("name = \"{crate_name}\"\nversion = \"{version}\"")),
+            "Cargo.lock pins another {crate_name}: update backend::llama_cpp::BACKEND"
+        );
+    }
 }

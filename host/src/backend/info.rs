@@ -1,7 +1,4 @@
-//! What a model is, read from its GGUF metadata.
-
-use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::token::LlamaToken;
+//! What a model is, as its backend read it from the GGUF's metadata.
 
 /// A model's metadata and the host's limits for it.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,33 +29,9 @@ pub struct ModelInfo {
     pub quantization: String,
 }
 
-pub(crate) fn read(name: &str, model: &LlamaModel, max_session_context: u32) -> ModelInfo {
-    let vocab = model.vocab();
-    let n_vocab = model.n_vocab();
-    // llama.cpp answers -1 (LLAMA_TOKEN_NULL) for a token the model lacks.
-    let token = |t: LlamaToken| (0..n_vocab).contains(&t.0).then_some(t.0 as u32);
-    ModelInfo {
-        name: name.to_owned(),
-        architecture: model.meta_val_str("general.architecture").unwrap_or_default(),
-        trained_context: model.n_ctx_train(),
-        max_session_context,
-        vocab_size: n_vocab.max(0) as u32,
-        bos: token(vocab.bos()),
-        eos: token(vocab.eos()),
-        eot: token(vocab.eot()),
-        parameters: model.n_params(),
-        size_bytes: model.size(),
-        chat_template: model.chat_template(None).ok().and_then(|t| t.to_string().ok()),
-        quantization: model
-            .meta_val_str("general.file_type")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or_else(|| "unknown".into(), file_type_name),
-    }
-}
-
-/// Names of llama.cpp's `llama_ftype` values (GGUF `general.file_type`).
-fn file_type_name(file_type: u32) -> String {
+/// Names of llama.cpp's `llama_ftype` values (GGUF `general.file_type`),
+/// which every GGUF writer uses.
+pub fn file_type_name(file_type: u32) -> String {
     let name = match file_type {
         0 => "F32",
         1 => "F16",

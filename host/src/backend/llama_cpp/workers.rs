@@ -1,5 +1,5 @@
-//! How a model's lanes share the CPU cores, and the worker threads each lane
-//! decodes on.
+//! The worker threads a llama.cpp context decodes on (how the engine's
+//! lanes share the cores is `engine/cores.rs`).
 //!
 //! Why it is shaped this way (measured, `benches/RESULTS.md`): llama.cpp's
 //! CPU backend synchronises its threads at a barrier after every op of the
@@ -22,12 +22,10 @@
 //!   pool whose lane has nothing to do is paused: its workers sleep instead
 //!   of spinning on a core another lane needs. Between two decodes of a busy
 //!   lane its workers spin for the next graph, as llama-bench's do.
-//! - [`Cores`] divides the threads among the lanes busy at each decode, so
-//!   the threads of all running graphs never exceed the cores (spinning
-//!   barriers on an oversubscribed CPU would stall on a descheduled worker).
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+//! - The engine's `Cores` divides the threads among the lanes busy at each
+//!   decode, so the threads of all running graphs never exceed the cores
+//!   (spinning barriers on an oversubscribed CPU would stall on a
+//!   descheduled worker).
 
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::threadpool::ThreadPool;
@@ -35,41 +33,6 @@ use llama_cpp_2::threadpool::ThreadPool;
 /// How long a busy lane's workers spin for its next graph before they sleep
 /// (ggml's 0–100 scale): llama.cpp's default, which llama-bench runs with.
 const POLL: u32 = 50;
-
-/// The threads of one model, divided between its busy lanes.
-pub(crate) struct Cores {
-    threads: u32,
-    busy: AtomicU32,
-}
-
-impl Cores {
-    pub fn new(threads: u32) -> Arc<Self> {
-        Arc::new(Self { threads: threads.max(1), busy: AtomicU32::new(0) })
-    }
-
-    /// All the model's threads: what a lone busy lane gets.
-    pub fn threads(&self) -> u32 {
-        self.threads
-    }
-
-    /// Record that a lane became busy or idle; `lane_busy` is the lane's own
-    /// flag, so each lane is counted at most once.
-    pub fn set_busy(&self, lane_busy: &mut bool, busy: bool) {
-        if *lane_busy != busy {
-            *lane_busy = busy;
-            if busy {
-                self.busy.fetch_add(1, Ordering::AcqRel);
-            } else {
-                self.busy.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-    }
-
-    /// Threads for one busy lane now: an equal share, at least one.
-    pub fn share(&self) -> u32 {
-        (self.threads / self.busy.load(Ordering::Acquire).max(1)).max(1)
-    }
-}
 
 /// One lane's worker threads: a ggml pool per thread count the lane has run
 /// with, the one in use attached to the lane's context, the others paused.
