@@ -772,3 +772,32 @@ fn sigterm_stops_the_server_cleanly() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(server.log().contains("stopping"), "{}", server.log());
 }
+
+/// The OpenAI server guest, unchanged, on the candle backend: an answer,
+/// and the next turn of the conversation continued from the prefix cache.
+#[test]
+fn the_server_runs_unchanged_on_the_candle_backend() {
+    let server = Server::start(&["--backend", "candle"], None);
+    let question = "What is the capital of France? Answer in one sentence.";
+    let (status, body) = server.request("POST", "/v1/chat/completions", Some(&chat_body(question, 32).to_string()));
+    assert_eq!(status, 200, "{body}\n{}", server.log());
+    let first: Value = serde_json::from_str(&body).expect("JSON");
+    let answer = first["choices"][0]["message"]["content"].as_str().expect("an answer").to_owned();
+    assert!(answer.contains("Paris"), "{answer}");
+    let next = json!({
+        "model": MODEL,
+        "messages": [
+            { "role": "user", "content": question },
+            { "role": "assistant", "content": answer },
+            { "role": "user", "content": "And of Germany?" },
+        ],
+        "temperature": 0,
+        "max_tokens": 32,
+    });
+    let (status, body) = server.request("POST", "/v1/chat/completions", Some(&next.to_string()));
+    assert_eq!(status, 200, "{body}");
+    let second: Value = serde_json::from_str(&body).expect("JSON");
+    let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().expect("cached tokens");
+    assert!(cached > 20, "the first turn came from the prefix cache: {second}");
+    assert!(server.log().contains("candle"), "{}", server.log());
+}
