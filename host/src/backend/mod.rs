@@ -353,3 +353,20 @@ pub trait Sampler: Send {
     /// then counts it as accepted (penalties, grammar state).
     fn sample(&mut self, logits: &[f32]) -> u32;
 }
+
+#[cfg(test)]
+mod tests {
+    /// What `model-identity` names as each backend's version is the crate
+    /// Cargo.lock pins.
+    #[test]
+    fn the_backend_versions_are_the_ones_cargo_lock_pins() {
+        let lock = include_str!("../../../Cargo.lock");
+        for (backend, pinned) in [super::llama_cpp::BACKEND, super::candle::VERSION] {
+            let (crate_name, version) = pinned.split_once(' ').expect("crate and version");
+            assert!(
+                lock.contains(&format!("name = \"{crate_name}\"\nversion = \"{version}\"")),
+                "Cargo.lock pins another {crate_name}: update {backend}'s version"
+            );
+        }
+    }
+}

@@ -195,16 +195,3 @@ impl Model for Candle {
         self
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_version_is_the_one_cargo_lock_pins() {
-        let lock = include_str!("../../../../Cargo.lock");
-        let (crate_name, version) = super::VERSION.1.split_once(' ').expect("crate and version");
-        assert!(
-            lock.contains(&format!("name = \"{crate_name}\"\nversion = \"{version}\"")),
-            "Cargo.lock pins another {crate_name}: update backend::candle::VERSION"
-        );
-    }
-}

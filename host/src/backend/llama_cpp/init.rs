@@ -64,16 +64,3 @@ pub fn gpus() -> anyhow::Result<Vec<String>> {
         .map(|d| format!("{} {} ({} MiB)", d.name, d.description, d.memory_total >> 20))
         .collect())
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_backend_version_is_the_one_cargo_lock_pins() {
-        let lock = include_str!("../../../../Cargo.lock");
-        let (crate_name, version) = super::BACKEND.1.split_once(' ').expect("crate and version");
-        assert!(
-            lock.contains(&format!("name = \"{crate_name}\"\nversion = \"{version}\"")),
-            "Cargo.lock pins another {crate_name}: update backend::llama_cpp::BACKEND"
-        );
-    }
-}

@@ -147,8 +147,8 @@ fn extension(args: &[&str]) -> Option<Result<(), Error>> {
 
 /// The guest-side tokenizer's ids for each text (BOS as at a sequence's start).
 fn guest_tokenize(gguf: &str, texts: &[&str]) -> Result<(), String> {
-    let meta = chat_tensor::gguf::Metadata::read(Path::new(gguf)).map_err(|e| e.to_string())?;
-    let tokenizer = chat_tensor::tokenizer::GgufTokenizer::from_gguf(&meta)?;
+    let meta = gguf_vocab::Metadata::read(Path::new(gguf)).map_err(|e| e.to_string())?;
+    let tokenizer = gguf_vocab::GgufTokenizer::from_gguf(&meta)?;
     for text in texts {
         println!("{}", json!({ "text": text, "ids": tokenizer.encode(text, true)? }));
     }
