@@ -52,3 +52,34 @@ fn a_snapshot_is_refused_by_the_other_backend_by_name() {
     let own = candle.restore_session(&saved(&candle), &quota).expect("candle restores its own state");
     assert_eq!(own.tokens().expect("tokens").len(), candle.count_tokens(&chatml("Hello there")).expect("count") as usize);
 }
+
+#[test]
+fn lark_and_json_schema_hold_on_candle_and_gbnf_is_llama_cpps_alone() {
+    use wasi_nn_llm_host::engine::{Constraint, Feature, GenerateParams};
+    let (candle, quota) = (candle(), Quota::unlimited());
+    assert!(!candle.features().contains(&Feature::Gbnf), "{:?}", candle.features());
+    assert!(host().engine().features().contains(&Feature::Gbnf));
+    let generate = |constraint: Constraint| {
+        let session = candle.open_session(&SessionOptions::default(), &quota).expect("a session");
+        session.append(&chatml("Name a city and its population as JSON.")).expect("append");
+        let params = GenerateParams { constraint: Some(constraint), ..GenerateParams::greedy(256) };
+        let mut stream = session.generate(&params)?;
+        let mut text = String::new();
+        while let Some(chunk) = stream.next_chunk()? {
+            text.push_str(&chunk.text);
+        }
+        Ok::<_, LlmError>((text, stream.finish().expect("a finish").reason.clone()))
+    };
+    let (text, reason) = generate(Constraint::Lark(r#"start: "yes" | "no""#.into())).expect("lark");
+    assert!(text == "yes" || text == "no", "{text:?} ({reason:?})");
+    assert_eq!(reason, wasi_nn_llm_host::engine::FinishReason::EndOfSequence);
+    let schema = r#"{"type":"object","properties":{"city":{"type":"string"},"population":{"type":"integer"}},"required":["city","population"],"additionalProperties":false}"#;
+    let (text, _) = generate(Constraint::JsonSchema(schema.into())).expect("json schema");
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    assert!(value["city"].is_string() && value["population"].is_i64(), "{value}");
+    match generate(Constraint::Grammar(r#"root ::= "a""#.into())) {
+        Err(LlmError::Unsupported(why)) => assert!(why.contains("GBNF"), "{why}"),
+        other => panic!("GBNF on candle: {other:?}"),
+    }
+    assert!(matches!(generate(Constraint::Lark("start: (".into())), Err(LlmError::InvalidGrammar(_))));
+}

@@ -29,38 +29,43 @@ fn host_command(model: &str, component: &str) -> Command {
     command
 }
 
-/// The statements the suite checks by constraining sampling with a GBNF
-/// grammar (llama.cpp's syntax), which the candle backend does not have:
-/// until the suite's MUSTs use a backend-neutral form (issue 28), these are
-/// the only ones candle does not meet, each refused with `unsupported`.
-const NEEDS_GBNF: [&str; 8] = [
-    "finish.max-tokens",
-    "finish.end-of-sequence",
-    "finish.stop",
-    "finish.context-full",
-    "usage.cached",
-    "session.exactly-what-was-seen",
-    "chat.json-schema-grammar",
-    "error.invalid-grammar",
-];
-
 #[test]
 fn the_host_meets_every_normative_statement_on_each_model() {
-    meets_every_statement("conformance", 39);
+    meets_every_statement("conformance", 40, &MODELS, None);
 }
 
 #[test]
 fn the_host_meets_them_through_the_wasip3_draft_too() {
-    meets_every_statement("conformance_p3", 20);
+    meets_every_statement("conformance_p3", 20, &MODELS, None);
 }
 
-/// Run the suite `name` (at least `checks` checks) on each model; fail on
-/// any MUST not met.
-fn meets_every_statement(name: &str, min_checks: usize) {
+/// The same suites on the second backend, candle, which shares no kernel
+/// with llama.cpp (SmolLM2: it implements the Llama architecture only).
+/// The matrix of both is `tests/conformance/RESULTS.md`.
+#[test]
+fn the_candle_backend_meets_every_statement_too() {
+    for (name, checks) in [("conformance", 40), ("conformance_p3", 20)] {
+        meets_every_statement(name, checks, &[wasi_nn_llm_tests::MODEL], Some("candle"));
+    }
+}
+
+/// Run the suite `name` (at least `checks` checks) on each of `models`,
+/// with this project's host on `backend` if one is named; fail on any MUST
+/// not met.
+fn meets_every_statement(name: &str, min_checks: usize, models: &[&str], backend: Option<&str>) {
     let component = guest(name);
-    for model in MODELS {
+    for &model in models {
         let path = model_path(model);
-        let out = host_command(&path.display().to_string(), &component.display().to_string())
+        let mut command = match backend {
+            None => host_command(&path.display().to_string(), &component.display().to_string()),
+            Some(backend) => {
+                let mut command = Command::new(host_cli());
+                command.args(["run", "--threads", "2", "--backend", backend]);
+                command.arg(format!("--model=conformance={}", path.display())).arg(&component).arg("conformance");
+                command
+            }
+        };
+        let out = command
             .output()
             .expect("running the host under test");
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -94,33 +99,3 @@ fn meets_every_statement(name: &str, min_checks: usize) {
     }
 }
 
-/// The suite and its WASIp3 statements on the candle backend (SmolLM2; it
-/// implements the Llama architecture only): every statement met but those
-/// that constrain sampling with GBNF, and those refused as unsupported,
-/// never failed otherwise.
-#[test]
-fn the_candle_backend_meets_every_statement_that_needs_no_gbnf() {
-    let path = model_path(wasi_nn_llm_tests::MODEL);
-    for (name, min_checks) in [("conformance", 39), ("conformance_p3", 20)] {
-        let out = Command::new(host_cli())
-            .args(["run", "--threads", "2", "--backend", "candle"])
-            .arg(format!("--model=conformance={}", path.display()))
-            .arg(guest(name))
-            .arg("conformance")
-            .output()
-            .expect("running the host");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let checks: Vec<Value> =
-            stdout.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|r| r.get("id").is_some()).collect();
-        assert!(checks.len() >= min_checks, "{name}: only {} checks ran\n{stdout}", checks.len());
-        for check in &checks {
-            let id = check["id"].as_str().unwrap_or_default();
-            if NEEDS_GBNF.contains(&id) {
-                let detail = check["detail"].as_str().unwrap_or_default();
-                assert!(detail.contains("GBNF"), "{name}: {id} should be refused for its GBNF grammar: {check}");
-            } else {
-                assert_eq!(check["pass"], true, "{name} on candle: {id} not met: {check}");
-            }
-        }
-    }
-}

@@ -60,7 +60,8 @@ pub use raw::wasi_nn_llm::llm::embeddings::{EmbedInput, EmbedOptions, Embedding,
 /// Which model file and engine serve a model ([`Model::identity`]).
 pub use raw::wasi_nn_llm::llm::model::Identity as ModelIdentity;
 pub use raw::wasi_nn_llm::llm::types::{
-    Chunk, Finish, FinishReason, Message, ModelMetadata, OverflowPolicy, SessionOptions, TokenLogprob, Usage,
+    Chunk, Feature, Finish, FinishReason, Message, ModelMetadata, OverflowPolicy, PortableConstraint, SessionOptions,
+    TokenLogprob, Usage,
 };
 pub use session::{Session, TokenStream};
 

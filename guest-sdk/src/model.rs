@@ -70,6 +70,23 @@ impl Model {
         Ok(llm_model::model_identity(&self.graph)?)
     }
 
+    /// The optional features the host offers for this model (extension
+    /// 0.1.6); whatever is not listed beyond the core is `unsupported`.
+    ///
+    /// ```no_run
+    /// # let model = wasi_nn_llm::Model::load("smollm2")?;
+    /// use wasi_nn_llm::Feature;
+    /// let params = if model.features()?.contains(&Feature::Gbnf) {
+    ///     wasi_nn_llm::Params::greedy().grammar(r#"root ::= "yes" | "no""#)
+    /// } else {
+    ///     wasi_nn_llm::Params::greedy().lark(r#"start: "yes" | "no""#)
+    /// };
+    /// # Ok::<(), wasi_nn_llm::Error>(())
+    /// ```
+    pub fn features(&self) -> Result<Vec<crate::Feature>, Error> {
+        Ok(llm_model::features(&self.graph)?)
+    }
+
     /// The underlying wasi:nn graph, for base wasi-nn calls.
     ///
     /// ```no_run

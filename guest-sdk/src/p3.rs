@@ -41,7 +41,7 @@ use crate::raw::wasi_nn_llm::llm::types::Error as LlmError;
 use crate::{Chunk, Error, Finish, Model, Params, SessionOptions};
 
 /// The raw bindings of the `wasi-nn-llm:llm/llm@0.2.0-draft` world; its
-/// wasi-nn and 0.1.5 interfaces are [`crate::raw`]'s, so a [`Model`]'s graph
+/// wasi-nn and 0.1.6 interfaces are [`crate::raw`]'s, so a [`Model`]'s graph
 /// and every record are the same types in both.
 #[allow(missing_docs)]
 pub mod raw {
@@ -53,10 +53,10 @@ pub mod raw {
             "wasi:nn/tensor@0.2.0-rc-2024-10-28": crate::raw::wasi::nn::tensor,
             "wasi:nn/inference@0.2.0-rc-2024-10-28": crate::raw::wasi::nn::inference,
             "wasi:nn/graph@0.2.0-rc-2024-10-28": crate::raw::wasi::nn::graph,
-            "wasi-nn-llm:llm/types@0.1.5": crate::raw::wasi_nn_llm::llm::types,
-            "wasi-nn-llm:llm/model@0.1.5": crate::raw::wasi_nn_llm::llm::model,
-            "wasi-nn-llm:llm/embeddings@0.1.5": crate::raw::wasi_nn_llm::llm::embeddings,
-            "wasi-nn-llm:llm/chat@0.1.5": crate::raw::wasi_nn_llm::llm::chat,
+            "wasi-nn-llm:llm/types@0.1.6": crate::raw::wasi_nn_llm::llm::types,
+            "wasi-nn-llm:llm/model@0.1.6": crate::raw::wasi_nn_llm::llm::model,
+            "wasi-nn-llm:llm/embeddings@0.1.6": crate::raw::wasi_nn_llm::llm::embeddings,
+            "wasi-nn-llm:llm/chat@0.1.6": crate::raw::wasi_nn_llm::llm::chat,
         },
         pub_export_macro: true,
         export_macro_name: "export",
@@ -116,7 +116,10 @@ impl Session {
     /// which is a [`Stream`] of chunks. Bad parameters fail here, before
     /// anything is generated.
     pub fn generate(&self, params: &Params) -> Result<Generation, Error> {
-        let (chunks, finish) = self.raw.generate(params.as_raw())?;
+        let (chunks, finish) = match params.portable() {
+            Some(constraint) => self.raw.generate_constrained(params.as_raw(), constraint)?,
+            None => self.raw.generate(params.as_raw())?,
+        };
         Ok(Generation { chunks: Box::pin(chunks.into_stream()), finish })
     }
 

@@ -1,6 +1,6 @@
 //! A builder for the typed sampling parameters.
 
-use crate::raw::wasi_nn_llm::llm::types::{Constraint, GenerateParams};
+use crate::raw::wasi_nn_llm::llm::types::{Constraint, GenerateParams, PortableConstraint};
 
 /// Sampling parameters for one generation; unset fields take the host's
 /// defaults (llama.cpp's: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05).
@@ -10,7 +10,7 @@ use crate::raw::wasi_nn_llm::llm::types::{Constraint, GenerateParams};
 /// assert_eq!(p.as_raw().max_tokens, Some(64));
 /// ```
 #[derive(Clone, Debug)]
-pub struct Params(GenerateParams);
+pub struct Params(GenerateParams, Option<PortableConstraint>);
 
 impl Default for Params {
     fn default() -> Self {
@@ -29,7 +29,7 @@ impl Default for Params {
             stop: Vec::new(),
             constraint: None,
             logprobs: None,
-        })
+        }, None)
     }
 }
 
@@ -187,8 +187,30 @@ impl Params {
     /// let p = Params::greedy().grammar(r#"root ::= "yes" | "no""#);
     /// assert!(p.as_raw().constraint.is_some());
     /// ```
+    ///
+    /// GBNF is an optional feature of a host (`Feature::Gbnf`): a host
+    /// without it refuses it as `unsupported`. [`lark`](Self::lark) is
+    /// served by every host of extension 0.1.6.
     pub fn grammar(mut self, gbnf: impl Into<String>) -> Self {
         self.0.constraint = Some(Constraint::Grammar(gbnf.into()));
+        self.1 = None;
+        self
+    }
+
+    /// Constrain output to a Lark grammar (llguidance's dialect: start rule
+    /// `start`, `/regex/` terminals, `%json {...}` for a JSON value): the
+    /// constraint every host of extension 0.1.6 serves, whatever its
+    /// backend. Generation ends with end-of-sequence once the grammar is
+    /// complete.
+    ///
+    /// ```
+    /// # use wasi_nn_llm::Params;
+    /// let p = Params::greedy().lark(r#"start: "yes" | "no""#);
+    /// assert!(p.portable().is_some() && p.as_raw().constraint.is_none());
+    /// ```
+    pub fn lark(mut self, grammar: impl Into<String>) -> Self {
+        self.0.constraint = None;
+        self.1 = Some(PortableConstraint::Lark(grammar.into()));
         self
     }
 
@@ -201,6 +223,7 @@ impl Params {
     /// ```
     pub fn json_schema(mut self, schema: impl Into<String>) -> Self {
         self.0.constraint = Some(Constraint::JsonSchema(schema.into()));
+        self.1 = None;
         self
     }
 
@@ -223,6 +246,7 @@ impl Params {
     /// ```
     pub fn unconstrained(mut self) -> Self {
         self.0.constraint = None;
+        self.1 = None;
         self
     }
 
@@ -234,5 +258,11 @@ impl Params {
     /// ```
     pub fn as_raw(&self) -> &GenerateParams {
         &self.0
+    }
+
+    /// The Lark constraint, which `generate` sends through 0.1.6's
+    /// `generate-constrained`.
+    pub fn portable(&self) -> Option<&PortableConstraint> {
+        self.1.as_ref()
     }
 }

@@ -103,7 +103,11 @@ impl Session {
     /// # Ok::<(), wasi_nn_llm::Error>(())
     /// ```
     pub fn generate(&self, params: &Params) -> Result<TokenStream, Error> {
-        Ok(TokenStream { raw: self.raw.generate(params.as_raw())?, finish: None })
+        let raw = match params.portable() {
+            Some(constraint) => self.raw.generate_constrained(params.as_raw(), constraint)?,
+            None => self.raw.generate(params.as_raw())?,
+        };
+        Ok(TokenStream { raw, finish: None })
     }
 
     /// Evaluate token ids into the session (each is checked against the

@@ -40,7 +40,7 @@ use crate::engine::{self, Engine, Pending, Session, TokenStream};
 use crate::error::LlmError;
 use crate::wit::{HasLlmView, try_llm};
 
-/// The `wasi-nn-llm:llm@0.2.0-draft` world's bindings. Its 0.1.5 interfaces
+/// The `wasi-nn-llm:llm@0.2.0-draft` world's bindings. Its 0.1.6 interfaces
 /// and types are [`crate::wit`]'s (one implementation serves both worlds),
 /// and its session is the engine's [`Session`], as 0.1.x's is.
 #[allow(missing_docs)]
@@ -50,15 +50,16 @@ pub mod bindings {
         world: "wasi-nn-llm:llm/llm@0.2.0-draft",
         with: {
             "wasi:nn/graph.graph": wasmtime_wasi_nn::Graph,
-            "wasi-nn-llm:llm/types@0.1.5": crate::wit::bindings::wasi_nn_llm::llm::types,
-            "wasi-nn-llm:llm/model@0.1.5": crate::wit::bindings::wasi_nn_llm::llm::model,
-            "wasi-nn-llm:llm/embeddings@0.1.5": crate::wit::bindings::wasi_nn_llm::llm::embeddings,
-            "wasi-nn-llm:llm/chat@0.1.5": crate::wit::bindings::wasi_nn_llm::llm::chat,
+            "wasi-nn-llm:llm/types@0.1.6": crate::wit::bindings::wasi_nn_llm::llm::types,
+            "wasi-nn-llm:llm/model@0.1.6": crate::wit::bindings::wasi_nn_llm::llm::model,
+            "wasi-nn-llm:llm/embeddings@0.1.6": crate::wit::bindings::wasi_nn_llm::llm::embeddings,
+            "wasi-nn-llm:llm/chat@0.1.6": crate::wit::bindings::wasi_nn_llm::llm::chat,
             "wasi-nn-llm:llm/session@0.2.0-draft.session": crate::engine::Session,
         },
         imports: {
             // `generate` is a plain function that creates a stream: it needs the store.
             "wasi-nn-llm:llm/session@0.2.0-draft.[method]session.generate": store | trappable,
+            "wasi-nn-llm:llm/session@0.2.0-draft.[method]session.generate-constrained": store | trappable,
             default: trappable,
         },
         exports: { default: async | store },
@@ -74,7 +75,7 @@ use bindings::wasi_nn_llm::llm0_2_0_draft::session;
 pub const RUN_EXPORT: &str = "wasi-nn-llm:llm/run@0.2.0-draft";
 
 /// Add the draft session interface to a linker whose store data `T` gives
-/// the extension's view; the 0.1.5 interfaces come from
+/// the extension's view; the 0.1.6 interfaces come from
 /// [`crate::wit::add_to_linker`].
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut wasmtime::component::Linker<T>,
@@ -156,24 +157,24 @@ impl<T: Send> session::HostSessionWithStore<T> for HasLlmView {
     }
 
     fn generate(
-        mut store: Access<T, Self>,
+        store: Access<T, Self>,
         session: Resource<Session>,
         params: types::GenerateParams,
     ) -> Answer<(StreamReader<types::Chunk>, FutureReader<Result<types::Finish, types::Error>>)> {
         let params: engine::GenerateParams = params.into();
         tracing::trace!(?params, "session.generate (p3)");
-        let stream = try_llm!(store.get().table().get(&session)?.generate(&params));
-        let (finished, finish) = oneshot::channel();
-        let chunks = StreamReader::new(&mut store, ChunkStream { stream, finished: Some(finished) })?;
-        let finish = FutureReader::new(&mut store, async move {
-            // The producer always reports before it goes; a lost report is
-            // the host's failure, never a silent end.
-            let finish = finish.await.unwrap_or_else(|_| {
-                Err(types::Error::EngineFailure("the generation's stream was lost before it ended".into()))
-            });
-            Ok::<_, wasmtime::Error>(finish)
-        })?;
-        Ok(Ok((chunks, finish)))
+        start(store, session, params)
+    }
+
+    fn generate_constrained(
+        store: Access<T, Self>,
+        session: Resource<Session>,
+        params: types::GenerateParams,
+        constraint: types::PortableConstraint,
+    ) -> Answer<(StreamReader<types::Chunk>, FutureReader<Result<types::Finish, types::Error>>)> {
+        let params = try_llm!(crate::wit::constrained(params, constraint));
+        tracing::trace!(?params, "session.generate-constrained (p3)");
+        start(store, session, params)
     }
 
     async fn fork(accessor: &Accessor<T, Self>, session: Resource<Session>) -> Answer<Resource<Session>> {
@@ -187,6 +188,27 @@ impl<T: Send> session::HostSessionWithStore<T> for HasLlmView {
         let (pending, engine) = try_llm!(pending);
         Ok(answer(Ok(pending)).await.map(|snapshot| engine.seal(&snapshot)))
     }
+}
+
+/// Start a generation on a session the guest holds: its chunks as a
+/// stream, how it ended as a future.
+fn start<T: Send>(
+    mut store: Access<T, HasLlmView>,
+    session: Resource<Session>,
+    params: engine::GenerateParams,
+) -> Answer<(StreamReader<types::Chunk>, FutureReader<Result<types::Finish, types::Error>>)> {
+    let stream = try_llm!(store.get().table().get(&session)?.generate(&params));
+    let (finished, finish) = oneshot::channel();
+    let chunks = StreamReader::new(&mut store, ChunkStream { stream, finished: Some(finished) })?;
+    let finish = FutureReader::new(&mut store, async move {
+        // The producer always reports before it goes; a lost report is
+        // the host's failure, never a silent end.
+        let finish = finish.await.unwrap_or_else(|_| {
+            Err(types::Error::EngineFailure("the generation's stream was lost before it ended".into()))
+        });
+        Ok::<_, wasmtime::Error>(finish)
+    })?;
+    Ok(Ok((chunks, finish)))
 }
 
 /// Start a command on a session the guest holds (its answer comes later).

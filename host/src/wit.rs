@@ -173,6 +173,11 @@ impl model::Host for LlmView<'_> {
         Ok(self.ctx.access.permitted().map(str::to_owned).collect())
     }
 
+    fn features(&mut self, graph: Resource<Graph>) -> wasmtime::Result<Result<Vec<types::Feature>, types::Error>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        Ok(Ok(engine.features().into_iter().map(types::Feature::from).collect()))
+    }
+
     fn model_identity(&mut self, graph: Resource<Graph>) -> wasmtime::Result<Result<model::Identity, types::Error>> {
         let engine = try_llm!(self.engine(&graph)?);
         let digest = try_llm!(engine.identity());
@@ -357,6 +362,18 @@ impl session::HostSession for LlmView<'_> {
         Ok(Ok(self.table.push(stream)?))
     }
 
+    fn generate_constrained(
+        &mut self,
+        session: Resource<Session>,
+        params: types::GenerateParams,
+        constraint: types::PortableConstraint,
+    ) -> wasmtime::Result<Result<Resource<TokenStream>, types::Error>> {
+        let params = try_llm!(constrained(params, constraint));
+        tracing::trace!(?params, "session.generate-constrained");
+        let stream = try_llm!(self.table.get(&session)?.generate(&params));
+        Ok(Ok(self.table.push(stream)?))
+    }
+
     fn append_tokens(
         &mut self,
         session: Resource<Session>,
@@ -469,6 +486,20 @@ impl From<types::SessionOptions> for engine::SessionOptions {
     }
 }
 
+impl From<engine::Feature> for types::Feature {
+    fn from(f: engine::Feature) -> Self {
+        match f {
+            engine::Feature::Fork => Self::Fork,
+            engine::Feature::SaveRestore => Self::SaveRestore,
+            engine::Feature::Logprobs => Self::Logprobs,
+            engine::Feature::Gbnf => Self::Gbnf,
+            engine::Feature::Embeddings => Self::Embeddings,
+            engine::Feature::PrefixCache => Self::PrefixCache,
+            engine::Feature::ContextShift => Self::ContextShift,
+        }
+    }
+}
+
 impl From<types::GenerateParams> for engine::GenerateParams {
     fn from(p: types::GenerateParams) -> Self {
         Self {
@@ -491,6 +522,25 @@ impl From<types::GenerateParams> for engine::GenerateParams {
             logprobs: p.logprobs,
         }
     }
+}
+
+/// `generate-constrained`'s parameters: `params` holding `constraint`,
+/// which must be the only constraint given.
+pub(crate) fn constrained(
+    params: types::GenerateParams,
+    constraint: types::PortableConstraint,
+) -> Result<engine::GenerateParams, LlmError> {
+    if params.constraint.is_some() {
+        return Err(LlmError::InvalidArgument(
+            "generate-constrained takes its constraint as an argument: params must give none".into(),
+        ));
+    }
+    let mut params: engine::GenerateParams = params.into();
+    params.constraint = Some(match constraint {
+        types::PortableConstraint::Lark(grammar) => engine::Constraint::Lark(grammar),
+        types::PortableConstraint::JsonSchema(schema) => engine::Constraint::JsonSchema(schema),
+    });
+    Ok(params)
 }
 
 impl From<engine::Chunk> for types::Chunk {

@@ -214,6 +214,11 @@ pub trait Model: Send + Sync + 'static {
     /// Where the layers run: `cpu`, or the GPU and how many layers.
     fn device(&self) -> &str;
 
+    /// Whether the backend applies GBNF grammars (llama.cpp's own syntax).
+    fn gbnf(&self) -> bool {
+        false
+    }
+
     /// The attention kernel, where the backend chooses one (llama.cpp).
     fn attention(&self) -> Option<&Attention> {
         None

@@ -24,10 +24,14 @@ pub const DEFAULT_PENALTY_LAST_N: u32 = 64;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub enum Constraint {
-    /// A GBNF grammar (root rule `root`).
+    /// A GBNF grammar (root rule `root`): llama.cpp's own syntax, which only
+    /// the llama.cpp backend applies.
     Grammar(String),
-    /// A JSON schema, turned into a grammar by llama.cpp.
+    /// A JSON schema; every backend serves it (the engine, through llguidance).
     JsonSchema(String),
+    /// A Lark grammar in llguidance's dialect (rule `start`); every backend
+    /// serves it (the engine, through llguidance).
+    Lark(String),
 }
 
 /// Sampling parameters for one generation; absent fields take llama.cpp's defaults.

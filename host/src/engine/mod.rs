@@ -17,6 +17,7 @@
 //! (`embed.rs`, then `scheduler/embed.rs`).
 
 mod buffer;
+mod constraint;
 mod cores;
 mod embed;
 mod finish;
@@ -48,7 +49,7 @@ pub use crate::backend::{
 };
 pub use embed::{EmbedInput, Embedding};
 pub use finish::{Finish, FinishReason, Usage};
-pub use params::{Pooling, SessionOptions};
+pub use params::{Feature, Pooling, SessionOptions};
 pub use prefix_cache::CacheLimits;
 pub use protocol::Pending;
 pub use quota::{Quota, QuotaLimits};
@@ -148,6 +149,8 @@ struct Inner {
     /// The model's Jinja chat template (the operator's, else the GGUF's),
     /// compiled on first use; none where there is none.
     jinja: OnceLock<Result<Option<Arc<ChatTemplate>>, TemplateError>>,
+    /// The compiler of Lark and JSON-schema constraints, made on first use.
+    grammars: OnceLock<Result<Arc<constraint::Grammars>, LlmError>>,
 }
 
 impl Engine {
@@ -189,6 +192,7 @@ impl Engine {
             snapshot_key: config.snapshot_key.clone(),
             chat_template: config.chat_template.clone(),
             jinja: OnceLock::new(),
+            grammars: OnceLock::new(),
         })))
     }
 
@@ -558,6 +562,29 @@ impl Engine {
             info.chat_template = Some(template.clone());
         }
         info
+    }
+
+    /// The optional features this model offers: every backend forks,
+    /// saves, restores, reports logprobs and embeds (the engine's and the
+    /// seam's doing); GBNF is the backend's own; the prefix cache is the
+    /// operator's choice; context shift is the model's.
+    pub fn features(&self) -> Vec<Feature> {
+        let mut features = vec![Feature::Fork, Feature::SaveRestore, Feature::Logprobs, Feature::Embeddings];
+        if self.model().gbnf() {
+            features.push(Feature::Gbnf);
+        }
+        if self.0.cache.enabled() {
+            features.push(Feature::PrefixCache);
+        }
+        if self.model().cannot_shift().is_none() {
+            features.push(Feature::ContextShift);
+        }
+        features
+    }
+
+    /// The compiler of this model's Lark and JSON-schema constraints.
+    fn grammars(&self) -> Result<Arc<constraint::Grammars>, LlmError> {
+        self.0.grammars.get_or_init(|| constraint::Grammars::new(&self.0.model).map(Arc::new)).clone()
     }
 
     /// Whether `self` and `other` are the same loaded model.

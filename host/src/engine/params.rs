@@ -18,6 +18,26 @@ pub struct SessionOptions {
     pub shift_keep: Option<u32>,
 }
 
+/// A feature beyond the core that a model may offer (the extension's
+/// `feature`, 0.1.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    /// Sessions fork.
+    Fork,
+    /// Sessions save and restore.
+    SaveRestore,
+    /// Generations report log-probabilities.
+    Logprobs,
+    /// GBNF grammars (llama.cpp's syntax) constrain sampling.
+    Gbnf,
+    /// The model embeds text.
+    Embeddings,
+    /// open-cached continues from what earlier sessions evaluated.
+    PrefixCache,
+    /// Sessions may shift their context when it fills.
+    ContextShift,
+}
+
 /// How an input's per-token vectors become one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {

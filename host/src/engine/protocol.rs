@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use super::buffer::Shared;
+use super::constraint::Guide;
 use super::params::Pooling;
 use super::finish::Usage;
 use crate::backend::GenerateParams;
@@ -113,9 +114,12 @@ pub(crate) enum Command {
         snapshot: Snapshot,
         reply: Reply<()>,
     },
+    /// `guide`: the Lark or JSON-schema constraint, compiled (the backend's
+    /// sampler sees `params` without it).
     Generate {
         seq: SeqId,
         params: GenerateParams,
+        guide: Option<Guide>,
         deadline: Option<Deadline>,
         reply: Reply<Arc<Shared>>,
     },

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::backend::sampling::{self, GenerateParams};
+use crate::backend::sampling::{self, Constraint, GenerateParams};
 use super::protocol::{Command, Input, Pending, Reply, SeqId};
 use super::quota::Lease;
 use super::slot::Slot;
@@ -239,9 +239,18 @@ impl Session {
     pub fn generate(&self, params: &GenerateParams) -> Result<TokenStream, LlmError> {
         sampling::validate(params)?;
         let mut params = params.clone();
+        let guide = match params.constraint.take() {
+            Some(Constraint::Lark(grammar)) => Some(self.engine().grammars()?.lark(&grammar)?),
+            Some(Constraint::JsonSchema(schema)) => Some(self.engine().grammars()?.json_schema(&schema)?),
+            gbnf => {
+                params.constraint = gbnf;
+                None
+            }
+        };
         let deadline = self.slot.lease.quota().admit(&mut params)?;
         let permit = self.slot.lease.quota().start_generation()?;
-        let shared = self.request(|reply| Command::Generate { seq: self.slot.seq(), params, deadline, reply })?;
+        let generate = |reply| Command::Generate { seq: self.slot.seq(), params, guide, deadline, reply };
+        let shared = self.request(generate)?;
         Ok(TokenStream::new(shared, self.slot.clone(), permit))
     }
 

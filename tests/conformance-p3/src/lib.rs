@@ -8,7 +8,7 @@
 //! Run inside the host under test like the 0.1.x suite: `conformance MODEL`
 //! as the guest's argument; one JSON line per check.
 
-use conformance::{ABCD, PROMPT, Suite, expect, greedy, llm_error, setup_failed, statements};
+use conformance::{ABCD, LETTERS, PROMPT, Suite, WORDS, expect, greedy, llm_error, setup_failed, statements};
 use futures::StreamExt;
 use wasi_nn_llm::p3::{Generation, Session};
 use wasi_nn_llm::raw::wasi_nn_llm::llm::types::{Error as LlmError, SnapshotError};
@@ -85,7 +85,7 @@ async fn checks(s: &mut Suite, m: &Model) {
         async {
             let sess = session(m, PROMPT).await?;
             let (_, tokens, reason, generated) =
-                drain(sess.generate(&greedy(5).grammar(r#"root ::= [a-z]+"#))?).await?;
+                drain(sess.generate(&greedy(5).lark(LETTERS))?).await?;
             expect(reason == FinishReason::MaxTokens && tokens.len() == 5 && generated == 5, || {
                 format!("{reason:?}, {} tokens, generated {generated}", tokens.len())
             })
@@ -95,7 +95,7 @@ async fn checks(s: &mut Suite, m: &Model) {
     s.check(
         &statements::FINISH_END_OF_SEQUENCE,
         async {
-            let (text, _, reason, _) = drain(session(m, PROMPT).await?.generate(&greedy(16).grammar(ABCD))?).await?;
+            let (text, _, reason, _) = drain(session(m, PROMPT).await?.generate(&greedy(16).lark(ABCD))?).await?;
             expect(reason == FinishReason::EndOfSequence && text == "abcd", || format!("{reason:?}, {text:?}"))
         }
         .await,
@@ -104,7 +104,7 @@ async fn checks(s: &mut Suite, m: &Model) {
         &statements::FINISH_STOP,
         async {
             let sess = session(m, PROMPT).await?;
-            let (text, _, reason, _) = drain(sess.generate(&greedy(16).grammar(ABCD).stop("c"))?).await?;
+            let (text, _, reason, _) = drain(sess.generate(&greedy(16).lark(ABCD).stop("c"))?).await?;
             expect(reason == FinishReason::Stop("c".into()) && text == "ab", || format!("{reason:?}, {text:?}"))
         }
         .await,
@@ -140,7 +140,7 @@ async fn checks(s: &mut Suite, m: &Model) {
         async {
             let sess = Session::open_with(m, limited(16, None))?;
             sess.append(PROMPT).await?;
-            let (_, _, reason, _) = drain(sess.generate(&greedy(64).grammar(r#"root ::= [a-z ]+"#))?).await?;
+            let (_, _, reason, _) = drain(sess.generate(&greedy(64).lark(WORDS))?).await?;
             expect(reason == FinishReason::ContextFull && sess.len() == 16, || {
                 format!("{reason:?}, len {}", sess.len())
             })
@@ -151,7 +151,7 @@ async fn checks(s: &mut Suite, m: &Model) {
         &statements::USAGE_CACHED,
         async {
             let sess = session(m, PROMPT).await?;
-            drain(sess.generate(&greedy(4).grammar(ABCD))?).await?;
+            drain(sess.generate(&greedy(4).lark(ABCD))?).await?;
             let held = sess.len();
             sess.append(" and more").await?;
             let mut generation = sess.generate(&greedy(1))?;
@@ -261,7 +261,7 @@ async fn checks(s: &mut Suite, m: &Model) {
         &statements::ERROR_INVALID_GRAMMAR,
         async {
             let sess = session(m, PROMPT).await?;
-            llm_error(sess.generate(&greedy(4).grammar("root ::= (")).map(|_| ()), |e| {
+            llm_error(sess.generate(&greedy(4).lark("start: (")).map(|_| ()), |e| {
                 matches!(e, LlmError::InvalidGrammar(_))
             })?;
             llm_error(sess.generate(&greedy(4).json_schema("{nope")).map(|_| ()), |e| {

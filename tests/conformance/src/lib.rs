@@ -90,8 +90,13 @@ pub fn greedy(max: u32) -> Params {
 
 /// The prompt every generation check starts from.
 pub const PROMPT: &str = "The quick brown fox";
-/// A grammar with exactly one output, `abcd`: exact checks on any model.
-pub const ABCD: &str = r#"root ::= "ab" "cd""#;
+/// A grammar with exactly one output, `abcd`: exact checks on any model,
+/// in the constraint every host serves (Lark, extension 0.1.6).
+pub const ABCD: &str = r#"start: "ab" "cd""#;
+/// Lowercase letters, as many as the generation allows.
+pub const LETTERS: &str = r#"start: /[a-z]+/"#;
+/// Lowercase letters and spaces, as many as the generation allows.
+pub const WORDS: &str = r#"start: /[a-z ]+/"#;
 
 /// Ok if `result` failed with the extension error `matches` accepts.
 pub fn llm_error(result: Result<impl std::fmt::Debug, Error>, matches: impl Fn(&LlmError) -> bool) -> Result<(), Fail> {
@@ -257,7 +262,8 @@ pub mod statements {
         id: "chat.json-schema-grammar",
         level: Level::Must,
         text: "chat.json-schema-grammar MUST give a grammar whose root rule, as a generate constraint, holds the \
-               output to the schema, and refuse a schema that is not JSON with invalid-grammar",
+               output to the schema where the host claims gbnf (else the constraint MUST be refused as unsupported), \
+               and refuse a schema that is not JSON with invalid-grammar",
     };
     pub const SESSION_NOTES: Statement = Statement {
         id: "session.notes",
@@ -292,10 +298,18 @@ pub mod statements {
         level: Level::Must,
         text: "generate on a full session under the refuse policy MUST be refused with context-full",
     };
+    pub const MODEL_FEATURES: Statement = Statement {
+        id: "model.features",
+        level: Level::Must,
+        text: "features MUST list each optional feature at most once, and a call that needs a feature it does not \
+               list MUST be refused with unsupported, never trap (checked: gbnf, context-shift, fork, save-restore, \
+               logprobs, embeddings)",
+    };
     pub const ERROR_INVALID_GRAMMAR: Statement = Statement {
         id: "error.invalid-grammar",
         level: Level::Must,
-        text: "a malformed grammar or JSON schema MUST be refused with invalid-grammar",
+        text: "a malformed Lark grammar or JSON schema MUST be refused with invalid-grammar, and so MUST a \
+               malformed GBNF grammar where the host claims gbnf",
     };
     pub const ERROR_INVALID_SNAPSHOT: Statement = Statement {
         id: "error.invalid-snapshot",

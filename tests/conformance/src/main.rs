@@ -4,13 +4,15 @@
 //! `conformance MODEL`. Every check prints one JSON line: its id, the
 //! normative statement it checks (MUST or SHOULD, as in RFC 2119), and the
 //! outcome. Checks that need an exact output make it independent of the
-//! model with a grammar: `root ::= "ab" "cd"` can only ever produce `abcd`.
+//! model with a grammar in the constraint every host serves (Lark): `start:
+//! "ab" "cd"` can only ever produce `abcd`. Optional features are checked
+//! where `features` claims them, and refused as `unsupported` where not.
 //! The runner (`tests/conformance.rs`) fails on any failed MUST.
 
-use conformance::{ABCD, Fail, PROMPT, Suite, expect, greedy, llm_error, setup_failed, statements};
+use conformance::{ABCD, Fail, LETTERS, PROMPT, Suite, WORDS, expect, greedy, llm_error, setup_failed, statements};
 use wasi_nn_llm::raw::wasi_nn_llm::llm::types::{Error as LlmError, SnapshotError};
 use wasi_nn_llm::{
-    ChatMessage, EmbedInput, EmbedOptions, Error, FinishReason, Model, OverflowPolicy, Params, RenderOptions, Session,
+    ChatMessage, EmbedInput, EmbedOptions, Error, Feature, FinishReason, Model, OverflowPolicy, Params, RenderOptions, Session,
     SessionOptions, TemplateSource, TemplateValue, TokenStream, Tool, Usage, poll,
 };
 
@@ -43,6 +45,37 @@ fn session(model: &Model, prompt: &str) -> Result<Session, Error> {
     Ok(s)
 }
 
+/// `features` lists no feature twice, and the unclaimed ones the suite can
+/// call are refused as `unsupported`.
+fn check_features(m: &Model, features: &[Feature]) -> Result<(), Fail> {
+    for (i, f) in features.iter().enumerate() {
+        expect(!features[..i].contains(f), || format!("{f:?} is listed twice in {features:?}"))?;
+    }
+    let unsupported = |e: &LlmError| matches!(e, LlmError::Unsupported(_));
+    if !features.contains(&Feature::Gbnf) {
+        let gbnf = session(m, PROMPT).and_then(|s| s.generate(&greedy(2).grammar(r#"root ::= "a""#)).map(|_| ()));
+        llm_error(gbnf, unsupported)?;
+    }
+    if !features.contains(&Feature::ContextShift) {
+        let options = SessionOptions { context_length: Some(64), seed: None, overflow: Some(OverflowPolicy::Shift(4)) };
+        llm_error(Session::open_with(m, options).map(|_| ()), unsupported)?;
+    }
+    if !features.contains(&Feature::Fork) {
+        llm_error(session(m, PROMPT).and_then(|s| s.fork()).map(|_| ()), unsupported)?;
+    }
+    if !features.contains(&Feature::SaveRestore) {
+        llm_error(session(m, PROMPT).and_then(|s| s.save()).map(|_| ()), unsupported)?;
+    }
+    if !features.contains(&Feature::Logprobs) {
+        llm_error(session(m, PROMPT).and_then(|s| s.generate(&greedy(2).logprobs(2))).map(|_| ()), unsupported)?;
+    }
+    if !features.contains(&Feature::Embeddings) {
+        let options = EmbedOptions { pooling: None, normalize: false };
+        llm_error(m.embed(&[EmbedInput::Text("x".into())], options).map(|_| ()), unsupported)?;
+    }
+    Ok(())
+}
+
 fn main() {
     let name = std::env::args().nth(1).unwrap_or_else(|| "conformance".into());
     let model = match Model::load(&name) {
@@ -55,6 +88,11 @@ fn main() {
     let mut suite = Suite::default();
     let s = &mut suite;
     let m = &model;
+    let features = model.features().unwrap_or_default();
+    let features = &features;
+    let names: Vec<String> = features.iter().map(|f| format!("{f:?}")).collect();
+    println!("{}", serde_json::json!({ "features": names }));
+    s.check(&statements::MODEL_FEATURES, check_features(m, features));
 
     // --- generation ---------------------------------------------------
     s.check(
@@ -87,7 +125,7 @@ fn main() {
         &statements::FINISH_MAX_TOKENS,
         (|| -> Result<(), Fail> {
             let (_, tokens, reason, generated) =
-                drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(5).grammar(r#"root ::= [a-z]+"#)))?)?;
+                drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(5).lark(LETTERS)))?)?;
             expect(reason == FinishReason::MaxTokens && tokens.len() == 5 && generated == 5, || {
                 format!("{reason:?}, {} tokens, generated {generated}", tokens.len())
             })
@@ -96,7 +134,7 @@ fn main() {
     s.check(
         &statements::FINISH_END_OF_SEQUENCE,
         (|| -> Result<(), Fail> {
-            let (text, _, reason, _) = drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16).grammar(ABCD)))?)?;
+            let (text, _, reason, _) = drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16).lark(ABCD)))?)?;
             expect(reason == FinishReason::EndOfSequence && text == "abcd", || format!("{reason:?}, {text:?}"))
         })(),
     );
@@ -104,7 +142,7 @@ fn main() {
         &statements::FINISH_STOP,
         (|| -> Result<(), Fail> {
             let (text, _, reason, _) =
-                drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16).grammar(ABCD).stop("c")))?)?;
+                drain(session(m, PROMPT).and_then(|s| s.generate(&greedy(16).lark(ABCD).stop("c")))?)?;
             expect(reason == FinishReason::Stop("c".into()) && text == "ab", || format!("{reason:?}, {text:?}"))
         })(),
     );
@@ -139,7 +177,7 @@ fn main() {
         (|| -> Result<(), Fail> {
             let sess = Session::open_with(m, SessionOptions { context_length: Some(16), seed: None, overflow: None })?;
             sess.append(PROMPT)?;
-            let (_, _, reason, _) = drain(sess.generate(&greedy(64).grammar(r#"root ::= [a-z ]+"#))?)?;
+            let (_, _, reason, _) = drain(sess.generate(&greedy(64).lark(WORDS))?)?;
             expect(reason == FinishReason::ContextFull && sess.len() == 16, || {
                 format!("{reason:?}, len {}", sess.len())
             })
@@ -149,7 +187,7 @@ fn main() {
         &statements::USAGE_CACHED,
         (|| -> Result<(), Fail> {
             let sess = session(m, PROMPT)?;
-            drain(sess.generate(&greedy(4).grammar(ABCD))?)?;
+            drain(sess.generate(&greedy(4).lark(ABCD))?)?;
             let held = sess.len();
             sess.append(" and more")?;
             let mut stream = sess.generate(&greedy(1))?;
@@ -254,7 +292,7 @@ fn main() {
         (|| -> Result<(), Fail> {
             let sess = session(m, PROMPT)?;
             let before = sess.len();
-            let (_, tokens, ..) = drain(sess.generate(&greedy(8).grammar(ABCD))?)?;
+            let (_, tokens, ..) = drain(sess.generate(&greedy(8).lark(ABCD))?)?;
             expect(sess.len() == before + tokens.len() as u32, || {
                 format!("len {} for {before} + {}", sess.len(), tokens.len())
             })
@@ -430,8 +468,13 @@ fn main() {
         &statements::CHAT_SCHEMA_GRAMMAR,
         (|| -> Result<(), Fail> {
             let grammar = wasi_nn_llm::json_schema_grammar(r#"{"type": "string", "enum": ["abcd"]}"#)?;
-            let (text, ..) = drain(session(m, PROMPT)?.generate(&greedy(16).grammar(grammar))?)?;
-            expect(text.trim() == "\"abcd\"", || format!("{text:?}"))?;
+            let generated = session(m, PROMPT)?.generate(&greedy(16).grammar(grammar));
+            if features.contains(&Feature::Gbnf) {
+                let (text, ..) = drain(generated?)?;
+                expect(text.trim() == "\"abcd\"", || format!("{text:?}"))?;
+            } else {
+                llm_error(generated.map(|_| ()), |e| matches!(e, LlmError::Unsupported(_)))?;
+            }
             llm_error(wasi_nn_llm::json_schema_grammar("{not json"), |e| matches!(e, LlmError::InvalidGrammar(_)))
         })(),
     );
@@ -498,8 +541,15 @@ fn main() {
     );
     s.check(
         &statements::ERROR_INVALID_GRAMMAR,
-        llm_error(session(m, PROMPT).and_then(|s| s.generate(&greedy(4).grammar("root ::= (")).map(|_| ())), |e| {
+        llm_error(session(m, PROMPT).and_then(|s| s.generate(&greedy(4).lark("start: (")).map(|_| ())), |e| {
             matches!(e, LlmError::InvalidGrammar(_))
+        })
+        .and_then(|_| {
+            let gbnf = session(m, PROMPT).and_then(|s| s.generate(&greedy(4).grammar("root ::= (")).map(|_| ()));
+            llm_error(gbnf, |e| match features.contains(&Feature::Gbnf) {
+                true => matches!(e, LlmError::InvalidGrammar(_)),
+                false => matches!(e, LlmError::Unsupported(_)),
+            })
         })
         .and_then(|_| {
             llm_error(session(m, PROMPT).and_then(|s| s.generate(&greedy(4).json_schema("{nope")).map(|_| ())), |e| {

@@ -178,10 +178,10 @@ impl Model for Candle {
     ) -> Result<Box<dyn Sampler>, LlmError> {
         if let Some(constraint) = &params.constraint {
             let what = match constraint {
-                Constraint::Grammar(_) => "GBNF grammars (llama.cpp's syntax)",
-                Constraint::JsonSchema(_) => "JSON schemas",
+                Constraint::Grammar(_) => "GBNF grammars: that is llama.cpp's own syntax (use a Lark grammar)",
+                Constraint::JsonSchema(_) | Constraint::Lark(_) => "this constraint itself (the engine applies it)",
             };
-            return Err(LlmError::Unsupported(format!("the candle backend does not constrain sampling to {what} yet")));
+            return Err(LlmError::Unsupported(format!("the candle backend does not apply {what}")));
         }
         let n_vocab = self.n_vocab();
         if params.temperature.unwrap_or(sampling::DEFAULT_TEMPERATURE) == 0.0 {

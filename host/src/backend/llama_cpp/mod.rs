@@ -208,6 +208,10 @@ impl Model for LlamaCpp {
         &self.device
     }
 
+    fn gbnf(&self) -> bool {
+        true
+    }
+
     fn attention(&self) -> Option<&Attention> {
         Some(&self.attention)
     }

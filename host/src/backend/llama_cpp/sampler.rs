@@ -88,9 +88,8 @@ pub(super) fn build(
     }
 
     if let Some(constraint) = &params.constraint {
-        let gbnf = match constraint {
-            Constraint::Grammar(g) => g.clone(),
-            Constraint::JsonSchema(schema) => schema_grammar(schema)?,
+        let Constraint::Grammar(gbnf) = constraint else {
+            return Err(LlmError::EngineFailure("the engine applies Lark and JSON-schema constraints itself".into()));
         };
         let grammar = LlamaSampler::grammar(model, &gbnf, "root")
             .map_err(|e| LlmError::InvalidGrammar(format!("grammar rejected by llama.cpp: {e}")))?;

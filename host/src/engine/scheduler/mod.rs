@@ -33,6 +33,7 @@ use super::finish::{Finish, FinishReason, Usage};
 use super::logprob::logprob;
 use crate::backend::GenerateParams;
 use super::protocol::{Command, Input, Reply, SeqId};
+use super::constraint::{Guide, Guided};
 use super::cores::Cores;
 use super::quota::Deadline;
 use super::text::{Pushed, TextAssembler};
@@ -137,8 +138,8 @@ impl<'m> Scheduler<'m> {
                     let _ = reply.send(result);
                 }
             }
-            Command::Generate { seq, params, deadline, reply } => {
-                let _ = reply.send(self.start_generation(seq, &params, deadline));
+            Command::Generate { seq, params, guide, deadline, reply } => {
+                let _ = reply.send(self.start_generation(seq, &params, guide, deadline));
             }
             Command::Logits { seq, reply } => {
                 let _ = reply.send(self.logits(seq));
@@ -314,6 +315,7 @@ impl<'m> Scheduler<'m> {
         &mut self,
         seq: SeqId,
         params: &GenerateParams,
+        guide: Option<Guide>,
         deadline: Option<Deadline>,
     ) -> Result<Arc<Shared>, LlmError> {
         let model = self.model;
@@ -325,7 +327,10 @@ impl<'m> Scheduler<'m> {
             let used = s.tokens.len() as u32;
             return Err(LlmError::ContextFull(ContextOverflow { requested: used + 1, used, limit: s.limit as u32 }));
         }
-        let sampler = model.sampler(params, s.seed, &s.tokens, s.limit)?;
+        let mut sampler = model.sampler(params, s.seed, &s.tokens, s.limit)?;
+        if let Some(guide) = guide {
+            sampler = Box::new(Guided::new(guide, sampler));
+        }
         let fresh = self.take_fresh(seq);
         if fresh.is_none() {
             // The first step decodes the last token again, for its logits.
