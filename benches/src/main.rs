@@ -8,6 +8,7 @@
 //! ratio is taken between runs made back to back, since this machine's speed
 //! drifts by tens of percent between rounds.
 
+mod backends;
 mod baseline;
 mod chat;
 mod concurrency;
@@ -96,6 +97,7 @@ enum Section {
     Serve,
     P3,
     Wasmedge,
+    Backends,
 }
 
 /// What every measurement shares.
@@ -273,6 +275,13 @@ fn main() -> Result<()> {
             )?;
             writeln!(body, "### Concurrent sessions\n\n{}\n![aggregate tok/s vs sessions]({svg})\n", k.markdown)?;
             targets.extend(k.targets);
+            results.write(&body, &targets, false)?;
+        }
+
+        // candle implements the Llama architecture: the first model (SmolLM2).
+        if wanted(Section::Backends) && index == 0 {
+            let markdown = backends::run(&spec.path, name, &config, settings.runs)?;
+            writeln!(body, "### Backends: candle against llama.cpp\n\n{markdown}")?;
             results.write(&body, &targets, false)?;
         }
 

@@ -82,11 +82,53 @@ impl Grammars {
         Ok(Guide(self.compile(TopLevelGrammar::from_lark(grammar.to_owned()), "lark grammar")?))
     }
 
-    /// Output that is JSON matching `schema`.
+    /// Output that is JSON matching `schema`, read as llama.cpp's
+    /// converter and OpenAI's strict mode read it (see [`closed_objects`]).
     pub fn json_schema(&self, schema: &str) -> Result<Guide, LlmError> {
-        let value = serde_json::from_str(schema)
+        let mut value = serde_json::from_str(schema)
             .map_err(|e| LlmError::InvalidGrammar(format!("json-schema is not valid JSON: {e}")))?;
+        closed_objects(&mut value);
         Ok(Guide(self.compile(TopLevelGrammar::from_json_schema(value), "json-schema")?))
+    }
+}
+
+/// Read `schema` as llama.cpp's `json_schema_to_grammar` (this host's
+/// JSON-schema constraint before it moved to llguidance) reads it, where
+/// JSON Schema itself is open-ended and a small model, held to it greedily,
+/// writes until its budget runs out:
+/// - an object that lists `properties` and says nothing of
+///   `additionalProperties` admits only those (as OpenAI's strict
+///   structured outputs do too);
+/// - an integer with no bounds has at most 16 digits.
+///
+/// Only schema-valued keywords are walked, so a property that happens to
+/// be named `properties` is left alone.
+fn closed_objects(schema: &mut serde_json::Value) {
+    use serde_json::Value;
+    let Value::Object(map) = schema else { return };
+    if matches!(map.get("properties"), Some(Value::Object(_))) && !map.contains_key("additionalProperties") {
+        map.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    if map.get("type").and_then(Value::as_str) == Some("integer") {
+        const LARGEST: i64 = 9_999_999_999_999_999;
+        if !map.contains_key("minimum") && !map.contains_key("exclusiveMinimum") {
+            map.insert("minimum".into(), Value::from(-LARGEST));
+        }
+        if !map.contains_key("maximum") && !map.contains_key("exclusiveMaximum") {
+            map.insert("maximum".into(), Value::from(LARGEST));
+        }
+    }
+    for (key, value) in map.iter_mut() {
+        match (key.as_str(), value) {
+            ("properties" | "patternProperties" | "$defs" | "definitions", Value::Object(schemas)) => {
+                schemas.values_mut().for_each(closed_objects);
+            }
+            ("items" | "prefixItems" | "anyOf" | "oneOf" | "allOf", Value::Array(schemas)) => {
+                schemas.iter_mut().for_each(closed_objects);
+            }
+            ("items" | "additionalProperties" | "not" | "if" | "then" | "else" | "contains", one) => closed_objects(one),
+            _ => {}
+        }
     }
 }
 
@@ -130,5 +172,32 @@ impl Sampler for Guided {
             tracing::debug!("the grammar refused token {token}: {e}");
         }
         token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::closed_objects;
+
+    #[test]
+    fn objects_admit_only_their_properties_unless_the_schema_says_otherwise() {
+        let mut schema = serde_json::json!({
+            "type": "object",
+            "properties": {
+                "properties": { "type": "object", "properties": { "a": { "type": "string" } } },
+                "open": { "type": "object", "properties": {}, "additionalProperties": true },
+                "list": { "type": "array", "items": { "type": "object", "properties": { "b": {} } } },
+                "n": { "type": "integer", "minimum": 0 }
+            },
+            "$defs": { "d": { "anyOf": [{ "type": "object", "properties": { "c": {} } }] } }
+        });
+        closed_objects(&mut schema);
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(schema["properties"]["properties"]["additionalProperties"], false);
+        assert!(schema["properties"].get("additionalProperties").is_none(), "a property map is not a schema");
+        assert_eq!(schema["properties"]["open"]["additionalProperties"], true);
+        assert_eq!(schema["properties"]["list"]["items"]["additionalProperties"], false);
+        assert_eq!(schema["$defs"]["d"]["anyOf"][0]["additionalProperties"], false);
+        assert_eq!((schema["properties"]["n"]["minimum"].as_i64(), schema["properties"]["n"]["maximum"].as_i64()), (Some(0), Some(9_999_999_999_999_999)));
     }
 }
