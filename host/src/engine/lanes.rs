@@ -17,10 +17,15 @@
 //! into splitting where the batch-shape figures say it pays.
 
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use anyhow::{Context as _, anyhow};
+
+use super::cores::Cores;
 use super::protocol::{Command, Pending, Reply, SeqId};
+use super::scheduler::Scheduler;
 use super::scheduler_stopped;
+use crate::backend::{ContextSetup, Model};
 use crate::error::LlmError;
 
 /// One context's front door: its scheduler's command queue and which of its
@@ -96,4 +101,35 @@ pub(crate) const DEFAULT_COUNT: u32 = 1;
 /// Sequences of lane `index` when `sessions` are spread over `lanes`.
 pub(crate) fn sequences(sessions: u32, lanes: u32, index: u32) -> u32 {
     sessions / lanes + u32::from(index < sessions % lanes)
+}
+
+/// Make one lane's context on its own scheduler thread, which then serves
+/// the lane's commands.
+pub(super) fn start(
+    name: &str,
+    index: u32,
+    setup: &ContextSetup,
+    model: &Arc<dyn Model>,
+    cores: &Arc<Cores>,
+) -> anyhow::Result<Arc<Lane>> {
+    let (commands, receiver) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
+    let (model, cores, setup) = (model.clone(), cores.clone(), *setup);
+    std::thread::Builder::new()
+        .name(format!("llm-{name}-{index}"))
+        .spawn(move || {
+            let model = &*model;
+            let ctx = match model.new_context(&setup) {
+                Ok(ctx) => ctx,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok(()));
+            Scheduler::new(model, ctx, &setup, cores).run(receiver);
+        })
+        .context("spawning the scheduler thread")?;
+    ready_rx.recv().context("scheduler thread died")?.map_err(|e| anyhow!("{e}"))?;
+    Ok(Arc::new(Lane::new(commands, setup.sequences as usize)))
 }

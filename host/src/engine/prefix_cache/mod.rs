@@ -58,6 +58,8 @@
 //! client sent outlives the conversation the cache keeps. The key is only
 //! for finding the note; the conversation is still found by its tokens.
 
+mod continued;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
