@@ -34,7 +34,8 @@ pub enum Constraint {
     Lark(String),
 }
 
-/// Sampling parameters for one generation; absent fields take llama.cpp's defaults.
+/// Sampling parameters for one generation; absent fields take the defaults
+/// above (the extension names them normative for every backend).
 ///
 /// Unknown JSON keys are refused: a misspelt option must fail loudly, not be
 /// ignored (WasmEdge's `n-gpu-layers` vs `n_gpu_layers` is the cautionary tale).
