@@ -801,3 +801,16 @@ fn the_server_runs_unchanged_on_the_candle_backend() {
     assert!(cached > 20, "the first turn came from the prefix cache: {second}");
     assert!(server.log().contains("candle"), "{}", server.log());
 }
+
+/// Tools on the candle backend, which has no GBNF: the server guest asks
+/// the host's `features`, and holds the call with the same grammar in
+/// Lark, in the template's own format (Qwen 2.5's Hermes blocks) and in the
+/// generic JSON one (SmolLM2's template).
+#[test]
+fn tool_calls_are_held_by_lark_on_the_candle_backend() {
+    let template = workspace_root().join("tests/templates/corpus/Qwen-Qwen2.5-7B-Instruct.jinja");
+    let hermes = Server::start(&["--backend", "candle", "--chat-template", &format!("{MODEL}={}", template.display())], None);
+    assert_tool_loop("python on candle, Qwen 2.5's template", &hermes.client("tool-loop", &[MODEL, "plain"]));
+    let generic = Server::start(&["--backend", "candle"], None);
+    assert_tool_loop("python on candle, generic format", &generic.client("tool-loop", &[MODEL, "plain"]));
+}

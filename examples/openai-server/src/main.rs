@@ -23,7 +23,7 @@ mod tools;
 
 use serde_json::json;
 use wasi_nn_llm::tool_calls::Format;
-use wasi_nn_llm::{Model, RenderOptions};
+use wasi_nn_llm::{Feature, Model, RenderOptions};
 use wstd::__internal::wasip2;
 use wstd::__internal::wasip2::exports::http::incoming_handler;
 use wstd::__internal::wasip2::http::types::{IncomingRequest, ResponseOutparam};
@@ -181,9 +181,11 @@ fn start_chat(chat: Conversation, messages_param: &'static str) -> Result<Job, A
         } else {
             options.tools = tools.list.clone();
         }
-        match native.constraint(tools)? {
+        let gbnf = model.features().map_err(|e| ApiError::from_model(&name, e))?.contains(&Feature::Gbnf);
+        match native.constraint(tools, gbnf)? {
             Some(Constraint::Grammar(gbnf)) => params = params.grammar(gbnf),
             Some(Constraint::JsonSchema(schema)) => params = params.json_schema(schema),
+            Some(Constraint::Lark(grammar)) => params = params.lark(grammar),
             None => {}
         }
         format = (tools.choice != Choice::None).then_some(native);

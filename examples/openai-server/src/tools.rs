@@ -191,15 +191,21 @@ impl Tools {
     }
 }
 
-/// The reply's constraint for a request's tools, in the template's tool format.
+/// The reply's constraint for a request's tools, in the template's tool
+/// format: GBNF where the host offers it (`gbnf`), else the same grammar in
+/// Lark, the constraint every host of extension 0.1.6 serves.
 pub trait Constrain {
-    fn constraint(self, tools: &Tools) -> Result<Option<Constraint>, ApiError>;
+    fn constraint(self, tools: &Tools, gbnf: bool) -> Result<Option<Constraint>, ApiError>;
 }
 
 impl Constrain for Format {
     /// The grammar that holds a reply to the request's tool choice, as a
-    /// GBNF grammar or (generic) a JSON schema. None for `tool_choice: none`.
-    fn constraint(self, tools: &Tools) -> Result<Option<Constraint>, ApiError> {
+    /// GBNF or Lark grammar or (generic) a JSON schema. None for
+    /// `tool_choice: none`.
+    fn constraint(self, tools: &Tools, gbnf: bool) -> Result<Option<Constraint>, ApiError> {
+        if !gbnf {
+            return Ok(lark(self, tools)?.map(Constraint::Lark));
+        }
         let must_call = matches!(tools.choice, Choice::Required | Choice::Named(_));
         Ok(Some(match (self, &tools.choice) {
             (_, Choice::None) => return Ok(None),
@@ -251,6 +257,56 @@ impl Constrain for Format {
 pub enum Constraint {
     Grammar(String),
     JsonSchema(String),
+    Lark(String),
+}
+
+/// The tool grammar of `format` in Lark (llguidance's dialect): the calls
+/// inside the template's markers, each call a `%json` schema, or (unless a
+/// call is required) text that does not start as a call does. The generic
+/// format's reply is one JSON schema, written as `%json` too.
+fn lark(format: Format, tools: &Tools) -> Result<Option<String>, ApiError> {
+    let must_call = matches!(tools.choice, Choice::Required | Choice::Named(_));
+    let json = |schema: &Value| format!("%json {schema}");
+    let (calls, not_a_call) = match (format, &tools.choice) {
+        (_, Choice::None) => return Ok(None),
+        (Format::Generic, _) => {
+            let Some(Constraint::JsonSchema(schema)) = format.constraint(tools, true)? else { return Ok(None) };
+            let schema: Value = serde_json::from_str(&schema).unwrap_or_default();
+            return Ok(Some(format!("start: call\ncall: {}\n", json(&schema))));
+        }
+        (Format::Hermes, _) => {
+            let repeat = if tools.parallel { r#" ("\n<tool_call>\n" call "\n</tool_call>")*"# } else { "" };
+            (format!(r#"calls: "<tool_call>\n" call "\n</tool_call>"{repeat}"#), "[^<]")
+        }
+        (Format::Mistral, _) => ("calls: \"[TOOL_CALLS]\" list".to_owned(), "[^\\[]"),
+        (Format::Llama3, _) => {
+            if tools.parallel {
+                return Err(ApiError::invalid(
+                    "this model's template takes one tool call at a time: parallel_tool_calls must be false",
+                    Some("parallel_tool_calls"),
+                ));
+            }
+            ("calls: call".to_owned(), "[^{]")
+        }
+    };
+    let call = match format {
+        Format::Mistral => {
+            let id = json!({ "type": "string", "pattern": "^[a-zA-Z0-9]{9}$" });
+            let mut list = json!({ "type": "array", "items": tools.call_schema("arguments", Some(("id", id))), "minItems": 1 });
+            if !tools.parallel {
+                list["maxItems"] = json!(1);
+            }
+            format!("list: {}\n", json(&list))
+        }
+        Format::Llama3 => format!("call: {}\n", json(&tools.call_schema("parameters", None))),
+        _ => format!("call: {}\n", json(&tools.call_schema("arguments", None))),
+    };
+    let start = if must_call {
+        "start: calls\n".to_owned()
+    } else {
+        format!("start: calls | text?\ntext: /{not_a_call}(.|\\n)*/\n")
+    };
+    Ok(Some(format!("{start}{calls}\n{call}")))
 }
 
 /// `root` of a grammar whose reply is the calls, or (unless a call is
