@@ -10,14 +10,23 @@ use wasi_nn_llm_host::error::{LlmError, SnapshotError};
 use wasi_nn_llm_tests::{CTX_SIZE, MODEL, THREADS, chatml, guest, host, host_cli, model_path};
 
 fn candle() -> Engine {
-    let config = EngineConfig { backend: BackendKind::Candle, threads: THREADS, ctx_size: CTX_SIZE, ..EngineConfig::default() };
+    let config =
+        EngineConfig { backend: BackendKind::Candle, threads: THREADS, ctx_size: CTX_SIZE, ..EngineConfig::default() };
     Engine::load(MODEL, &model_path(MODEL), &config).expect("candle loads SmolLM2")
 }
 
 #[test]
 fn the_chat_guest_runs_unchanged_on_candle() {
     let mut child = Command::new(host_cli())
-        .args(["run", "--threads", "2", "--backend", "candle", "--model", &format!("{MODEL}={}", model_path(MODEL).display())])
+        .args([
+            "run",
+            "--threads",
+            "2",
+            "--backend",
+            "candle",
+            "--model",
+            &format!("{MODEL}={}", model_path(MODEL).display()),
+        ])
         .arg(guest("chat"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -50,7 +59,10 @@ fn a_snapshot_is_refused_by_the_other_backend_by_name() {
     assert_eq!(refused(llama, &saved(&candle)), "candle");
     // Each still restores its own.
     let own = candle.restore_session(&saved(&candle), &quota).expect("candle restores its own state");
-    assert_eq!(own.tokens().expect("tokens").len(), candle.count_tokens(&chatml("Hello there")).expect("count") as usize);
+    assert_eq!(
+        own.tokens().expect("tokens").len(),
+        candle.count_tokens(&chatml("Hello there")).expect("count") as usize
+    );
 }
 
 #[test]

@@ -18,7 +18,7 @@
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use wasi_nn_llm_host::backend::{self, Batch, BackendKind, ContextSetup, LoadConfig};
+use wasi_nn_llm_host::backend::{self, BackendKind, Batch, ContextSetup, LoadConfig};
 use wasi_nn_llm_host::engine::{Engine, EngineConfig, GenerateParams, Quota, SessionOptions};
 
 use crate::report::{Table, median, num, ratio};
@@ -167,7 +167,13 @@ fn restore_vs_prefill(engine: &Engine, conversation: &[u32]) -> Result<(f64, f64
 /// Median seconds of one decode step driven directly on a fresh context of
 /// the backend (below the seam): `prompt` evaluated, then single tokens at
 /// the next positions, each argmax of the last logits.
-fn direct_step(path: &std::path::Path, name: &str, kind: BackendKind, config: &EngineConfig, prompt: &[u32]) -> Result<f64> {
+fn direct_step(
+    path: &std::path::Path,
+    name: &str,
+    kind: BackendKind,
+    config: &EngineConfig,
+    prompt: &[u32],
+) -> Result<f64> {
     let load = LoadConfig {
         threads: config.threads,
         ctx_size: config.ctx_size,

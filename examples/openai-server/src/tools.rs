@@ -193,7 +193,8 @@ impl Tools {
 
 /// The reply's constraint for a request's tools, in the template's tool
 /// format: GBNF where the host offers it (`gbnf`), else the same grammar in
-/// Lark, the constraint every host of extension 0.1.6 serves.
+/// Lark, the constraint every host of extension 0.1.6 serves. The generic
+/// format's reply is a JSON schema, which every host serves as it is.
 pub trait Constrain {
     fn constraint(self, tools: &Tools, gbnf: bool) -> Result<Option<Constraint>, ApiError>;
 }
@@ -203,7 +204,7 @@ impl Constrain for Format {
     /// GBNF or Lark grammar or (generic) a JSON schema. None for
     /// `tool_choice: none`.
     fn constraint(self, tools: &Tools, gbnf: bool) -> Result<Option<Constraint>, ApiError> {
-        if !gbnf {
+        if !gbnf && self != Self::Generic {
             return Ok(lark(self, tools)?.map(Constraint::Lark));
         }
         let must_call = matches!(tools.choice, Choice::Required | Choice::Named(_));
@@ -260,20 +261,16 @@ pub enum Constraint {
     Lark(String),
 }
 
-/// The tool grammar of `format` in Lark (llguidance's dialect): the calls
-/// inside the template's markers, each call a `%json` schema, or (unless a
-/// call is required) text that does not start as a call does. The generic
-/// format's reply is one JSON schema, written as `%json` too.
+/// The tool grammar of a native `format` (Hermes, Mistral, Llama 3) in Lark
+/// (llguidance's dialect): the calls inside the template's markers, each
+/// call a `%json` schema, or (unless a call is required) text that does not
+/// start as a call does. The generic format needs none (see `constraint`).
 fn lark(format: Format, tools: &Tools) -> Result<Option<String>, ApiError> {
     let must_call = matches!(tools.choice, Choice::Required | Choice::Named(_));
     let json = |schema: &Value| format!("%json {schema}");
     let (calls, not_a_call) = match (format, &tools.choice) {
         (_, Choice::None) => return Ok(None),
-        (Format::Generic, _) => {
-            let Some(Constraint::JsonSchema(schema)) = format.constraint(tools, true)? else { return Ok(None) };
-            let schema: Value = serde_json::from_str(&schema).unwrap_or_default();
-            return Ok(Some(format!("start: call\ncall: {}\n", json(&schema))));
-        }
+        (Format::Generic, _) => unreachable!("the generic format's reply is a JSON schema, sent as one"),
         (Format::Hermes, _) => {
             let repeat = if tools.parallel { r#" ("\n<tool_call>\n" call "\n</tool_call>")*"# } else { "" };
             (format!(r#"calls: "<tool_call>\n" call "\n</tool_call>"{repeat}"#), "[^<]")

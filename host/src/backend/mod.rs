@@ -87,6 +87,14 @@ pub struct LoadConfig {
     pub flash_attn: FlashAttention,
 }
 
+impl LoadConfig {
+    /// Tokens one session may hold on a model trained for `trained`: the
+    /// operator's `ctx_size`, at least 16 and at most the trained context.
+    pub fn session_context(&self, trained: u32) -> u32 {
+        self.ctx_size.clamp(16, trained.max(16))
+    }
+}
+
 /// Load the GGUF at `path` with `kind`.
 pub fn load(kind: BackendKind, name: &str, path: &Path, config: &LoadConfig) -> anyhow::Result<Arc<dyn Model>> {
     match kind {

@@ -125,7 +125,6 @@ pub(crate) fn validate(params: &GenerateParams) -> Result<(), LlmError> {
     Ok(())
 }
 
-
 /// Greedy decoding with logit biases (token index, bias, sorted by token)
 /// and repetition penalties: the argmax of the adjusted logits, the first
 /// maximum winning, with llama.cpp's operations in llama.cpp's order.
@@ -200,7 +199,13 @@ pub(crate) struct Chain {
 
 impl Chain {
     /// The sampler of `params` (temperature above 0) with `seed` for its draws.
-    pub fn new(params: &GenerateParams, seed: u64, n_vocab: u32, history: &[u32], context: usize) -> Result<Self, LlmError> {
+    pub fn new(
+        params: &GenerateParams,
+        seed: u64,
+        n_vocab: u32,
+        history: &[u32],
+        context: usize,
+    ) -> Result<Self, LlmError> {
         use rand::SeedableRng as _;
         Ok(Self {
             greedy: Greedy::new(params, n_vocab, history, context)?,
@@ -294,12 +299,7 @@ impl Penalties {
     /// the whole window up front: an unclamped u32::MAX-ish guest value was
     /// a 13 GB allocation, found by fuzzing).
     fn of(params: &GenerateParams, n_vocab: u32, history: &[u32], context: usize) -> Option<Self> {
-        let repeat = params.repeat_penalty.unwrap_or(1.0);
-        let presence = params.presence_penalty.unwrap_or(0.0);
-        let frequency = params.frequency_penalty.unwrap_or(0.0);
-        if repeat == 1.0 && presence == 0.0 && frequency == 0.0 {
-            return None;
-        }
+        let (repeat, frequency, presence) = penalty_values(params)?;
         let last_n = penalty_window(params, context);
         let mut p = Self::new(n_vocab as usize, last_n, repeat, frequency, presence);
         for &t in &history[history.len().saturating_sub(last_n)..] {
@@ -333,6 +333,14 @@ impl Penalties {
     }
 }
 
+/// The repetition penalties `params` ask for (repeat, frequency,
+/// presence), or none when every one is at its neutral value.
+pub(crate) fn penalty_values(params: &GenerateParams) -> Option<(f32, f32, f32)> {
+    let repeat = params.repeat_penalty.unwrap_or(1.0);
+    let frequency = params.frequency_penalty.unwrap_or(0.0);
+    let presence = params.presence_penalty.unwrap_or(0.0);
+    (repeat != 1.0 || frequency != 0.0 || presence != 0.0).then_some((repeat, frequency, presence))
+}
 
 /// Tokens the repetition penalties look back over in a session of `context` tokens.
 pub(crate) fn penalty_window(params: &GenerateParams, context: usize) -> usize {

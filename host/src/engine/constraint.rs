@@ -126,7 +126,9 @@ fn closed_objects(schema: &mut serde_json::Value) {
             ("items" | "prefixItems" | "anyOf" | "oneOf" | "allOf", Value::Array(schemas)) => {
                 schemas.iter_mut().for_each(closed_objects);
             }
-            ("items" | "additionalProperties" | "not" | "if" | "then" | "else" | "contains", one) => closed_objects(one),
+            ("items" | "additionalProperties" | "not" | "if" | "then" | "else" | "contains", one) => {
+                closed_objects(one)
+            }
             _ => {}
         }
     }
@@ -158,7 +160,10 @@ impl Sampler for Guided {
         self.masked.clear();
         match matcher.compute_mask_or_eos() {
             Ok(mask) => self.masked.extend(
-                logits.iter().enumerate().map(|(t, &l)| if mask.is_allowed(t as TokenId) { l } else { f32::NEG_INFINITY }),
+                logits
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &l)| if mask.is_allowed(t as TokenId) { l } else { f32::NEG_INFINITY }),
             ),
             // A grammar in error allows nothing more: end the generation.
             Err(e) => {
@@ -198,6 +203,9 @@ mod tests {
         assert_eq!(schema["properties"]["open"]["additionalProperties"], true);
         assert_eq!(schema["properties"]["list"]["items"]["additionalProperties"], false);
         assert_eq!(schema["$defs"]["d"]["anyOf"][0]["additionalProperties"], false);
-        assert_eq!((schema["properties"]["n"]["minimum"].as_i64(), schema["properties"]["n"]["maximum"].as_i64()), (Some(0), Some(9_999_999_999_999_999)));
+        assert_eq!(
+            (schema["properties"]["n"]["minimum"].as_i64(), schema["properties"]["n"]["maximum"].as_i64()),
+            (Some(0), Some(9_999_999_999_999_999))
+        );
     }
 }

@@ -118,7 +118,7 @@ impl Engine {
             flash_attn: config.flash_attn,
         };
         let model = crate::backend::load(config.backend, name, path, &load)?;
-        let ctx_size = config.ctx_size.clamp(16, model.trained_context().max(16));
+        let ctx_size = load.session_context(model.trained_context());
         let max_sessions = config.max_sessions.clamp(1, 256);
         let lanes = config.lanes.unwrap_or(lanes::DEFAULT_COUNT);
         let lanes = lanes.clamp(1, max_sessions);

@@ -34,8 +34,9 @@ impl<'m> Lane<'m> {
         self.seqs.get_mut(seq as usize).ok_or_else(|| format!("no sequence {seq}"))
     }
 
-    /// Run the batch's passes, one per run of consecutive tokens of one sequence.
-    fn run(&mut self, batch: &Batch) -> Result<(), String> {
+    /// Run the batch's passes, one per run of consecutive tokens of one
+    /// sequence; `undo` gets each sequence's cache as it was before its pass.
+    fn run(&mut self, batch: &Batch, undo: &mut Vec<(u32, Cache)>) -> Result<(), String> {
         let tokens = batch.tokens();
         let mut at = 0;
         while at < tokens.len() {
@@ -48,6 +49,7 @@ impl<'m> Lane<'m> {
                 return Err(format!("sequence {seq} holds {} tokens, not the positions of the batch", cache.len()));
             }
             let ids: Vec<u32> = run.iter().map(|t| t.token).collect();
+            undo.push((seq, cache.clone()));
             let hidden = weights.forward(&ids, cache).map_err(|e| e.to_string())?;
             let wanted: Vec<u32> = (0..run.len() as u32).filter(|&i| run[i as usize].logits).collect();
             let mut rows = if wanted.is_empty() {
@@ -74,10 +76,12 @@ impl crate::backend::Context for Lane<'_> {
     /// A failed pass leaves every sequence as it was before the batch.
     fn decode(&mut self, batch: &Batch) -> Result<(), String> {
         self.logits.clear();
-        let before = self.seqs.clone();
-        let result = self.run(batch);
+        let mut undo = Vec::new();
+        let result = self.run(batch, &mut undo);
         if result.is_err() {
-            self.seqs = before;
+            for (seq, cache) in undo.into_iter().rev() {
+                self.seqs[seq as usize] = cache;
+            }
             self.logits.clear();
         }
         result

@@ -96,6 +96,9 @@ impl Cache {
 /// The weights, shared by every context of the model.
 pub(super) struct Weights {
     pub shape: Shape,
+    /// Parameters and bytes of all the GGUF's tensors.
+    pub parameters: u64,
+    pub size_bytes: u64,
     embeddings: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -116,9 +119,13 @@ impl Weights {
         let device = Device::Cpu;
         let mut file = File::open(path).map_err(|e| e.to_string())?;
         let content = gguf_file::Content::read(&mut file).map_err(failed)?;
-        let mut tensor = |name: &str| {
-            content.tensor(&mut file, name, &device).map_err(|e| format!("tensor {name}: {e}"))
-        };
+        let (parameters, size_bytes) = content.tensor_infos.values().fold((0, 0), |(n, bytes), t| {
+            let count = t.shape.elem_count();
+            let size = count / t.ggml_dtype.block_size() * t.ggml_dtype.type_size();
+            (n + count as u64, bytes + size as u64)
+        });
+        let mut tensor =
+            |name: &str| content.tensor(&mut file, name, &device).map_err(|e| format!("tensor {name}: {e}"));
         let dense = |t: candle_core::quantized::QTensor| t.dequantize(&device).map_err(failed);
         let matmul = |t| QMatMul::from_qtensor(t).map_err(failed);
         let embeddings_q = tensor("token_embd.weight")?;
@@ -152,7 +159,7 @@ impl Weights {
             ));
         }
         let (cos, sin) = rotary_tables(&shape, shape.trained_context, &device).map_err(failed)?;
-        Ok(Self { shape, embeddings, layers, norm, output, cos, sin })
+        Ok(Self { shape, parameters, size_bytes, embeddings, layers, norm, output, cos, sin })
     }
 
     /// Evaluate `tokens` at positions from `cache.len()` on, appending
@@ -251,10 +258,7 @@ fn rotary_at(shape: &Shape, position: f32, rows: usize, device: &Device) -> cand
 }
 
 fn inverse_frequencies(shape: &Shape) -> Vec<f32> {
-    (0..shape.head_dim)
-        .step_by(2)
-        .map(|i| 1.0 / shape.rope_base.powf(i as f32 / shape.head_dim as f32))
-        .collect()
+    (0..shape.head_dim).step_by(2).map(|i| 1.0 / shape.rope_base.powf(i as f32 / shape.head_dim as f32)).collect()
 }
 
 /// `-inf` above the diagonal for `n` new tokens after `past` cached ones;
@@ -263,9 +267,8 @@ fn causal_mask(n: usize, past: usize, device: &Device) -> candle_core::Result<Op
     if n <= 1 {
         return Ok(None);
     }
-    let mask: Vec<f32> = (0..n)
-        .flat_map(|i| (0..past + n).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
+    let mask: Vec<f32> =
+        (0..n).flat_map(|i| (0..past + n).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Ok(Some(Tensor::from_vec(mask, (n, past + n), device)?))
 }
 

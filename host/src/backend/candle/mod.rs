@@ -38,14 +38,13 @@ pub struct Candle {
     meta: Metadata,
     vocab: GgufTokenizer,
     weights: Weights,
-    parameters: u64,
-    size_bytes: u64,
 }
 
 impl Candle {
     /// Load the GGUF at `path` (a `llama` architecture).
     pub fn load(name: &str, path: &Path, _config: &LoadConfig) -> anyhow::Result<Self> {
-        let fail = |why: String| anyhow::anyhow!("model {name:?}: the candle backend cannot load {}: {why}", path.display());
+        let fail =
+            |why: String| anyhow::anyhow!("model {name:?}: the candle backend cannot load {}: {why}", path.display());
         let meta = Metadata::read(path).map_err(|e| fail(e.to_string()))?;
         let architecture = meta.str("general.architecture").unwrap_or("none named").to_owned();
         if architecture != "llama" {
@@ -57,24 +56,12 @@ impl Candle {
         let vocab = GgufTokenizer::from_gguf(&meta).map_err(fail)?;
         let shape = Shape::read(&meta, vocab.len()).map_err(fail)?;
         let weights = Weights::load(path, shape).map_err(fail)?;
-        let (parameters, size_bytes) = tensor_totals(path).map_err(fail)?;
-        Ok(Self { meta, vocab, weights, parameters, size_bytes })
+        Ok(Self { meta, vocab, weights })
     }
 
     fn id(&self, key: &str) -> Option<u32> {
         self.meta.int(key).and_then(|n| u32::try_from(n).ok()).filter(|&n| (n as usize) < self.vocab.len())
     }
-}
-
-/// Parameters and bytes of the GGUF's tensors.
-fn tensor_totals(path: &Path) -> Result<(u64, u64), String> {
-    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let content = candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|e| e.to_string())?;
-    Ok(content.tensor_infos.values().fold((0, 0), |(n, bytes), t| {
-        let count = t.shape.elem_count();
-        let size = count / t.ggml_dtype.block_size() * t.ggml_dtype.type_size();
-        (n + count as u64, bytes + size as u64)
-    }))
 }
 
 impl Model for Candle {
@@ -92,8 +79,11 @@ impl Model for Candle {
 
     fn tokenize(&self, text: &[u8], add_special: bool, parse_special: bool) -> Vec<u32> {
         let text = String::from_utf8_lossy(text);
-        let encoded =
-            if parse_special { self.vocab.encode(&text, add_special) } else { self.vocab.encode_plain(&text, add_special) };
+        let encoded = if parse_special {
+            self.vocab.encode(&text, add_special)
+        } else {
+            self.vocab.encode_plain(&text, add_special)
+        };
         encoded.unwrap_or_else(|e| {
             tracing::warn!("tokenizing failed: {e}");
             Vec::new()
@@ -130,8 +120,8 @@ impl Model for Candle {
             bos: self.id("tokenizer.ggml.bos_token_id"),
             eos: self.id("tokenizer.ggml.eos_token_id"),
             eot: self.id("tokenizer.ggml.eot_token_id"),
-            parameters: self.parameters,
-            size_bytes: self.size_bytes,
+            parameters: self.weights.parameters,
+            size_bytes: self.weights.size_bytes,
             chat_template: self.meta.str("tokenizer.chat_template").map(str::to_owned),
             quantization: self
                 .meta

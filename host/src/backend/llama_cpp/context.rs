@@ -112,7 +112,8 @@ impl crate::backend::Context for Lane<'_> {
             tracing::warn!("writing the KV state: {e}");
             StateError::Corrupted
         })?;
-        let (loaded, _) = self.ctx.state_seq_load_file(&file.0, seq as i32, tokens).map_err(|_| StateError::Corrupted)?;
+        let (loaded, _) =
+            self.ctx.state_seq_load_file(&file.0, seq as i32, tokens).map_err(|_| StateError::Corrupted)?;
         Ok(loaded.into_iter().map(|t| t.0 as u32).collect())
     }
 
@@ -176,7 +177,9 @@ impl crate::backend::Embedder for Embedding<'_> {
     fn decode(&mut self, tokens: &[u32], start: usize) -> Result<(), String> {
         self.batch.clear();
         for (i, &token) in tokens.iter().enumerate() {
-            self.batch.add(LlamaToken(token as i32), (start + i) as i32, &[0], true).map_err(|e| format!("batch: {e}"))?;
+            self.batch
+                .add(LlamaToken(token as i32), (start + i) as i32, &[0], true)
+                .map_err(|e| format!("batch: {e}"))?;
         }
         self.ctx.decode(&mut self.batch).map_err(|e| e.to_string())
     }

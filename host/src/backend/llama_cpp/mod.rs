@@ -63,7 +63,7 @@ impl LlamaCpp {
             }
             _ => "cpu".to_owned(),
         };
-        let ctx_size = config.ctx_size.clamp(16, model.n_ctx_train().max(16));
+        let ctx_size = config.session_context(model.n_ctx_train());
         let attention = attention::choose(&model, path, config.flash_attn, config.threads, ctx_size, &device);
         Ok(Self { model, attention, device })
     }
@@ -85,7 +85,12 @@ impl LlamaCpp {
         (0..self.model.n_vocab()).contains(&token.0).then_some(token.0 as u32)
     }
 
-    fn render(&self, template: &LlamaChatTemplate, messages: &[(String, String)], add: bool) -> Result<String, LlmError> {
+    fn render(
+        &self,
+        template: &LlamaChatTemplate,
+        messages: &[(String, String)],
+        add: bool,
+    ) -> Result<String, LlmError> {
         let chat = messages
             .iter()
             .map(|(role, content)| LlamaChatMessage::new(role.clone(), content.clone()))

@@ -1,7 +1,6 @@
 //! Turns typed [`GenerateParams`] (validated by the engine) into a
 //! llama.cpp sampler chain, or llama.cpp's greedy path taken in Rust.
 
-
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
@@ -68,22 +67,18 @@ pub(super) fn build(
     context: usize,
 ) -> Result<Sampler, LlmError> {
     let n_vocab = model.n_vocab();
-    let repeat = params.repeat_penalty.unwrap_or(1.0);
-    let presence = params.presence_penalty.unwrap_or(0.0);
-    let frequency = params.frequency_penalty.unwrap_or(0.0);
-    let penalties = repeat != 1.0 || presence != 0.0 || frequency != 0.0;
-    let last_n = sampling::penalty_window(params, context);
+    let vocab_size = n_vocab.max(0) as u32;
     let temperature = params.temperature.unwrap_or(sampling::DEFAULT_TEMPERATURE);
     if temperature == 0.0 && params.constraint.is_none() {
-        return Ok(Sampler::Greedy(Greedy::new(params, n_vocab.max(0) as u32, history, context)?));
+        return Ok(Sampler::Greedy(Greedy::new(params, vocab_size, history, context)?));
     }
     let mut chain = Vec::new();
 
     if !params.logit_bias.is_empty() {
-        let mut biases = Vec::with_capacity(params.logit_bias.len());
-        for &(token, bias) in &params.logit_bias {
-            biases.push(LlamaLogitBias::new(checked_token(token, n_vocab)?, bias));
-        }
+        let biases: Vec<LlamaLogitBias> = sampling::checked_biases(params, vocab_size)?
+            .into_iter()
+            .map(|(token, bias)| LlamaLogitBias::new(LlamaToken(token as i32), bias))
+            .collect();
         chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
     }
 
@@ -96,7 +91,8 @@ pub(super) fn build(
         chain.push(grammar);
     }
 
-    if penalties {
+    if let Some((repeat, frequency, presence)) = sampling::penalty_values(params) {
+        let last_n = sampling::penalty_window(params, context);
         let mut penalties = LlamaSampler::penalties(n_vocab, last_n as i32, repeat, frequency, presence);
         let start = history.len().saturating_sub(last_n);
         penalties.accept_many(history[start..].iter().map(|&t| LlamaToken(t as i32)));
@@ -117,14 +113,6 @@ pub(super) fn build(
         chain.push(LlamaSampler::dist(fold_seed(seed)));
     }
     Ok(Sampler::Chain(LlamaSampler::chain_simple(chain), Vec::new()))
-}
-
-/// A guest token id as a llama.cpp token, refused unless it is in the vocabulary.
-fn checked_token(token: u32, n_vocab: i32) -> Result<LlamaToken, LlmError> {
-    match i32::try_from(token) {
-        Ok(id) if id < n_vocab => Ok(LlamaToken(id)),
-        _ => Err(LlmError::InvalidToken { token, vocab_size: n_vocab.max(0) as u32 }),
-    }
 }
 
 /// llama.cpp seeds are 32-bit; fold the WIT's 64-bit seed so every bit counts.
