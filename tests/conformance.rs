@@ -1,7 +1,7 @@
 //! The conformance suite (`tests/conformance/`, a guest component) run
 //! against a host, on each test model; and its statements on generation,
 //! streams, finish, cancellation, usage, sessions and errors once more
-//! through the WASIp3 draft (`tests/conformance-p3/`, a second guest).
+//! through the WASI 0.3 session (`tests/conformance-p3/`, a second guest).
 //!
 //! By default the host is this project's CLI. To check another host, set
 //! `CONFORMANCE_HOST` to its command line, with `{model}` for the GGUF path
@@ -35,7 +35,7 @@ fn the_host_meets_every_normative_statement_on_each_model() {
 }
 
 #[test]
-fn the_host_meets_them_through_the_wasip3_draft_too() {
+fn the_host_meets_them_through_the_wasi_0_3_session_too() {
     meets_every_statement("conformance_p3", 20, &MODELS, None);
 }
 

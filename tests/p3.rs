@@ -1,4 +1,4 @@
-//! The WASIp3 draft (`wasi-nn-llm:llm@0.2.0-draft`) on the same engine as
+//! The WASI 0.3 session (`wasi-nn-llm:llm@0.2.0-rc-2026-12-06`, a `wasi:cli/run@0.3.0` command) on the same engine as
 //! 0.1.x: its `stream<chunk>` carries what the pull stream carries, one
 //! instance runs several generations at once, dropping a stream cancels it,
 //! and the operator's policy holds as for any guest.
@@ -17,6 +17,23 @@ fn p3(args: &[&str]) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("p3-probe printed {l:?}: {e}")))
         .collect()
+}
+
+/// The p3 guests are WASI 0.3 components: the entry point `run` finds is
+/// `wasi:cli/run@0.3.x` (no interface of the extension's own, as the 0.2.0
+/// draft had), and the session comes from the release candidate.
+#[test]
+fn p3_guests_export_wasi_0_3_run_and_import_the_rc_session() {
+    let engine = wasmtime::Engine::default();
+    for name in [P3, "parallel_p3", "conformance_p3"] {
+        let component = wasmtime::component::Component::from_file(&engine, wasi_nn_llm_tests::guest(name)).unwrap();
+        let ty = component.component_type();
+        let exports: Vec<String> = ty.exports(&engine).map(|(n, _)| n.to_owned()).collect();
+        assert!(exports.iter().any(|n| n.starts_with("wasi:cli/run@0.3.")), "{name} exports {exports:?}");
+        assert!(!exports.iter().any(|n| n.starts_with("wasi-nn-llm:")), "{name} exports {exports:?}");
+        let imports: Vec<String> = ty.imports(&engine).map(|(n, _)| n.to_owned()).collect();
+        assert!(imports.iter().any(|n| n == "wasi-nn-llm:llm/session@0.2.0-rc-2026-12-06"), "{name} imports {imports:?}");
+    }
 }
 
 #[test]

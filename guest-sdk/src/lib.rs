@@ -17,8 +17,10 @@
 //! # Ok::<(), wasi_nn_llm::Error>(())
 //! ```
 //!
-//! With the `p3` feature, the `p3` module offers the experimental WASIp3 draft of the
-//! session: `async` calls and generations that are a `futures::Stream`.
+//! With the `p3` feature, the `p3` module offers the session on WASI 0.3
+//! (`wasi-nn-llm:llm@0.2.0-rc-2026-12-06`): `async` calls and generations
+//! that are a `futures::Stream`, for guests exporting WASI 0.3's
+//! `wasi:cli/run` or `wasi:http/handler`.
 
 #![warn(missing_docs)]
 

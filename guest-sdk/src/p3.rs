@@ -1,13 +1,16 @@
-//! The WASIp3 draft of the extension (feature `p3`, experimental):
-//! generations are component-model streams a guest awaits, and the calls
-//! that wait on the host are `async`, so one guest instance runs several
-//! generations (and anything else it awaits) at once with no pollables and
-//! no polling loop. Everything else — [`Model`], [`Params`], [`Chunk`],
+//! WASI 0.3 (feature `p3`): generations are component-model streams a
+//! guest awaits, and the calls that wait on the host are `async`, so one
+//! guest instance runs several generations (and anything else it awaits,
+//! several HTTP requests among them) at once with no pollables and no
+//! polling loop. Everything else — [`Model`], [`Params`], [`Chunk`],
 //! [`Finish`], [`Error`] — is the 0.1.x SDK's.
 //!
-//! A p3 guest is a `cdylib` that exports its entry point with [`export!`]
-//! (the host runs it inside its async runtime; a synchronous `fn main`
-//! cannot wait on a stream):
+//! A p3 guest is a `cdylib` that exports WASI 0.3's own entry point, a
+//! command's `wasi:cli/run@0.3.0` with [`export!`] (or an HTTP service's
+//! `wasi:http/handler@0.3.0` with [`wasip3::http::service::export!`]); the
+//! host runs it inside its async runtime (a synchronous `fn main` cannot
+//! wait on a stream). No `#[main]` attribute exists for an async `run` in
+//! the ecosystem yet (the `wasip3` crate's `export!` is the entry):
 //!
 //! ```ignore
 //! use futures::StreamExt;
@@ -40,14 +43,14 @@ use wit_bindgen::FutureReader;
 use crate::raw::wasi_nn_llm::llm::types::Error as LlmError;
 use crate::{Chunk, Error, Finish, Model, Params, SessionOptions};
 
-/// The raw bindings of the `wasi-nn-llm:llm/llm@0.2.0-draft` world; its
+/// The raw bindings of the `wasi-nn-llm:llm/llm@0.2.0-rc-2026-12-06` world; its
 /// wasi-nn and 0.1.6 interfaces are [`crate::raw`]'s, so a [`Model`]'s graph
 /// and every record are the same types in both.
 #[allow(missing_docs)]
 pub mod raw {
     wit_bindgen::generate!({
         path: "../wit/p3",
-        world: "wasi-nn-llm:llm/llm@0.2.0-draft",
+        world: "wasi-nn-llm:llm/llm@0.2.0-rc-2026-12-06",
         with: {
             "wasi:nn/errors@0.2.0-rc-2024-10-28": crate::raw::wasi::nn::errors,
             "wasi:nn/tensor@0.2.0-rc-2024-10-28": crate::raw::wasi::nn::tensor,
@@ -58,19 +61,20 @@ pub mod raw {
             "wasi-nn-llm:llm/embeddings@0.1.6": crate::raw::wasi_nn_llm::llm::embeddings,
             "wasi-nn-llm:llm/chat@0.1.6": crate::raw::wasi_nn_llm::llm::chat,
         },
-        pub_export_macro: true,
-        export_macro_name: "export",
-        default_bindings_module: "wasi_nn_llm::p3::raw",
     });
 }
 
-/// Export a guest's entry point: `export!(T)` for a `T` implementing [`Run`].
-pub use raw::export;
-/// A p3 guest's entry point: `async fn run() -> Result<(), ()>` (an error
-/// is exit status 1).
-pub use raw::exports::wasi_nn_llm::llm0_2_0_draft::run::Guest as Run;
+/// WASI 0.3's bindings (the `wasip3` crate): stdio, clocks, wasi:http's
+/// types and the `export!` macros, for what a guest does besides the model.
+pub use wasip3;
+/// Export a command's entry point, `wasi:cli/run@0.3.0`: `export!(T)` for a
+/// `T` implementing [`Run`] (the `wasip3` crate's macro).
+pub use wasip3::cli::command::export;
+/// A WASI 0.3 command's entry point: `async fn run() -> Result<(), ()>` (an
+/// error is exit status 1).
+pub use wasip3::exports::cli::run::Guest as Run;
 
-use raw::wasi_nn_llm::llm0_2_0_draft::session as draft;
+use raw::wasi_nn_llm::llm0_2_0_rc_2026_12_06::session as draft;
 
 /// A conversation held in the host's KV cache, as [`crate::Session`], with
 /// the calls that wait on the host `async`.
@@ -161,6 +165,18 @@ impl Session {
     /// The session as a versioned blob bound to this model.
     pub async fn save(&self) -> Result<Vec<u8>, Error> {
         Ok(self.raw.save().await?)
+    }
+
+    /// Keep `note` under `key` with this conversation while the prefix
+    /// cache holds it (see [`crate::Session::keep_note`]).
+    pub fn keep_note(&self, key: &str, note: &[u8]) -> Result<(), Error> {
+        Ok(self.raw.keep_note(key, note)?)
+    }
+
+    /// The note kept under `key` with a conversation the prefix cache of
+    /// `model` still holds (see [`crate::Session::cached_note`]).
+    pub fn cached_note(model: &Model, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(draft::Session::cached_note(model.graph(), key)?)
     }
 
     /// The underlying resource, for calls the SDK does not wrap.

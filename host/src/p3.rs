@@ -1,4 +1,4 @@
-//! The WASIp3 front door (experimental): the `wasi-nn-llm:llm@0.2.0-draft`
+//! The WASIp3 front door: the `wasi-nn-llm:llm@0.2.0-rc-2026-12-06`
 //! session interface, whose generations are component-model `stream<chunk>`s
 //! and whose waiting calls are `async func`s, on the same engine, [`Access`]
 //! and quotas as [`crate::wit`]'s 0.1.x interfaces (which this world also
@@ -40,39 +40,42 @@ use crate::engine::{self, Engine, Pending, Session, TokenStream};
 use crate::error::LlmError;
 use crate::wit::{HasLlmView, try_llm};
 
-/// The `wasi-nn-llm:llm@0.2.0-draft` world's bindings. Its 0.1.6 interfaces
+/// The `wasi-nn-llm:llm@0.2.0-rc-2026-12-06` world's bindings. Its 0.1.6 interfaces
 /// and types are [`crate::wit`]'s (one implementation serves both worlds),
 /// and its session is the engine's [`Session`], as 0.1.x's is.
 #[allow(missing_docs)]
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit/p3",
-        world: "wasi-nn-llm:llm/llm@0.2.0-draft",
+        world: "wasi-nn-llm:llm/llm@0.2.0-rc-2026-12-06",
         with: {
             "wasi:nn/graph.graph": wasmtime_wasi_nn::Graph,
             "wasi-nn-llm:llm/types@0.1.6": crate::wit::bindings::wasi_nn_llm::llm::types,
             "wasi-nn-llm:llm/model@0.1.6": crate::wit::bindings::wasi_nn_llm::llm::model,
             "wasi-nn-llm:llm/embeddings@0.1.6": crate::wit::bindings::wasi_nn_llm::llm::embeddings,
             "wasi-nn-llm:llm/chat@0.1.6": crate::wit::bindings::wasi_nn_llm::llm::chat,
-            "wasi-nn-llm:llm/session@0.2.0-draft.session": crate::engine::Session,
+            "wasi-nn-llm:llm/session@0.2.0-rc-2026-12-06.session": crate::engine::Session,
         },
         imports: {
             // `generate` is a plain function that creates a stream: it needs the store.
-            "wasi-nn-llm:llm/session@0.2.0-draft.[method]session.generate": store | trappable,
-            "wasi-nn-llm:llm/session@0.2.0-draft.[method]session.generate-constrained": store | trappable,
+            "wasi-nn-llm:llm/session@0.2.0-rc-2026-12-06.[method]session.generate": store | trappable,
+            "wasi-nn-llm:llm/session@0.2.0-rc-2026-12-06.[method]session.generate-constrained": store | trappable,
             default: trappable,
         },
-        exports: { default: async | store },
         require_store_data_send: true,
     });
 }
 
 use crate::wit::bindings::wasi_nn_llm::llm::types;
-use bindings::wasi_nn_llm::llm0_2_0_draft::session;
+use bindings::wasi_nn_llm::llm0_2_0_rc_2026_12_06::session;
 
-/// The world's name as a component exports it: how the runner tells a p3
-/// guest from a `wasi:cli` command.
-pub const RUN_EXPORT: &str = "wasi-nn-llm:llm/run@0.2.0-draft";
+/// What a WASI 0.3 command exports (any 0.3 patch release): how the runner
+/// tells it from a WASI 0.2 command.
+pub const RUN_EXPORT: &str = "wasi:cli/run@0.3.";
+
+/// What a WASI 0.3 HTTP service exports: how `serve` tells it from a
+/// WASI 0.2 proxy.
+pub const HANDLER_EXPORT: &str = "wasi:http/handler@0.3.";
 
 /// Add the draft session interface to a linker whose store data `T` gives
 /// the extension's view; the 0.1.6 interfaces come from
@@ -114,6 +117,15 @@ impl session::HostSession for crate::wit::LlmView<'_> {
 
     fn reset(&mut self, session: Resource<Session>) -> Answer<()> {
         Ok(self.table().get(&session)?.reset().map_err(Into::into))
+    }
+
+    fn keep_note(&mut self, session: Resource<Session>, key: String, note: Vec<u8>) -> Answer<()> {
+        Ok(self.table().get(&session)?.keep_note(&key, note).map_err(Into::into))
+    }
+
+    fn cached_note(&mut self, graph: Resource<Graph>, key: String) -> Answer<Option<Vec<u8>>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        Ok(Ok(engine.cached_note(self.access().namespace(), &key)))
     }
 
     fn drop(&mut self, session: Resource<Session>) -> wasmtime::Result<()> {

@@ -14,12 +14,13 @@
 //! host functions are synchronous anyway, so an async host would buy base
 //! wasi-nn nothing, and the per-token boundary cost stays at a plain call.
 //!
-//! The exception is a WASIp3 guest (one exporting [`p3::RUN_EXPORT`]):
-//! its streams are component-model streams, which only an async store
-//! drives, so it gets a second linker (WASI on its async bindings) and runs
-//! inside `run_concurrent` on a tokio runtime of its own thread. Both
-//! linkers serve the same extension implementation on the same engines,
-//! under the same policy.
+//! The exception is a WASI 0.3 guest (one exporting `wasi:cli/run@0.3.x`,
+//! or, for `serve`, `wasi:http/handler@0.3.x`): its streams are
+//! component-model streams, which only an async store drives, so it gets a
+//! second linker (WASI 0.2 on its async bindings, WASI 0.3, wasi:http 0.3,
+//! and the extension's async session) and runs inside `run_concurrent` on a
+//! tokio runtime. Both linkers serve the same extension implementation on
+//! the same engines, under the same policy.
 //!
 //! A core module (a `wasm32-wasip1` command, as WasmEdge's guests are) gets
 //! a core linker: WASI preview 1 and WasmEdge's `wasi_ephemeral_nn`
@@ -34,6 +35,7 @@ use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Module, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::sync::Command;
+use wasmtime_wasi::p3::bindings::Command as P3Command;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
@@ -177,8 +179,9 @@ fn last_lines(bytes: &[u8]) -> String {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
-    /// For WASIp3 guests: async WASI, base wasi-nn, the extension's 0.1.x
-    /// interfaces and the draft session.
+    /// For WASI 0.3 guests: WASI 0.2 (async) and 0.3, wasi:http 0.3, base
+    /// wasi-nn, the extension's 0.1.x interfaces and its async session. A
+    /// guest built for `wasm32-wasip2` still imports WASI 0.2 from its std.
     linker_p3: Linker<HostState>,
     /// For core modules: WASI preview 1 and WasmEdge's GGML ABI.
     linker_module: wasmtime::Linker<ModuleState>,
@@ -197,7 +200,7 @@ pub struct Guest {
 
 /// What a guest is compiled as.
 enum Code {
-    /// A component: a `wasi:cli` command, a WASIp3 guest or an HTTP handler.
+    /// A component: a `wasi:cli` command (0.2 or 0.3) or an HTTP handler (0.2 or 0.3).
     Component(Component),
     /// A core module: a `wasm32-wasip1` command (WasmEdge's guests).
     Module(Module),
@@ -234,6 +237,8 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
         let mut linker_p3 = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker_p3)?;
+        wasmtime_wasi::p3::add_to_linker(&mut linker_p3)?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker_p3)?;
         add_llm_to_linker(&mut linker_p3)?;
         p3::add_to_linker(&mut linker_p3, llm_view)?;
         let mut linker_module = wasmtime::Linker::new(&engine);
@@ -344,7 +349,7 @@ impl Runtime {
     }
 
     /// Run a guest to completion in a fresh instance: a `wasi:cli` command,
-    /// a WASIp3 guest (one exporting [`p3::RUN_EXPORT`]) or a core module.
+    /// 0.2 or 0.3 (async `run`), or a core module.
     pub fn run(&self, guest: &Guest, args: &[String], stdio: Stdio, dirs: &[Preopen]) -> anyhow::Result<Output> {
         self.run_with_env(guest, args, &[], stdio, dirs)
     }
@@ -432,9 +437,10 @@ impl Runtime {
         Ok(output)
     }
 
-    /// Whether `component` is a WASIp3 guest (exports the draft's `run`).
+    /// Whether `component` is a WASI 0.3 command: it exports
+    /// `wasi:cli/run@0.3.x` (any patch release, as wasmtime links them).
     fn is_p3(&self, component: &Component) -> bool {
-        component.component_type().exports(&self.engine).any(|(name, _)| name == p3::RUN_EXPORT)
+        exports(&self.engine, component, p3::RUN_EXPORT)
     }
 
     /// Run a core module's `_start` with WASI preview 1 and WasmEdge's GGML
@@ -457,7 +463,7 @@ impl Runtime {
         start.call(&mut store, ()).map(Ok)
     }
 
-    /// Run a WASIp3 guest's async `run` on a tokio runtime of this thread:
+    /// Run a WASI 0.3 command's async `run` on a tokio runtime of this thread:
     /// its tasks, streams and host futures all advance inside one
     /// `run_concurrent`. Epochs interrupt only running guest code, and a p3
     /// guest mostly waits in host futures, so `guest-seconds` is also a
@@ -467,14 +473,21 @@ impl Runtime {
         let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let limit = self.guest_seconds().map_or(Duration::MAX, Duration::from_secs_f64);
         tokio.block_on(async {
-            let llm = p3::bindings::Llm::instantiate_async(&mut *store, component, &self.linker_p3).await?;
-            let run = store.run_concurrent(async |a| llm.wasi_nn_llm_llm0_2_0_draft_run().call_run(a).await);
+            let command = P3Command::instantiate_async(&mut *store, component, &self.linker_p3).await?;
+            let run = store.run_concurrent(async |a| command.wasi_cli_run().call_run(a).await);
             match tokio::time::timeout(limit, run).await {
                 Ok(ran) => ran?,
                 Err(_) => Err(wasmtime::Error::new(Trap::Interrupt)),
             }
         })
     }
+}
+
+/// Whether `component` exports an interface of `family` (`"wasi:cli/run@0.3."`):
+/// a name is matched on its semver track, as wasmtime's linker matches them,
+/// so a guest built on WASI 0.3.2's bindings runs on this host's 0.3.0.
+pub(crate) fn exports(engine: &Engine, component: &Component, family: &str) -> bool {
+    component.component_type().exports(engine).any(|(name, _)| name.starts_with(family))
 }
 
 /// Base wasi-nn and the extension's 0.1.x interfaces, as both linkers serve them.

@@ -1,4 +1,4 @@
-//! A streaming chat through the WASIp3 draft, line for line the same chat
+//! A streaming chat through the WASI 0.3 session, line for line the same chat
 //! as `chat-pull` (the bench compares the two's size and code): each stdin
 //! line is a user turn; only the new turn is appended; the reply streams to
 //! stdout. Usage: `chat-p3 MODEL MAX-TOKENS`.

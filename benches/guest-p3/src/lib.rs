@@ -1,4 +1,4 @@
-//! The benchmark guest's commands through the WASIp3 draft: the same
+//! The benchmark guest's commands through the WASI 0.3 session: the same
 //! measurements, in the same JSON, as `benches/guest`'s `single-ext`,
 //! `boundary` and `concurrent`, with a `stream<chunk>` read where that one
 //! calls `token-stream.next`, so the harness compares the two directly.

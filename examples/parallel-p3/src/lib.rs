@@ -1,5 +1,5 @@
 //! Four questions answered at once by one guest instance, through the
-//! WASIp3 draft of the extension (experimental). Each answer is an async
+//! WASI 0.3 form of the extension (`wasi-nn-llm:llm@0.2.0-rc-2026-12-06`, a `wasi:cli/run@0.3.0` command). Each answer is an async
 //! task: append the question, then read its `stream<chunk>`. The tasks are
 //! awaited together, so the host decodes the four sessions in the same
 //! batches; there is no pollable, no `try-next` and no loop over streams.

@@ -1,4 +1,4 @@
-//! The conformance suite against the WASIp3 draft (`wasi-nn-llm:llm@0.2.0-draft`):
+//! The conformance suite against the WASI 0.3 session (`wasi-nn-llm:llm@0.2.0-rc-2026-12-06`, a `wasi:cli/run@0.3.0` command):
 //! the statements of `tests/conformance` that concern generation,
 //! streaming, finish, cancellation, usage, session state and errors, in the
 //! very same words (`conformance::statements`), checked through

@@ -1,4 +1,4 @@
-//! Test guest of the WASIp3 draft (`wasi-nn-llm:llm@0.2.0-draft`): each
+//! Test guest of the WASI 0.3 session (`wasi-nn-llm:llm@0.2.0-rc-2026-12-06`, a `wasi:cli/run@0.3.0` command): each
 //! command drives async sessions and their `stream<chunk>`s and prints JSON
 //! lines in the 0.1.x probe's format, so the tests compare the two directly.
 
