@@ -28,7 +28,7 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 guests: bootstrap
-	@cargo build --release --quiet --target wasm32-wasip2 -p chat -p chat-base -p chat-tensor -p openai-server -p probe -p compat-0-1-0 -p compat-0-1-1 -p compat-0-1-4 -p p3-probe -p hostile -p conformance -p conformance-p3 -p conformance-nn -p bench-guest -p bench-guest-p3 -p chat-pull -p chat-p3 -p parallel-p3
+	@cargo build --release --quiet --target wasm32-wasip2 -p chat -p chat-base -p chat-tensor -p openai-server -p openai-server-p3 -p probe -p compat-0-1-0 -p compat-0-1-1 -p compat-0-1-4 -p p3-probe -p hostile -p conformance -p conformance-p3 -p conformance-nn -p bench-guest -p bench-guest-p3 -p chat-pull -p chat-p3 -p parallel-p3
 	@cargo build --release --quiet --target wasm32-wasip1 -p wasmedge-probe
 
 ## Regenerate benches/RESULTS.md and its plots (see its header for how

@@ -14,7 +14,7 @@ use wasi_nn_llm_host::engine::{BackendKind, EngineConfig, FlashAttention, Snapsh
 use wasi_nn_llm_host::policy::Policy;
 use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
-use wasi_nn_llm_host::serve::{ApiKeys, Server};
+use wasi_nn_llm_host::serve::{ApiKeys, Reuse, Server};
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -77,7 +77,16 @@ struct ServeArgs {
     /// keys out of the process list, where `--api-key` shows them.
     #[arg(long = "api-key-file", value_name = "FILE")]
     api_key_files: Vec<PathBuf>,
-    /// The HTTP guest component.
+    /// WASI 0.3 guests: requests one instance serves before a fresh one
+    /// takes over.
+    #[arg(long, value_name = "N", default_value_t = Reuse::default().requests, value_parser = clap::value_parser!(u32).range(1..))]
+    instance_requests: u32,
+    /// WASI 0.3 guests: requests one instance serves at once.
+    #[arg(long, value_name = "N", default_value_t = Reuse::default().concurrent, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    instance_concurrency: u32,
+    /// The HTTP guest component: WASI 0.3 (`wasi:http/handler`, instances
+    /// reused) or WASI 0.2 (`wasi:http/incoming-handler`, an instance per
+    /// request).
     component: PathBuf,
 }
 
@@ -173,7 +182,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let keys = ApiKeys::new(&args.api_keys, &args.api_key_files)?;
             let runtime = Arc::new(args.host.runtime()?);
             let guest = runtime.load(&args.component)?;
-            Server::new(runtime, guest, keys)?.serve(args.addr)?;
+            let reuse = Reuse {
+                requests: args.instance_requests,
+                concurrent: args.instance_concurrency,
+                ..Reuse::default()
+            };
+            Server::new(runtime, guest, keys, reuse)?.serve(args.addr)?;
             Ok(0)
         }
     }

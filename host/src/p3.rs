@@ -142,6 +142,7 @@ impl<T: Send> session::HostSessionWithStore<T> for HasLlmView {
         prompt: Vec<u32>,
     ) -> Answer<Resource<Session>> {
         let (engine, access) = try_llm!(engine_of(accessor, &graph)?);
+        tracing::trace!(model = engine.name(), ?options, tokens = prompt.len(), "session.open-cached (p3)");
         let options: engine::SessionOptions = options.into();
         let opened = blocking(move || engine.open_cached(&options, &prompt, access.namespace(), access.quota())).await;
         let session = try_llm!(opened);
@@ -159,11 +160,13 @@ impl<T: Send> session::HostSessionWithStore<T> for HasLlmView {
     }
 
     async fn append(accessor: &Accessor<T, Self>, session: Resource<Session>, text: String) -> Answer<u32> {
+        tracing::trace!(bytes = text.len(), "session.append (p3)");
         let pending = with_session(accessor, &session, |s| s.start_append(&text))?;
         Ok(answer(pending).await)
     }
 
     async fn append_tokens(accessor: &Accessor<T, Self>, session: Resource<Session>, tokens: Vec<u32>) -> Answer<u32> {
+        tracing::trace!(tokens = tokens.len(), "session.append-tokens (p3)");
         let pending = with_session(accessor, &session, |s| s.start_append_tokens(&tokens))?;
         Ok(answer(pending).await)
     }
@@ -190,6 +193,7 @@ impl<T: Send> session::HostSessionWithStore<T> for HasLlmView {
     }
 
     async fn fork(accessor: &Accessor<T, Self>, session: Resource<Session>) -> Answer<Resource<Session>> {
+        tracing::trace!("session.fork (p3)");
         let forking = try_llm!(with_session(accessor, &session, Session::start_fork)?);
         let forked = try_llm!(forking.ready().await);
         Ok(Ok(accessor.with(|mut a| a.get().table().push(forked))?))

@@ -312,6 +312,21 @@ impl Runtime {
         }
     }
 
+    /// A WASI 0.3 guest linked against this host's async interfaces, ready
+    /// to instantiate (`serve` reuses each instance for many requests).
+    pub fn instance_pre_p3(&self, guest: &Guest) -> anyhow::Result<InstancePre<HostState>> {
+        match &guest.code {
+            Code::Component(component) => Ok(self.linker_p3.instantiate_pre(component)?),
+            Code::Module(_) => anyhow::bail!("{} is a core module, not a WASI 0.3 component", guest.identity.name),
+        }
+    }
+
+    /// Whether `guest` is a WASI 0.3 HTTP service: it exports
+    /// `wasi:http/handler@0.3.x`.
+    pub fn is_p3_service(&self, guest: &Guest) -> bool {
+        matches!(&guest.code, Code::Component(c) if exports(&self.engine, c, p3::HANDLER_EXPORT))
+    }
+
     /// A fresh store for one instance of `guest`, inside the policy's fences
     /// (models, quota, memory, wall time), its WASI given by `wasi`.
     pub fn store(&self, guest: &Guest, wasi: WasiCtx) -> Store<HostState> {

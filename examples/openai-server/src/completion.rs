@@ -4,15 +4,19 @@
 //! and the streams are read either to one JSON answer or as SSE events.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_lite::Stream;
 
 use serde_json::{Value, json};
 use wasi_nn_llm::raw::wasi_nn_llm::llm::types::Error as LlmError;
 use wasi_nn_llm::reasoning;
 use wasi_nn_llm::tool_calls::Format;
-use wasi_nn_llm::{Chunk, Error, Finish, FinishReason, Model, Params, Session, SessionOptions, TokenStream};
+use wasi_nn_llm::{Chunk, Error, Finish, FinishReason, Model, Params};
 
 use crate::error::ApiError;
+use crate::host::Host;
 use crate::reply::{self, End, Reader};
 
 /// Which endpoint's shapes to answer in.
@@ -32,8 +36,8 @@ pub struct Reading {
     pub budget: Option<u32>,
 }
 
-/// A request's generations in flight.
-pub struct Job {
+/// A request's generations in flight, on front door `H`'s sessions.
+pub struct Job<H: Host> {
     kind: Kind,
     id: String,
     created: u64,
@@ -41,17 +45,17 @@ pub struct Job {
     /// Fields drop in order: the choices (their streams) first, then the
     /// forks, then the prompt's session, which then has no stream and goes
     /// into the cache.
-    choices: Vec<Choice>,
+    choices: Vec<Choice<H>>,
     /// Each choice's session, the prompt's first.
-    sessions: Vec<Session>,
+    sessions: Vec<H::Session>,
     model: Model,
     logprobs: bool,
 }
 
 /// One choice in flight.
-struct Choice {
+struct Choice<H: Host> {
     /// Its generation; none once it has ended.
-    stream: Option<TokenStream>,
+    stream: Option<H::Generation>,
     /// Its reader (chats only).
     reader: Option<Reader>,
     /// What it is generated with, again after a reasoning block is closed
@@ -73,13 +77,13 @@ pub enum Out {
     End { end: Option<End>, finish: &'static str },
 }
 
-impl Job {
+impl<H: Host> Job<H> {
     /// Prefill `prompt` once (from the prefix cache where it can), fork it
     /// for the other `n - 1` choices, and start every generation. A chat
     /// is read as `reading` says; a prompt that opened a reasoning block
     /// while a grammar holds the answer generates the block free, to
     /// `</think>`, and the answer under the grammar after it.
-    pub fn start(
+    pub async fn start(
         kind: Kind,
         model_name: String,
         model: Model,
@@ -88,11 +92,11 @@ impl Job {
         n: u32,
         reading: Option<Reading>,
     ) -> Result<Self, ApiError> {
-        let options = SessionOptions { context_length: None, seed: None, overflow: None };
-        let first = queued(|| Session::open_cached(&model, options, prompt))?;
+        let first = queued::<H, _, _>(n, || H::open_cached(&model, prompt)).await?;
         let mut sessions = vec![first];
         for _ in 1..n {
-            let fork = queued(|| sessions[0].fork())?;
+            let prompt_session = &sessions[0];
+            let fork = queued::<H, _, _>(n, || H::fork(prompt_session)).await?;
             sessions.push(fork);
         }
         let split_block = reading.as_ref().is_some_and(|r| r.open && params.as_raw().constraint.is_some());
@@ -107,7 +111,7 @@ impl Job {
                 };
                 let first = if split_block { params.clone().unconstrained().stop(reasoning::CLOSE) } else { params.clone() };
                 Ok(Choice {
-                    stream: Some(session.generate(&first)?),
+                    stream: Some(H::generate(session, &first)?),
                     reader: reading.as_ref().map(|r| Reader::new(r.open, r.tools, r.budget)),
                     params,
                     generated: 0,
@@ -131,17 +135,17 @@ impl Job {
     }
 
     /// Choice `i`'s next output: a piece of text, its end once, then none.
-    pub fn advance(&mut self, i: usize) -> Result<Option<Out>, ApiError> {
+    pub async fn advance(&mut self, i: usize) -> Result<Option<Out>, ApiError> {
         loop {
             let Some(stream) = &mut self.choices[i].stream else { return Ok(None) };
-            match stream.next() {
+            match H::next(stream).await {
                 Some(Ok(chunk)) => {
                     let logprobs = if self.logprobs { self.token_logprobs(&chunk) } else { Vec::new() };
                     let read = match &mut self.choices[i].reader {
                         Some(reader) => reader.read(&chunk.text, chunk.tokens.len() as u32),
                         None => reply::Read { content: chunk.text.clone(), ..Default::default() },
                     };
-                    if read.close && !self.restart(i, true)? {
+                    if read.close && !self.restart(i, true).await? {
                         return Ok(Some(Out::End { end: self.end_reading(i), finish: "length" }));
                     }
                     if read.reasoning.is_empty() && read.content.is_empty() {
@@ -154,17 +158,17 @@ impl Job {
                     return Err(e.into());
                 }
                 None => {
-                    let finish = stream.finish().cloned();
+                    let stream = self.choices[i].stream.take().expect("a stream was just read");
+                    let finish = H::end(stream).await?;
                     self.account(i, finish.as_ref());
                     let stopped_at_close = matches!(
                         finish.as_ref().map(|f| &f.reason),
                         Some(FinishReason::Stop(s)) if s == reasoning::CLOSE
                     );
                     let thinking = self.choices[i].reader.as_ref().is_some_and(Reader::thinking);
-                    if thinking && stopped_at_close && self.restart(i, false)? {
+                    if thinking && stopped_at_close && self.restart(i, false).await? {
                         continue;
                     }
-                    self.choices[i].stream = None;
                     let finish = finish_reason(finish.as_ref());
                     return Ok(Some(Out::End { end: self.end_reading(i), finish }));
                 }
@@ -175,11 +179,9 @@ impl Job {
     /// Close choice `i`'s reasoning block for the model (its budget spent,
     /// or its stop string hit) and start the answer's generation with what
     /// is left of `max_tokens`. False if nothing is left.
-    fn restart(&mut self, i: usize, budget_spent: bool) -> Result<bool, ApiError> {
-        if let Some(mut stream) = self.choices[i].stream.take() {
-            stream.cancel();
-            while stream.next().is_some() {}
-            let finish = stream.finish().cloned();
+    async fn restart(&mut self, i: usize, budget_spent: bool) -> Result<bool, ApiError> {
+        if let Some(stream) = self.choices[i].stream.take() {
+            let finish = H::cancel(stream).await;
             self.account(i, finish.as_ref());
         }
         let choice = &mut self.choices[i];
@@ -194,8 +196,8 @@ impl Job {
             }
             params = params.max_tokens(left);
         }
-        self.sessions[i].append(&reply::closing(budget_spent))?;
-        choice.stream = Some(self.sessions[i].generate(&params)?);
+        H::append(&self.sessions[i], &reply::closing(budget_spent)).await?;
+        choice.stream = Some(H::generate(&self.sessions[i], &params)?);
         Ok(true)
     }
 
@@ -210,7 +212,7 @@ impl Job {
     /// later request to continue it (`previous_response_id`); whether the
     /// host keeps it.
     pub fn keep_note(&self, key: &str, note: &[u8]) -> bool {
-        self.sessions[0].keep_note(key, note).is_ok()
+        H::keep_note(&self.sessions[0], key, note).is_ok()
     }
 
     /// Note a finished generation's usage: its tokens, and the prompt's
@@ -224,12 +226,12 @@ impl Job {
     }
 
     /// Read every choice to its end: the non-streamed answer.
-    pub fn collect(&mut self) -> Result<Value, ApiError> {
+    pub async fn collect(&mut self) -> Result<Value, ApiError> {
         let mut choices = Vec::new();
         for index in 0..self.choices.len() {
             let (mut reasoning, mut content, mut logprobs) = (String::new(), String::new(), Vec::new());
             let (mut calls, mut finish) = (Vec::new(), "stop");
-            while let Some(out) = self.advance(index)? {
+            while let Some(out) = self.advance(index).await? {
                 match out {
                     Out::Piece { reasoning: r, content: c, logprobs: l } => {
                         reasoning.push_str(&r);
@@ -287,9 +289,11 @@ impl Job {
     /// arguments); each choice's last event gives its finish reason; with
     /// `include_usage` an event with no choices carries the usage; the
     /// stream ends with `data: [DONE]`.
-    pub fn events(self, include_usage: bool) -> Events {
+    pub fn events(self, include_usage: bool) -> impl Stream<Item = String> + 'static {
         let n = self.choices.len();
-        Events { job: self, include_usage, step: Step::Open, next: 0, done: vec![false; n], queued: VecDeque::new() }
+        let events =
+            Events { job: self, include_usage, step: Step::Open, next: 0, done: vec![false; n], queued: VecDeque::new() };
+        futures_lite::stream::unfold(events, |mut events| async move { events.next().await.map(|e| (e, events)) })
     }
 
     fn chunk_event(&self, choices: Vec<Value>, usage: Option<Value>) -> String {
@@ -398,10 +402,10 @@ impl Job {
     }
 }
 
-/// The SSE body of a streamed answer, as an iterator of events (each
-/// `next` may wait for the host to generate the next token).
-pub struct Events {
-    job: Job,
+/// The SSE body of a streamed answer, event by event (each `next` may wait
+/// for the host to generate the next token).
+struct Events<H: Host> {
+    job: Job<H>,
     include_usage: bool,
     step: Step,
     /// The choice whose stream is read next (round-robin, so `n` choices
@@ -420,10 +424,8 @@ enum Step {
     Ended,
 }
 
-impl Iterator for Events {
-    type Item = String;
-
-    fn next(&mut self) -> Option<String> {
+impl<H: Host> Events<H> {
+    async fn next(&mut self) -> Option<String> {
         loop {
             if let Some(event) = self.queued.pop_front() {
                 return Some(event);
@@ -446,7 +448,7 @@ impl Iterator for Events {
                         continue;
                     };
                     self.next = (i + 1) % self.done.len();
-                    match self.job.advance(i) {
+                    match self.job.advance(i).await {
                         Ok(Some(out)) => {
                             if matches!(out, Out::End { .. }) {
                                 self.done[i] = true;
@@ -482,15 +484,23 @@ const QUEUE_WAIT: Duration = Duration::from_secs(120);
 
 /// Run `open`, waiting while every session of the model is in use (the
 /// host answers `limit-exceeded` "sessions" at once): requests beyond the
-/// host's sessions queue, as llama-server's beyond its slots do.
-fn queued<T>(open: impl Fn() -> Result<T, Error>) -> Result<T, Error> {
+/// host's sessions queue, as llama-server's beyond its slots do. So does a
+/// request on a reused instance whose other requests hold its quota
+/// (`instance-sessions`), if the `needed` sessions fit the quota at all.
+/// The wait is the front door's: a reused instance goes on serving its
+/// other requests meanwhile.
+async fn queued<H: Host, T, F: Future<Output = Result<T, Error>>>(
+    needed: u32,
+    open: impl Fn() -> F,
+) -> Result<T, Error> {
     let start = Instant::now();
     loop {
-        match open() {
+        match open().await {
             Err(Error::Llm(LlmError::LimitExceeded(limit)))
-                if limit.name == "sessions" && start.elapsed() < QUEUE_WAIT =>
+                if (limit.name == "sessions" || (limit.name == "instance-sessions" && u64::from(needed) <= limit.max))
+                    && start.elapsed() < QUEUE_WAIT =>
             {
-                std::thread::sleep(Duration::from_millis(10));
+                H::sleep(Duration::from_millis(10)).await;
             }
             other => return other,
         }
@@ -511,7 +521,7 @@ fn finish_reason(finish: Option<&Finish>) -> &'static str {
     }
 }
 
-impl Job {
+impl<H: Host> Job<H> {
     /// The request's usage: the prompt counted once (the choices share its
     /// prefill), with the tokens the prefix cache supplied; every choice's
     /// generated tokens, over all its generations.

@@ -7,7 +7,9 @@ use serde_json::json;
 use wasi_nn_llm::Error;
 use wasi_nn_llm::raw::wasi::nn::errors::ErrorCode;
 use wasi_nn_llm::raw::wasi_nn_llm::llm::types::Error as LlmError;
-use wstd::http::{Body, Response, StatusCode};
+use http::{Response, StatusCode};
+
+use crate::Reply;
 
 /// An error answer.
 #[derive(Debug)]
@@ -75,12 +77,9 @@ impl ApiError {
         json!({ "error": { "message": self.message, "type": self.kind, "param": self.param, "code": self.code } })
     }
 
-    pub fn response(&self) -> Response<Body> {
-        let body = Body::from(self.body().to_string());
-        let mut response = Response::new(body);
-        *response.status_mut() = self.status;
-        response.headers_mut().insert("content-type", "application/json".parse().expect("a valid header"));
-        response
+    /// The error as a response.
+    pub fn response(&self) -> Response<Reply> {
+        crate::json_reply(self.status, &self.body())
     }
 }
 

@@ -15,10 +15,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use wasi_nn_llm::{ChatMessage, Params, Session, ToolCall};
+use wasi_nn_llm::{ChatMessage, Params, ToolCall};
 
 use crate::completion::{Job, Out};
 use crate::error::ApiError;
+use crate::host::Host;
 use crate::request::{check_range, effort_argument};
 use crate::tools::{FunctionSpec, NamedFunction, ToolChoiceSpec, ToolSpec, Tools};
 use crate::{Conversation, load, start_chat};
@@ -254,7 +255,7 @@ fn tool_choice(choice: &Value) -> Result<ToolChoiceSpec, ApiError> {
 }
 
 /// Answer a `POST /v1/responses`.
-pub fn respond(body: &[u8]) -> Result<wstd::http::Response<wstd::http::Body>, ApiError> {
+pub async fn respond<H: Host>(body: &[u8]) -> Result<http::Response<crate::Reply>, ApiError> {
     let request: ResponsesRequest = crate::request::parse(body)?;
     if request.background == Some(true) {
         return Err(ApiError::invalid("background responses are not supported", Some("background")));
@@ -275,7 +276,7 @@ pub fn respond(body: &[u8]) -> Result<wstd::http::Response<wstd::http::Body>, Ap
     let earlier = match &request.previous_response_id {
         None => Vec::new(),
         Some(id) => {
-            let note = Session::cached_note(&model, id).map_err(ApiError::from)?.ok_or_else(|| {
+            let note = H::cached_note(&model, id).map_err(ApiError::from)?.ok_or_else(|| {
                 let mut e = ApiError::invalid(
                     format!(
                         "previous response {id:?} is not found: this server keeps a response only while its prefix \
@@ -283,7 +284,7 @@ pub fn respond(body: &[u8]) -> Result<wstd::http::Response<wstd::http::Body>, Ap
                     ),
                     Some("previous_response_id"),
                 );
-                e.status = wstd::http::StatusCode::NOT_FOUND;
+                e.status = http::StatusCode::NOT_FOUND;
                 e
             })?;
             from_note(&note).ok_or_else(|| ApiError::invalid("the previous response's record is damaged", None))?
@@ -362,7 +363,7 @@ pub fn respond(body: &[u8]) -> Result<wstd::http::Response<wstd::http::Body>, Ap
         choices: 1,
         reasoning_budget: None,
     };
-    let job = start_chat(chat, "input")?;
+    let job = start_chat::<H>(chat, "input").await?;
     let answer = Answer {
         id,
         created: created.as_secs(),
@@ -377,18 +378,15 @@ pub fn respond(body: &[u8]) -> Result<wstd::http::Response<wstd::http::Body>, Ap
         sequence: 0,
     };
     if !request.stream {
-        return answer.collect().map(|response| crate::json_response(&response));
+        return answer.collect().await.map(|response| crate::json_response(&response));
     }
     let events = Events { answer, step: Step::Start, queued: VecDeque::new() };
-    let mut response = wstd::http::Response::new(wstd::http::Body::from_stream(futures_lite::stream::iter(events)));
-    let headers = response.headers_mut();
-    headers.insert("content-type", "text/event-stream".parse().expect("a valid header"));
-    headers.insert("cache-control", "no-cache".parse().expect("a valid header"));
-    Ok(response)
+    let events = futures_lite::stream::unfold(events, |mut events| async move { events.next().await.map(|e| (e, events)) });
+    Ok(crate::event_stream(events))
 }
 
 /// A response being generated: its output items as they complete.
-struct Answer {
+struct Answer<H: Host> {
     id: String,
     created: u64,
     /// The request's settings, as the response object repeats them.
@@ -396,7 +394,7 @@ struct Answer {
     /// The conversation without instructions, kept with the answer.
     conversation: Vec<ChatMessage>,
     store: bool,
-    job: Job,
+    job: Job<H>,
     /// Finished output items.
     output: Vec<Value>,
     /// The item being streamed: `reasoning` or `message`, and its id.
@@ -406,7 +404,7 @@ struct Answer {
     sequence: u64,
 }
 
-impl Answer {
+impl<H: Host> Answer<H> {
     fn item_id(&self, prefix: &str) -> String {
         format!("{prefix}_{}_{}", &self.id["resp_".len()..], self.output.len())
     }
@@ -469,8 +467,8 @@ impl Answer {
     }
 
     /// Generate to the end: the whole response object.
-    fn collect(mut self) -> Result<Value, ApiError> {
-        let answer = self.job.collect()?;
+    async fn collect(mut self) -> Result<Value, ApiError> {
+        let answer = self.job.collect().await?;
         let choice = &answer["choices"][0];
         let message = &choice["message"];
         if let Some(reasoning) = message["reasoning_content"].as_str() {
@@ -619,8 +617,8 @@ fn function_call(id: &str, call: &ToolCall) -> Value {
 }
 
 /// The SSE body of a streamed response.
-struct Events {
-    answer: Answer,
+struct Events<H: Host> {
+    answer: Answer<H>,
     step: Step,
     queued: VecDeque<String>,
 }
@@ -631,10 +629,8 @@ enum Step {
     Ended,
 }
 
-impl Iterator for Events {
-    type Item = String;
-
-    fn next(&mut self) -> Option<String> {
+impl<H: Host> Events<H> {
+    async fn next(&mut self) -> Option<String> {
         loop {
             if let Some(event) = self.queued.pop_front() {
                 return Some(event);
@@ -647,7 +643,7 @@ impl Iterator for Events {
                     let in_progress = self.answer.event("response.in_progress", json!({ "response": response }));
                     self.queued.extend([created, in_progress]);
                 }
-                Step::Generating => match self.answer.job.advance(0) {
+                Step::Generating => match self.answer.job.advance(0).await {
                     Ok(Some(out)) => {
                         let events = self.answer.out_events(out);
                         self.queued.extend(events);

@@ -1,19 +1,19 @@
-//! The HTTP front door (`wasi-nn-llm serve`): a guest component exporting
-//! `wasi:http/incoming-handler` answers every request, in a fresh instance
-//! on the same engine, models and policy as `run`.
+//! The HTTP front door (`wasi-nn-llm serve`): a guest component answers
+//! every request, on the same engine, models and policy as `run`. It is
+//! told apart by its export, as `wasmtime serve` tells them:
+//! - `wasi:http/handler@0.3.x` (WASI 0.3's `service` world): one instance
+//!   serves many requests, several at once ([`p3`]);
+//! - `wasi:http/incoming-handler@0.2.x` (WASI 0.2's `proxy`): a fresh
+//!   instance per request ([`p2`]).
 //!
 //! hyper (through wasmtime-wasi-http, the crate behind `wasmtime serve`)
-//! owns the socket; the guest is linked once ([`ProxyPre`]) and only
-//! instantiated per request. The extension's host calls block (a guest
-//! waiting for a token waits on its stream), so each request's guest runs
-//! on tokio's blocking pool, never on the threads that drive connections.
+//! owns the socket; the guest is linked once and only instantiated after.
 //! What must outlive a request — a conversation's KV cache — is kept by the
-//! engine's prefix cache, which the guest opts into with
-//! `session.open-cached`; instance state itself ends with the request.
+//! engine's prefix cache, which the guest opts into with `open-cached`.
 //!
 //! A client that goes away mid-stream makes the guest's next body write
-//! fail; the guest stops (or traps), its store is dropped, and that drops
-//! its streams, which cancels their generations.
+//! fail; the guest drops the body, and with it the generations behind it,
+//! which cancels them.
 //!
 //! With `--api-key`, a request without one of the operator's keys is
 //! answered 401 here, before any guest runs ([`auth`]). A guest that fails
@@ -21,8 +21,11 @@
 //! warnings are rate-limited ([`Throttle`]), so no client can flood the log.
 
 mod auth;
+mod p2;
+mod p3;
 
 pub use auth::{ApiKeys, Refusal};
+pub use p3::Reuse;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,37 +39,49 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::sync::oneshot;
-use wasmtime::Trap;
-use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::io::TokioIo;
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
-use wasmtime_wasi_http::p2::bindings::sync::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::runner::{Guest, HostState, Runtime};
+use crate::runner::{Guest, Runtime};
 
 /// How long a shutdown waits for requests in flight before it gives up.
 const GRACE: Duration = Duration::from_secs(30);
 
+/// A request's response, or why the guest gave none (a 500 says it).
+type Answer = Result<Response<HyperOutgoingBody>, String>;
+
 /// One guest component serving HTTP.
 pub struct Server {
-    runtime: Arc<Runtime>,
-    guest: Guest,
-    pre: ProxyPre<HostState>,
+    guest: Arc<Guest>,
+    front: Front,
     keys: ApiKeys,
     failures: Throttle,
 }
 
+/// How the guest serves.
+enum Front {
+    /// WASI 0.2: a fresh instance per request.
+    P2(Arc<p2::Proxy>),
+    /// WASI 0.3: instances reused as `Reuse` says.
+    P3(p3::Service),
+}
+
 impl Server {
-    /// Link `guest` for serving: it must export `wasi:http/incoming-handler`.
+    /// Link `guest` for serving: it must export WASI 0.3's
+    /// `wasi:http/handler` or WASI 0.2's `wasi:http/incoming-handler`.
     /// With `keys`, only requests naming one of them reach it.
-    pub fn new(runtime: Arc<Runtime>, guest: Guest, keys: ApiKeys) -> anyhow::Result<Arc<Self>> {
-        let pre = ProxyPre::new(runtime.instance_pre(&guest)?)
-            .map_err(anyhow::Error::from)
-            .context("the component does not export wasi:http/incoming-handler (build it as an HTTP handler)")?;
-        Ok(Arc::new(Self { runtime, guest, pre, keys, failures: Throttle::new(10, Duration::from_secs(60)) }))
+    pub fn new(runtime: Arc<Runtime>, guest: Guest, keys: ApiKeys, reuse: Reuse) -> anyhow::Result<Arc<Self>> {
+        let guest = Arc::new(guest);
+        let failures = Throttle::default();
+        let front = if runtime.is_p3_service(&guest) {
+            Front::P3(p3::Service::new(runtime, guest.clone(), reuse, failures.clone())?)
+        } else {
+            Front::P2(Arc::new(p2::Proxy::new(runtime, guest.clone()).context(
+                "the component exports neither wasi:http/handler@0.3 nor wasi:http/incoming-handler@0.2 \
+                 (build it as an HTTP handler)",
+            )?))
+        };
+        Ok(Arc::new(Self { guest, front, keys, failures }))
     }
 
     /// Serve on `addr` until SIGINT or SIGTERM, then finish the requests in
@@ -82,8 +97,15 @@ impl Server {
             0 => "open to every client".to_owned(),
             n => format!("{n} API key(s) admit clients"),
         };
+        let instances = match &self.front {
+            Front::P2(_) => "WASI 0.2, an instance per request".to_owned(),
+            Front::P3(service) => {
+                let r = service.reuse();
+                format!("WASI 0.3, an instance serves up to {} requests, {} at once", r.requests, r.concurrent)
+            }
+        };
         eprintln!(
-            "serving {} on http://{}/ ({access}; Ctrl-C stops)",
+            "serving {} on http://{}/ ({instances}; {access}; Ctrl-C stops)",
             self.guest.identity.name,
             listener.local_addr()?
         );
@@ -123,9 +145,8 @@ impl Server {
         Ok(())
     }
 
-    /// Answer one request: a fresh guest instance on the blocking pool; its
-    /// response (headers first, then the body as the guest writes it), or a
-    /// 500 if it failed before answering.
+    /// Answer one request: its response (headers first, then the body as
+    /// the guest writes it), or a 500 if the guest failed before answering.
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, Infallible> {
         let (mut parts, body) = request.into_parts();
         if let Err(refusal) = self.keys.admit(parts.uri.path(), &mut parts.headers) {
@@ -133,56 +154,14 @@ impl Server {
             return Ok(unauthorized(refusal));
         }
         let request = Request::from_parts(parts, body);
-        let failures = self.failures.clone();
-        let (sender, receiver) = oneshot::channel();
-        let guest = tokio::task::spawn_blocking(move || self.run_guest(request, sender));
-        let response = match receiver.await {
-            Ok(Ok(response)) => {
-                // The body may still be streaming; the guest's end is logged.
-                tokio::spawn(async move {
-                    match guest.await {
-                        Ok(Ok(())) => tracing::debug!("the guest finished its response"),
-                        Ok(Err(e)) => failures.warn(format_args!("the guest trapped after answering: {e:#}")),
-                        Err(e) => failures.warn(format_args!("the guest's thread failed after answering: {e}")),
-                    }
-                });
-                return Ok(response);
-            }
-            Ok(Err(code)) => format!("the guest failed the request: {}", describe(&code)),
-            Err(_) => match guest.await {
-                Ok(Err(e)) => format!("the guest failed before answering: {e:#}"),
-                Ok(Ok(())) => "the guest returned without answering".to_owned(),
-                Err(e) => format!("the guest's thread failed: {e}"),
-            },
+        let answer = match &self.front {
+            Front::P2(proxy) => proxy.clone().handle(request, self.failures.clone()).await,
+            Front::P3(service) => service.handle(request).await,
         };
-        failures.warn(format_args!("{response}"));
-        Ok(server_error(&response))
-    }
-
-    /// Instantiate the guest and let it handle `request`; blocks this
-    /// (blocking-pool) thread until the guest returns.
-    fn run_guest(
-        &self,
-        request: Request<Incoming>,
-        sender: oneshot::Sender<Result<Response<HyperOutgoingBody>, ErrorCode>>,
-    ) -> anyhow::Result<()> {
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.inherit_stdout().inherit_stderr();
-        let mut store = self.runtime.store(&self.guest, wasi.build());
-        let request = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
-        let out = store.data_mut().http().new_response_outparam(sender)?;
-        let proxy = self.pre.instantiate(&mut store)?;
-        let handled = proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out);
-        // Dropping the store drops the instance's sessions and streams (a
-        // session from `open-cached` then goes into the prefix cache).
-        drop(store);
-        handled.map_err(|e| match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => anyhow::anyhow!(
-                "the guest ran past limits.guest-seconds ({} s) and was stopped",
-                self.runtime.guest_seconds().unwrap_or_default()
-            ),
-            _ => anyhow::Error::from(e),
-        })
+        Ok(answer.unwrap_or_else(|why| {
+            self.failures.warn(format_args!("{why}"));
+            server_error(&why)
+        }))
     }
 }
 
@@ -227,6 +206,13 @@ struct ThrottleState {
     hidden: u32,
 }
 
+impl Default for Throttle {
+    /// Ten warnings a minute.
+    fn default() -> Self {
+        Self::new(10, Duration::from_secs(60))
+    }
+}
+
 impl Throttle {
     fn new(burst: u32, window: Duration) -> Self {
         Self(Arc::new(Mutex::new(ThrottleState { burst, window, started: Instant::now(), shown: 0, hidden: 0 })))
@@ -247,13 +233,6 @@ impl Throttle {
             s.hidden += 1;
             tracing::debug!("{message}");
         }
-    }
-}
-
-fn describe(code: &ErrorCode) -> String {
-    match code {
-        ErrorCode::InternalError(Some(message)) => message.clone(),
-        other => format!("{other:?}"),
     }
 }
 

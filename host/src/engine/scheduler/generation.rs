@@ -187,6 +187,8 @@ impl Scheduler<'_> {
         let keep = s.tokens.len() - undelivered;
         s.tokens.truncate(keep);
         self.rewind_kv(seq, keep);
+        // What an operator (and the serve tests) see of a client that went away.
+        tracing::debug!(seq = seq.index(), generated = usage.generated_tokens, "a generation was cancelled before its end");
         usage
     }
 }
