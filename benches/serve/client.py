@@ -8,6 +8,7 @@ Usage: client.py BASE_URL MODEL MODE ARGS...
   concurrent STREAMS MAX_TOKENS     STREAMS chats at once
   cold TOKENS                       a prompt of about TOKENS tokens sharing nothing cached
   tool-loop STEPS MAX_TOKENS        an agent's loop: STEPS - 1 required tool calls, each answered, then the answer
+  overhead N                        per-request cost: N × GET /v1/models, N × a 1-token completion
 
 Every request is greedy and streamed; time to first token is from sending the
 request to the first chunk that carries text.
@@ -103,6 +104,29 @@ def cold(client, model, tokens):
     return {"ttft_ms": r["ttft_ms"], "prompt": r["prompt"]}
 
 
+def overhead(client, model, n):
+    """What a request costs beyond the model: `GET /v1/models` and a
+    1-token completion of a short prompt (not streamed, the same prompt each
+    time, so its prefix is cached after the first), each `n` times after a
+    warm-up of each. Medians and the 10th-90th percentile spread."""
+    def timed(call):
+        started = time.perf_counter()
+        call()
+        return (time.perf_counter() - started) * 1e3
+
+    def spread(xs):
+        xs = sorted(xs)
+        return {"median": xs[len(xs) // 2], "p10": xs[len(xs) // 10], "p90": xs[(len(xs) * 9) // 10]}
+
+    one = lambda: client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Say hi."}], temperature=0, max_tokens=1)
+    timed(client.models.list)
+    timed(one)
+    models = [timed(client.models.list) for _ in range(int(n))]
+    ones = [timed(one) for _ in range(int(n))]
+    return {"models_ms": spread(models), "one_token_ms": spread(ones)}
+
+
 CITIES = ["Paris", "Rome", "Madrid", "Berlin", "Vienna", "Oslo", "Lisbon", "Prague"]
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",
@@ -143,7 +167,8 @@ def tool_loop(client, model, steps, max_tokens):
 def main():
     base, model, mode, *args = sys.argv[1:]
     client = OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=600)
-    modes = {"chat": chat, "round-robin": round_robin, "concurrent": concurrent, "cold": cold, "tool-loop": tool_loop}
+    modes = {"chat": chat, "round-robin": round_robin, "concurrent": concurrent, "cold": cold, "tool-loop": tool_loop,
+             "overhead": overhead}
     print(json.dumps(modes[mode](client, model, *args)))
 
 

@@ -1,7 +1,9 @@
-//! The serve section: `wasi-nn-llm serve` with the `openai-server` guest
-//! against llama.cpp's own llama-server, each a process of its own, both
-//! driven by one client (`benches/serve/client.py`, the stock `openai`
-//! package) over the same API.
+//! The serve section: `wasi-nn-llm serve` with the OpenAI-compatible guest,
+//! as a WASI 0.2 proxy (`openai-server`, an instance per request) and as a
+//! WASI 0.3 service (`openai-server-p3`, instances reused), against
+//! llama.cpp's own llama-server, each a process of its own, all driven by
+//! one client (`benches/serve/client.py`, the stock `openai` package) over
+//! the same API, back to back in every run.
 //!
 //! Fairness: llama-server is built from the llama.cpp tree vendored in the
 //! llama-cpp-python 0.3.36 sdist as this project's llama.cpp is built
@@ -34,8 +36,11 @@ const CONVERSATIONS: u32 = 16;
 const ROUND_TURNS: u32 = 4;
 /// Reply limit per turn (greedy).
 const REPLY_TOKENS: u32 = 32;
-/// Streams at once, and tokens each.
+/// Streams at once (and a second, larger count), and tokens each.
 const STREAMS: u32 = 4;
+const MANY_STREAMS: u32 = 16;
+/// Requests of each kind the per-request overhead is the median of.
+const OVERHEAD_REQUESTS: u32 = 40;
 const STREAM_TOKENS: u32 = 128;
 /// The cold prompt that normalises time to first token.
 const COLD_TOKENS: u32 = 512;
@@ -48,7 +53,10 @@ const TOOL_TOKENS: u32 = 128;
 /// One server under test.
 #[derive(Clone, Copy, PartialEq)]
 enum Side {
-    Ours,
+    /// `wasi-nn-llm serve` with the WASI 0.3 service (`p3`) or the WASI 0.2 proxy.
+    Ours {
+        p3: bool,
+    },
     /// llama-server with its prompt cache in host memory (`--cache-ram`,
     /// default 8192 MiB) or without (`--cache-ram 0`).
     LlamaServer {
@@ -59,7 +67,8 @@ enum Side {
 impl Side {
     fn label(self) -> &'static str {
         match self {
-            Side::Ours => "wasi-nn-llm serve",
+            Side::Ours { p3: false } => "serve, WASI 0.2 proxy",
+            Side::Ours { p3: true } => "serve, WASI 0.3 service",
             Side::LlamaServer { cache_ram: true } => "llama-server -np 4",
             Side::LlamaServer { cache_ram: false } => "llama-server -np 4 --cache-ram 0",
         }
@@ -112,6 +121,10 @@ struct Figures {
     /// Σ of that prefill's time as the server itself logs it.
     round_prefill_ms: f64,
     streams_tps: f64,
+    many_streams_tps: f64,
+    /// Per-request cost: `GET /v1/models` and a 1-token completion (ms).
+    models_ms: f64,
+    one_token_ms: f64,
     /// The tool loop's total time, and the calls it got (one per required
     /// step when the loop ran as an agent's would).
     tool_loop_ms: f64,
@@ -126,7 +139,18 @@ pub struct Section {
 }
 
 pub fn run(setup: &Setup) -> Result<Section> {
-    let sides = [Side::Ours, Side::LlamaServer { cache_ram: true }, Side::LlamaServer { cache_ram: false }];
+    // Columns in this order; OURS (the default server, `make serve`'s) is
+    // the one set against llama-server, P2 the one it replaces.
+    let sides = [
+        Side::Ours { p3: false },
+        Side::Ours { p3: true },
+        Side::LlamaServer { cache_ram: true },
+        Side::LlamaServer { cache_ram: false },
+    ];
+    const P2: usize = 0;
+    const OURS: usize = 1;
+    const LS: usize = 2;
+    const LS0: usize = 3;
     let mut seen: Vec<Vec<Figures>> = sides.iter().map(|_| Vec::new()).collect();
     for run in 0..setup.runs {
         for (i, &side) in sides.iter().enumerate() {
@@ -142,54 +166,107 @@ pub fn run(setup: &Setup) -> Result<Section> {
     let per_run_ratio = |a: usize, b: usize, f: &dyn Fn(&Figures) -> f64| {
         median(&seen[a].iter().zip(&seen[b]).map(|(x, y)| f(x) / f(y)).collect::<Vec<_>>())
     };
+    // Per-run ratios of OURS over P2: their median and their range.
+    let against_p2 = |f: &dyn Fn(&Figures) -> f64| {
+        let r: Vec<f64> = seen[OURS].iter().zip(&seen[P2]).map(|(x, y)| f(x) / f(y)).collect();
+        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (median(&r), lo, hi)
+    };
+    let range = |(m, lo, hi): (f64, f64, f64)| {
+        if lo.is_finite() && hi.is_finite() && (hi - lo) > 0.005 {
+            format!("{} ({}–{})", ratio(m), ratio(lo), ratio(hi))
+        } else {
+            ratio(m)
+        }
+    };
     let cold_of = |i: usize| med(i, &|f| f.cold_ms);
     let single_of = |i: usize| med(i, &|f| f.single_tps);
 
-    let mut table =
-        Table::new(&["figure", sides[0].label(), sides[1].label(), sides[2].label(), "ratio", "normalised"]);
-    let row = |table: &mut Table, what: &str, values: [String; 3], raw: f64, normalised: f64| {
-        let [a, b, c] = values;
-        table.row(vec![what.into(), a, b, c, ratio(raw), ratio(normalised)]);
+    let mut table = Table::new(&[
+        "figure",
+        sides[P2].label(),
+        sides[OURS].label(),
+        sides[LS].label(),
+        sides[LS0].label(),
+        "0.3 / 0.2",
+        "0.3 / llama-server",
+        "normalised",
+    ]);
+    let all = |f: &dyn Fn(&Figures) -> f64| [num(med(P2, f)), num(med(OURS, f)), num(med(LS, f)), num(med(LS0, f))];
+    let no_ls0 = |f: &dyn Fn(&Figures) -> f64| [num(med(P2, f)), num(med(OURS, f)), num(med(LS, f)), "–".into()];
+    let row = |table: &mut Table, what: &str, values: [String; 4], p2: String, raw: f64, normalised: f64| {
+        let [a, b, c, d] = values;
+        table.row(vec![what.into(), a, b, c, d, p2, ratio(raw), ratio(normalised)]);
     };
+    let models = |f: &Figures| f.models_ms;
+    let one_token = |f: &Figures| f.one_token_ms;
+    let p2_models = against_p2(&models);
+    let p2_one = against_p2(&one_token);
+    row(
+        &mut table,
+        &format!("per request: `GET /v1/models`, median of {OVERHEAD_REQUESTS} (ms)"),
+        no_ls0(&models),
+        range(p2_models),
+        per_run_ratio(OURS, LS, &models),
+        f64::NAN,
+    );
+    row(
+        &mut table,
+        &format!("per request: a 1-token completion, median of {OVERHEAD_REQUESTS} (ms)"),
+        no_ls0(&one_token),
+        range(p2_one),
+        per_run_ratio(OURS, LS, &one_token),
+        f64::NAN,
+    );
+    let cold = |f: &Figures| f.cold_ms;
     row(
         &mut table,
         &format!("cold prefill: time to first token of ~{COLD_TOKENS} tokens (ms)"),
-        [num(cold_of(0)), num(cold_of(1)), num(cold_of(2))],
-        per_run_ratio(0, 1, &|f| f.cold_ms),
+        all(&cold),
+        range(against_p2(&cold)),
+        per_run_ratio(OURS, LS, &cold),
         f64::NAN,
     );
+    let single = |f: &Figures| f.single_tps;
     row(
         &mut table,
         "one stream: decode tok/s",
-        [num(single_of(0)), num(single_of(1)), "–".into()],
-        per_run_ratio(0, 1, &|f| f.single_tps),
+        no_ls0(&single),
+        range(against_p2(&single)),
+        per_run_ratio(OURS, LS, &single),
         f64::NAN,
     );
-    let chat_raw = per_run_ratio(0, 1, &sum_chat);
-    let chat_norm = per_run_ratio(0, 1, &|f| sum_chat(f) / f.cold_ms);
+    let chat_raw = per_run_ratio(OURS, LS, &sum_chat);
+    let chat_norm = per_run_ratio(OURS, LS, &|f| sum_chat(f) / f.cold_ms);
+    let p2_chat = against_p2(&sum_chat);
     row(
         &mut table,
         &format!("{TURNS}-turn chat: Σ time to first token (ms)"),
-        [num(med(0, &sum_chat)), num(med(1, &sum_chat)), "–".into()],
+        no_ls0(&sum_chat),
+        range(p2_chat),
         chat_raw,
         chat_norm,
     );
     let round = |f: &Figures| f.round_ttft;
-    let round_raw = per_run_ratio(0, 1, &round);
-    let round_norm = per_run_ratio(0, 1, &|f| f.round_ttft / f.cold_ms);
-    let round_raw0 = per_run_ratio(0, 2, &round);
-    let round_norm0 = per_run_ratio(0, 2, &|f| f.round_ttft / f.cold_ms);
+    let round_raw = per_run_ratio(OURS, LS, &round);
+    let round_norm = per_run_ratio(OURS, LS, &|f| f.round_ttft / f.cold_ms);
+    let round_raw0 = per_run_ratio(OURS, LS0, &round);
+    let round_norm0 = per_run_ratio(OURS, LS0, &|f| f.round_ttft / f.cold_ms);
+    let p2_round = against_p2(&round);
     row(
         &mut table,
         &format!("{CONVERSATIONS} conversations × {ROUND_TURNS} turns round-robin: Σ time to first token (ms)"),
-        [num(med(0, &round)), num(med(1, &round)), num(med(2, &round))],
+        all(&round),
+        range(p2_round),
         round_raw,
         round_norm,
     );
     row(
         &mut table,
         "… the same, against llama-server --cache-ram 0",
-        ["".into(), "".into(), "".into()],
+        ["".into(), "".into(), "".into(), "".into()],
+        String::new(),
         round_raw0,
         round_norm0,
     );
@@ -200,26 +277,40 @@ pub fn run(setup: &Setup) -> Result<Section> {
     row(
         &mut table,
         "… tokens the requests evaluated (Σ prompt − cached)",
-        [num(new_of(0)), num(new_of(1)), num(new_of(2))],
+        all(&|f| f.round_new),
+        String::new(),
         f64::NAN,
         f64::NAN,
     );
     row(
         &mut table,
         "… Σ of their prefill as the server logs it (ms)",
-        [num(prefill_of(0)), num(prefill_of(1)), num(prefill_of(2))],
+        all(&|f| f.round_prefill_ms),
+        String::new(),
         f64::NAN,
         f64::NAN,
     );
     let streams = |f: &Figures| f.streams_tps;
-    let streams_raw = per_run_ratio(0, 1, &streams);
-    let streams_norm = per_run_ratio(0, 1, &|f| f.streams_tps / f.single_tps);
+    let streams_raw = per_run_ratio(OURS, LS, &streams);
+    let streams_norm = per_run_ratio(OURS, LS, &|f| f.streams_tps / f.single_tps);
+    let p2_streams = against_p2(&streams);
     row(
         &mut table,
         &format!("{STREAMS} concurrent streams: aggregate tok/s"),
-        [num(med(0, &streams)), num(med(1, &streams)), "–".into()],
+        no_ls0(&streams),
+        range(p2_streams),
         streams_raw,
         streams_norm,
+    );
+    let many = |f: &Figures| f.many_streams_tps;
+    let p2_many = against_p2(&many);
+    row(
+        &mut table,
+        &format!("{MANY_STREAMS} concurrent streams: aggregate tok/s"),
+        no_ls0(&many),
+        range(p2_many),
+        per_run_ratio(OURS, LS, &many),
+        per_run_ratio(OURS, LS, &|f| f.many_streams_tps / f.single_tps),
     );
 
     let tool_loop = |f: &Figures| f.tool_loop_ms;
@@ -229,31 +320,36 @@ pub fn run(setup: &Setup) -> Result<Section> {
             "{TOOL_STEPS}-step tool loop ({} calls required, then the answer; Qwen 2.5's template): total time (ms)",
             TOOL_STEPS - 1
         ),
-        [num(med(0, &tool_loop)), num(med(1, &tool_loop)), "–".into()],
-        per_run_ratio(0, 1, &tool_loop),
-        per_run_ratio(0, 1, &|f| f.tool_loop_ms / f.cold_ms),
+        no_ls0(&tool_loop),
+        range(against_p2(&tool_loop)),
+        per_run_ratio(OURS, LS, &tool_loop),
+        per_run_ratio(OURS, LS, &|f| f.tool_loop_ms / f.cold_ms),
     );
     let calls = |f: &Figures| f.tool_calls;
     row(
         &mut table,
         &format!("… tool calls it got (of {} required; fewer ends the loop early)", TOOL_STEPS - 1),
-        [num(med(0, &calls)), num(med(1, &calls)), "–".into()],
+        no_ls0(&calls),
+        String::new(),
         f64::NAN,
         f64::NAN,
     );
 
-    let cached: Vec<String> = seen[0]
+    let cached: Vec<String> = seen[OURS]
         .first()
         .map(|f| f.chat_cached.iter().map(|c| c.map_or("–".into(), |c| c.to_string())).collect())
         .unwrap_or_default();
     let markdown = format!(
         "Model {model}, attention {kernel} on both sides, 2 threads, 2048 tokens per conversation, greedy replies \
          of up to {REPLY_TOKENS} tokens (the streams: {STREAM_TOKENS}), medians of {runs} runs, each with fresh \
-         servers measured back to back. Ratios are ours over llama-server's default, per run, then the median; \
+         servers measured back to back. \"0.3 / 0.2\" is the WASI 0.3 server over the WASI 0.2 one per run, the \
+         median and (in brackets) the range of runs; the next two columns set the WASI 0.3 server (the default \
+         one) against llama-server's default, per run, then the median; \
          \"normalised\" divides each side's time to first token by its own cold prefill and each side's \
          aggregate tok/s by its own one-stream decode, which cancels the two llama.cpp versions' own speed. \
          llama-server: `-t 2 -tb 2 -c 8192 -np 4 -b 512 -ub 512 -fa {fa} --jinja` (its prompt cache on, \
-         `--cache-ram` 8192 MiB by default); ours: `serve --threads 2 --ctx-size 2048 --flash-attn {fa}` (one \
+         `--cache-ram` 8192 MiB by default); ours: `serve --threads 2 --ctx-size 2048 --flash-attn {fa}` (both guests; the WASI 0.3 one's instances \
+         reused, up to 128 requests, 16 at once; one \
          lane, 8 sequences, the prefix cache's defaults: 256 entries, 1 GiB spilled to host memory). The tool \
          loop runs on a fresh pair of servers given Qwen 2.5's template (`{TOOL_TEMPLATE}`, \
          `--chat-template-file` and `--chat-template`): SmolLM2's own template has no tool format, and \
@@ -279,9 +375,9 @@ pub fn run(setup: &Setup) -> Result<Section> {
         };
         format!(
             "Cold prefill here {} ms against llama-server's {} ms ({}); {verdict}.",
-            num(cold_of(0)),
-            num(cold_of(1)),
-            ratio(cold_of(0) / cold_of(1))
+            num(cold_of(OURS)),
+            num(cold_of(LS)),
+            ratio(cold_of(OURS) / cold_of(LS))
         )
     };
     // The round-robin's goal assumed llama-server evaluates an evicted
@@ -290,7 +386,7 @@ pub fn run(setup: &Setup) -> Result<Section> {
     let requests = f64::from(CONVERSATIONS * ROUND_TURNS);
     let why_round = |against_no_cache: f64| {
         let rest = |i: usize| (med(i, &|f| f.round_ttft) - prefill_of(i)) / requests;
-        let budget = (0.8 * med(1, &|f| f.round_ttft) - prefill_of(0)) / requests;
+        let budget = (0.8 * med(LS, &|f| f.round_ttft) - prefill_of(OURS)) / requests;
         format!(
             "Both sides keep every conversation: llama-server's default `--cache-ram` restores an evicted \
              slot's state as our prefix cache restores a spilled one, so each request evaluates only its new \
@@ -300,16 +396,16 @@ pub fn run(setup: &Setup) -> Result<Section> {
              request beyond our prefill, {} of llama-server's own rest: the goal presumes a server that \
              evaluates evicted conversations again, which llama-server does with `--cache-ram 0` (there the \
              ratio is {}).",
-            num(new_of(0)),
-            num(new_of(1)),
-            num(prefill_of(0)),
-            num(med(0, &|f| f.round_ttft)),
-            num(prefill_of(1)),
-            num(med(1, &|f| f.round_ttft)),
-            num(rest(0)),
-            num(rest(1)),
+            num(new_of(OURS)),
+            num(new_of(LS)),
+            num(prefill_of(OURS)),
+            num(med(OURS, &|f| f.round_ttft)),
+            num(prefill_of(LS)),
+            num(med(LS, &|f| f.round_ttft)),
+            num(rest(OURS)),
+            num(rest(LS)),
             num(budget),
-            ratio(budget / rest(1)),
+            ratio(budget / rest(LS)),
             ratio(against_no_cache)
         )
     };
@@ -345,15 +441,56 @@ pub fn run(setup: &Setup) -> Result<Section> {
         )
         .why_if_missed(format!(
             "One stream decodes at {} tok/s here and {} in llama-server ({}).",
-            num(single_of(0)),
-            num(single_of(1)),
-            ratio(single_of(0) / single_of(1))
+            num(single_of(OURS)),
+            num(single_of(LS)),
+            ratio(single_of(OURS) / single_of(LS))
         )),
     ];
+    // The WASI 0.3 server against the WASI 0.2 one it replaces: no slower
+    // anywhere; faster where an instance per request costs.
+    let why_p2 = |what: &str| {
+        format!(
+            "One stream decodes at {} tok/s on the WASI 0.3 server and {} on the WASI 0.2 one; the cold prefill \
+             takes {} and {} ms: {what}",
+            num(single_of(OURS)),
+            num(single_of(P2)),
+            num(cold_of(OURS)),
+            num(cold_of(P2))
+        )
+    };
+    let mut targets = targets;
+    for (what, goal, (m, lo, hi), lower_is_better) in [
+        ("`GET /v1/models` latency", "< 1.0×", p2_models, true),
+        ("1-token completion latency", "< 1.0×", p2_one, true),
+        ("10-turn chat Σ time to first token", "≤ 1.0×", p2_chat, true),
+        ("16 round-robin conversations Σ time to first token", "≤ 1.0×", p2_round, true),
+        ("4 concurrent streams aggregate tok/s", "≥ 1.0×", p2_streams, false),
+        ("16 concurrent streams aggregate tok/s", "≥ 1.0×", p2_many, false),
+    ] {
+        let strict = goal.starts_with('<');
+        let met = match (lower_is_better, strict) {
+            (true, true) => m < 1.0,
+            (true, false) => m <= 1.0,
+            (false, _) => m >= 1.0,
+        };
+        targets.push(
+            Target::new(
+                format!("{}: WASI 0.3 server vs WASI 0.2 server, {what}", setup.model),
+                goal,
+                range((m, lo, hi)),
+                met,
+            )
+            .why_if_missed(why_p2(&format!(
+                "the per-run ratios span {}–{}, so a median this close to 1.0× is within the spread of the runs",
+                ratio(lo),
+                ratio(hi)
+            ))),
+        );
+    }
     let turns = |i: usize| {
         (0..TURNS as usize).map(|t| median(&seen[i].iter().map(|f| f.chat_ttft[t]).collect::<Vec<_>>())).collect()
     };
-    let series = vec![(sides[0].label(), turns(0)), (sides[1].label(), turns(1))];
+    let series = vec![(sides[P2].label(), turns(P2)), (sides[OURS].label(), turns(OURS)), (sides[LS].label(), turns(LS))];
     Ok(Section { markdown, targets, series })
 }
 
@@ -376,6 +513,11 @@ fn measure(setup: &Setup, side: Side, full: bool) -> Result<Figures> {
         f.chat_cached = turns.iter().map(|t| t["cached"].as_u64()).collect();
         let streams = client("concurrent", &[STREAMS.to_string(), STREAM_TOKENS.to_string()])?;
         f.streams_tps = float(&streams, "tok_s")?;
+        let many = client("concurrent", &[MANY_STREAMS.to_string(), STREAM_TOKENS.to_string()])?;
+        f.many_streams_tps = float(&many, "tok_s")?;
+        let overhead = client("overhead", &[OVERHEAD_REQUESTS.to_string()])?;
+        f.models_ms = float(&overhead["models_ms"], "median")?;
+        f.one_token_ms = float(&overhead["one_token_ms"], "median")?;
         let template = setup.workspace.join(TOOL_TEMPLATE);
         let tooled = start(setup, side, Some(&template))?;
         let tools =
@@ -399,7 +541,7 @@ fn measure(setup: &Setup, side: Side, full: bool) -> Result<Figures> {
 /// in X ms` (debug), llama-server's `prompt eval time = X ms`.
 fn prefill_ms(side: Side, log: &str) -> f64 {
     let (marker, after) = match side {
-        Side::Ours => ("prefill done: ", " tokens in "),
+        Side::Ours { .. } => ("prefill done: ", " tokens in "),
         Side::LlamaServer { .. } => ("prompt eval time = ", ""),
     };
     log.lines()
@@ -425,7 +567,7 @@ fn start(setup: &Setup, side: Side, template: Option<&Path>) -> Result<Server> {
     let fa = if setup.flash { "on" } else { "off" };
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut command = match side {
-        Side::Ours => {
+        Side::Ours { p3 } => {
             let mut c = Command::new(setup.workspace.join("target/release/wasi-nn-llm"));
             // Its prefill times, as llama-server logs its own.
             c.env("WASI_NN_LLM_LOG", "warn,wasi_nn_llm_host::engine::scheduler=debug");
@@ -435,7 +577,8 @@ fn start(setup: &Setup, side: Side, template: Option<&Path>) -> Result<Server> {
             if let Some(template) = template {
                 c.arg("--chat-template").arg(format!("{}={}", setup.model, template.display()));
             }
-            c.arg(setup.workspace.join("target/wasm32-wasip2/release/openai-server.wasm"));
+            let guest = if p3 { "openai_server_p3.wasm" } else { "openai-server.wasm" };
+            c.arg(setup.workspace.join("target/wasm32-wasip2/release").join(guest));
             c
         }
         Side::LlamaServer { cache_ram } => {
