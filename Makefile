@@ -13,9 +13,12 @@ BACKEND ?= llama.cpp
 chat: guests
 	@$(HOST) run --model smollm2 --backend $(BACKEND) --dir . $(GUESTS)/chat.wasm
 
-## The OpenAI-compatible API on the default model, at http://127.0.0.1:8080/v1.
+## The OpenAI-compatible API on the default model, at http://127.0.0.1:8080/v1:
+## the WASI 0.3 service (instances reused),
+## or with P2=1 the same API as a WASI 0.2 proxy (an instance per request).
+SERVER := $(if $(P2),openai-server.wasm,openai_server_p3.wasm)
 serve: guests
-	@$(HOST) serve --model smollm2 --backend $(BACKEND) $(GUESTS)/openai-server.wasm
+	@$(HOST) serve --model smollm2 --backend $(BACKEND) $(GUESTS)/$(SERVER)
 
 ## The whole test suite, on the real model.
 test: guests

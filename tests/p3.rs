@@ -36,6 +36,23 @@ fn p3_guests_export_wasi_0_3_run_and_import_the_rc_session() {
     }
 }
 
+/// The four-generations example, a WASI 0.3 command, answers every
+/// question it is given, each under its own header.
+#[test]
+fn the_four_generations_example_runs_as_a_wasi_0_3_command() {
+    let _serial = serial();
+    let questions = ["What is the capital of France?", "Name three colours.", "Count to five.", "Say hello."];
+    let mut args = vec![MODEL];
+    args.extend(questions);
+    let out = host().run_guest("parallel_p3", &args);
+    for (i, question) in questions.iter().enumerate() {
+        let header = format!("[{i}] {question}\n");
+        let at = out.find(&header).unwrap_or_else(|| panic!("no answer to {question:?}:\n{out}"));
+        let answer = out[at + header.len()..].lines().next().unwrap_or_default();
+        assert!(!answer.trim().is_empty(), "an empty answer to {question:?}:\n{out}");
+    }
+}
+
 #[test]
 fn a_p3_stream_carries_what_the_pull_stream_carries() {
     let _serial = serial();

@@ -333,7 +333,7 @@ fn main() -> Result<()> {
             let (markdown, t) = p3::run(&guest, &p3_wasm, &engine, &settings)?;
             writeln!(
                 body,
-                "### The WASIp3 draft vs the pull API
+                "### The WASI 0.3 session vs the pull API
 
 {markdown}"
             )?;

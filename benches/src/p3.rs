@@ -1,4 +1,4 @@
-//! The WASIp3 draft against the 0.1.x pull API, on the same engine and the
+//! The WASI 0.3 session (`wasi-nn-llm:llm@0.2.0-rc-2026-12-06`) against the 0.1.x pull API, on the same engine and the
 //! same host: the boundary per chunk, one session's decode and first token,
 //! several generations in one instance, and what the guest costs to write.
 //! Each pair of figures comes from runs made back to back (pull, then p3).
@@ -68,7 +68,7 @@ pub fn run(guest: &Guest, p3_wasm: &Path, engine: &Engine, settings: &Settings) 
     let one = Pair { pull: f64s_of(pull_b, "next_us")?, p3: f64s_of(p3_b, "read_us")? };
     let batched = Pair { pull: f64s_of(pull_b, "next_chunk_us_per_token")?, p3: f64s_of(p3_b, "read8_us_per_token")? };
 
-    let mut table = Table::new(&["figure", "pull (0.1.x)", "p3 draft", "p3 / pull"]);
+    let mut table = Table::new(&["figure", "pull (0.1.x)", "p3 (WASI 0.3)", "p3 / pull"]);
     table.row(one.row("one chunk, ready: `next()` / one stream read (µs)"));
     table.row(batched.row("six ready tokens in one call: `next-chunk(8)` / a read of room 8 (µs per token)"));
     table.row(ttft.row("time to first token (ms)"));
@@ -127,7 +127,7 @@ pub fn chat_cost(workspace: &Path) -> Result<String> {
     let mut table = Table::new(&["the same chat", "component (bytes)", "lines of guest code"]);
     for (name, wasm, src) in [
         ("pull (0.1.x), `benches/chat-pull`", "chat-pull.wasm", "benches/chat-pull/src/main.rs"),
-        ("p3 draft, `benches/chat-p3`", "chat_p3.wasm", "benches/chat-p3/src/lib.rs"),
+        ("p3 (WASI 0.3), `benches/chat-p3`", "chat_p3.wasm", "benches/chat-p3/src/lib.rs"),
     ] {
         let path = workspace.join("target/wasm32-wasip2/release").join(wasm);
         let bytes =

@@ -59,6 +59,16 @@ fn assert_apart(story: &[(Instant, Value)], answer: &[(Instant, Value)]) {
     assert!((answer.contains("paris") || answer.contains("france")) && !answer.contains("dragon"), "{answer}");
 }
 
+/// The story streamed, and the question sent while it streams.
+fn story_then_question(server: &Server) -> (Vec<(Instant, Value)>, Vec<(Instant, Value)>) {
+    std::thread::scope(|s| {
+        let first = s.spawn(|| timed_stream(server, &streamed(STORY, 48)));
+        std::thread::sleep(Duration::from_millis(300));
+        let second = s.spawn(|| timed_stream(server, &streamed(QUESTION, 24)));
+        (first.join().unwrap(), second.join().unwrap())
+    })
+}
+
 #[test]
 fn one_instance_serves_requests_one_after_another_and_at_once() {
     let server = Server::start(&[], Some("wasi_nn_llm_host=debug"));
@@ -68,12 +78,7 @@ fn one_instance_serves_requests_one_after_another_and_at_once() {
     assert_eq!(instances(&server), 1, "three requests in turn, one instance:\n{}", server.log());
 
     // Two at once: the second arrives while the first is generating.
-    let (first, second) = std::thread::scope(|s| {
-        let first = s.spawn(|| timed_stream(&server, &streamed(STORY, 48)));
-        std::thread::sleep(Duration::from_millis(300));
-        let second = s.spawn(|| timed_stream(&server, &streamed(QUESTION, 24)));
-        (first.join().unwrap(), second.join().unwrap())
-    });
+    let (first, second) = story_then_question(&server);
     assert_eq!(instances(&server), 1, "both on the instance the earlier requests used:\n{}", server.log());
     // They ran side by side: the second's first token came before the first's end.
     assert!(first_token(&second) < first.last().unwrap().0, "the second request waited for the first");
@@ -105,12 +110,7 @@ fn requests_sharing_an_instance_share_its_quota_and_wait_their_turn() {
 
     // Two at once on the one instance: the quota holds one session, so the
     // second request waits for the first's to be given back, then runs.
-    let (first, second) = std::thread::scope(|s| {
-        let first = s.spawn(|| timed_stream(&server, &streamed(STORY, 48)));
-        std::thread::sleep(Duration::from_millis(300));
-        let second = s.spawn(|| timed_stream(&server, &streamed(QUESTION, 24)));
-        (first.join().unwrap(), second.join().unwrap())
-    });
+    let (first, second) = story_then_question(&server);
     assert_eq!(instances(&server), 1, "both on one instance:\n{}", server.log());
     let first_done = first.last().unwrap().0;
     assert!(first_token(&second) >= first_done, "the second request held a session beside the first's");

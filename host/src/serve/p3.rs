@@ -11,10 +11,14 @@
 //!   once share them. One tenant (a component) runs at most
 //!   ⌈requests in flight / `concurrent`⌉ instances where WASI 0.2 ran one per
 //!   request: reuse holds a tenant to less, never more.
-//! - `guest-seconds` bounds each request, not the instance: a request past
-//!   it expires (the client gets a 500), the instance takes no new requests
-//!   and goes once the others have finished, and a guest spinning in its
-//!   own code is stopped by the epoch check below.
+//! - `guest-seconds` bounds each request, not the instance: a request that
+//!   has not answered (sent its response's head) within it expires (the
+//!   client gets a 500), the instance takes no new requests and goes once
+//!   the others have finished; a guest spinning in its own code is stopped
+//!   by the epoch check below. Bodies still streaming after every request
+//!   has answered get as long again; while requests keep arriving, a
+//!   body's length is bounded by the generation's own quota
+//!   (`generate-tokens`, `generate-seconds`) instead.
 //! - The prefix cache is per component, as before; reuse changes nothing
 //!   there. What one request holds (its sessions, its streams) are values
 //!   of its own task in the guest: the host gives a request nothing of
