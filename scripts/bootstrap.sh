@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what building the project needs on a fresh Debian machine with
-# rustup: cmake and libclang (llama.cpp's build and its bindgen) and the
-# wasm32-wasip2 target (the guests). Idempotent: installs only what is missing.
+# rustup: cmake and libclang (llama.cpp's build and its bindgen), the
+# wasm32-wasip2 target (the guests), and for the cluster (several hosts
+# sharing a cache, tests/cluster.rs and `make cluster`) Debian's redis-server
+# and haproxy. Idempotent: installs only what is missing.
 set -euo pipefail
 
 # Debian packages, as root or through sudo.
@@ -13,7 +15,7 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-packages=(cmake libclang-dev)
+packages=(cmake libclang-dev redis-server haproxy)
 if ! dpkg -s "${packages[@]}" >/dev/null 2>&1; then
     apt_install "${packages[@]}"
 fi
@@ -53,6 +55,13 @@ if ! "$venv/bin/python" -c "import transformers, sys; sys.exit(transformers.__ve
     echo "bootstrap: installing transformers $TRANSFORMERS_VERSION (the chat template oracle) into $venv" >&2
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
         -r tests/templates/oracle-requirements.txt
+fi
+# `/metrics` is checked with the Prometheus project's own text parser
+# (tests/cluster.rs), pinned.
+PROMETHEUS_CLIENT_VERSION=0.26.0
+if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('prometheus_client') != '$PROMETHEUS_CLIENT_VERSION')" 2>/dev/null; then
+    echo "bootstrap: installing prometheus_client $PROMETHEUS_CLIENT_VERSION (the metrics parser) into $venv" >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "prometheus_client==$PROMETHEUS_CLIENT_VERSION"
 fi
 # The base wasi-nn conformance suite's second host (wasmtime's own wasi-nn,
 # ONNX backend) loads onnxruntime at run time: the library out of the

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use wasi_nn_llm_host::catalog::{self, ModelSpec};
 use wasi_nn_llm_host::backend::llama_cpp::{gpu_build, gpus};
-use wasi_nn_llm_host::engine::{BackendKind, EngineConfig, FlashAttention, SnapshotKey};
+use wasi_nn_llm_host::engine::{BackendKind, EngineConfig, FlashAttention, SharedTier, SnapshotKey};
 use wasi_nn_llm_host::policy::Policy;
 use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
@@ -146,6 +146,13 @@ struct HostArgs {
     /// GGUF's own (as llama-server's --chat-template-file); repeatable.
     #[arg(long = "chat-template", value_name = "NAME=FILE")]
     chat_templates: Vec<String>,
+    /// A Redis (or Valkey) that several hosts share as a tier of their
+    /// prefix caches (`redis://HOST:PORT/DB`): a conversation one host kept
+    /// is continued on another from its snapshot. The hosts must share the
+    /// snapshot key (`--snapshot-key`). The policy's `shared-cache-*`
+    /// limits set TTL, entry size and timeout.
+    #[arg(long, value_name = "URL")]
+    shared_cache: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -265,6 +272,16 @@ impl HostArgs {
             config.snapshot_key.source(),
             config.snapshot_key.fingerprint_hex()
         );
+        if let Some(url) = &self.shared_cache {
+            let settings = policy.shared_cache(url);
+            eprintln!(
+                "sharing the prefix cache through {url} (entries live {} s, up to {} bytes; calls time out after {:?})",
+                settings.ttl.as_secs(),
+                settings.max_entry_bytes,
+                settings.timeout
+            );
+            config.shared_cache = Some(Arc::new(SharedTier::new(settings)?));
+        }
         let gpus = gpus()?;
         if gpu_build() && gpus.is_empty() {
             eprintln!(

@@ -38,6 +38,9 @@
 //! concurrent-generations = 8
 //! guest-memory-bytes = 536870912
 //! guest-seconds = 600
+//! shared-cache-ttl-seconds = 3600   # with --shared-cache
+//! shared-cache-entry-bytes = 67108864
+//! shared-cache-timeout-ms = 500
 //! ```
 
 use std::collections::BTreeMap;
@@ -48,7 +51,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::catalog::{self, ModelSpec};
-use crate::engine::{CacheLimits, EngineConfig, FlashAttention, QuotaLimits};
+use crate::engine::{CacheLimits, EngineConfig, FlashAttention, QuotaLimits, SharedSettings};
 
 /// The whole policy file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -182,6 +185,16 @@ pub struct Limits {
     /// Host memory each model's prefix cache may fill with conversations
     /// saved out of the KV cache [default: 1 GiB].
     pub prefix_cache_bytes: Option<u64>,
+    /// With `--shared-cache`: how long a conversation written to the shared
+    /// store lives there, in seconds [default: 3600]. The store's own
+    /// `maxmemory` and eviction policy bound its bytes (deploy/redis.conf).
+    pub shared_cache_ttl_seconds: Option<u64>,
+    /// With `--shared-cache`: the largest conversation written there, in
+    /// bytes of its snapshot [default: 64 MiB]; a larger one stays local.
+    pub shared_cache_entry_bytes: Option<u64>,
+    /// With `--shared-cache`: the longest one call to the store may take,
+    /// in milliseconds, before a request goes on without it [default: 500].
+    pub shared_cache_timeout_ms: Option<u64>,
 }
 
 impl Limits {
@@ -232,6 +245,9 @@ impl Policy {
             ("instance-kv-bytes", l.instance_kv_bytes),
             ("concurrent-generations", l.concurrent_generations.map(u64::from)),
             ("guest-memory-bytes", l.guest_memory_bytes),
+            ("shared-cache-ttl-seconds", l.shared_cache_ttl_seconds),
+            ("shared-cache-entry-bytes", l.shared_cache_entry_bytes),
+            ("shared-cache-timeout-ms", l.shared_cache_timeout_ms),
         ];
         for (key, value) in positive {
             if value == Some(0) {
@@ -282,6 +298,23 @@ impl Policy {
                 spec.context = Some(spec.context.unwrap_or(config.ctx_size).min(cap));
             }
         }
+    }
+
+    /// The shared tier's settings for the store at `url`, the policy's
+    /// `shared-cache-*` limits applied.
+    pub fn shared_cache(&self, url: &str) -> SharedSettings {
+        let mut settings = SharedSettings::new(url);
+        let l = &self.limits;
+        if let Some(secs) = l.shared_cache_ttl_seconds {
+            settings.ttl = Duration::from_secs(secs);
+        }
+        if let Some(bytes) = l.shared_cache_entry_bytes {
+            settings.max_entry_bytes = bytes;
+        }
+        if let Some(ms) = l.shared_cache_timeout_ms {
+            settings.timeout = Duration::from_millis(ms);
+        }
+        settings
     }
 
     /// Parse and check a policy's text.

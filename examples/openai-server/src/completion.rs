@@ -208,6 +208,18 @@ impl<H: Host> Job<H> {
         Some(end)
     }
 
+    /// Let the sessions go (into the host's prefix cache, and from there to
+    /// a shared tier other hosts read) once every choice has ended: before
+    /// the answer's last event, so a client that sends its next turn the
+    /// moment this one ends finds the conversation kept, wherever the next
+    /// turn lands. The usage stays.
+    pub fn release(&mut self) {
+        for choice in &mut self.choices {
+            choice.stream = None;
+        }
+        self.sessions.clear();
+    }
+
     /// Keep `note` under `key` with the first choice's conversation, for a
     /// later request to continue it (`previous_response_id`); whether the
     /// host keeps it.
@@ -470,6 +482,7 @@ impl<H: Host> Events<H> {
                 }
                 Step::Done => {
                     self.step = Step::Ended;
+                    self.job.release();
                     return Some("data: [DONE]\n\n".to_owned());
                 }
                 Step::Ended => return None,

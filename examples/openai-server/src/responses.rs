@@ -607,6 +607,8 @@ impl<H: Host> Answer<H> {
                 if finish == "length" { ("response.incomplete", "incomplete") } else { ("response.completed", "completed") };
             let response = self.object(status, Some(finish));
             events.push(self.event(kind, json!({ "response": response })));
+            // Before the last event goes out (see `Job::release`).
+            self.job.release();
         }
         events
     }

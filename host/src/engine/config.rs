@@ -1,9 +1,9 @@
 //! How the operator runs a model: the engine's configuration and its
 //! defaults, named once here.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-use super::{BackendKind, CacheLimits, FlashAttention, SnapshotKey};
+use super::{BackendKind, CacheLimits, FlashAttention, SharedTier, SnapshotKey};
 
 /// How the operator runs a model.
 #[derive(Debug, Clone)]
@@ -30,6 +30,9 @@ pub struct EngineConfig {
     pub snapshot_key: SnapshotKey,
     /// A Jinja chat template that replaces the GGUF's own (the operator's).
     pub chat_template: Option<String>,
+    /// The prefix cache's tier shared with other hosts (`--shared-cache`),
+    /// one for all the host's models.
+    pub shared_cache: Option<Arc<SharedTier>>,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +49,7 @@ impl Default for EngineConfig {
             prefix_cache: CacheLimits::default(),
             snapshot_key: process_key(),
             chat_template: None,
+            shared_cache: None,
         }
     }
 }

@@ -55,7 +55,7 @@ pub use config::EngineConfig;
 pub use embed::{EmbedInput, Embedding};
 pub use finish::{Finish, FinishReason, Usage};
 pub use params::{Feature, Pooling, SessionOptions};
-pub use prefix_cache::CacheLimits;
+pub use prefix_cache::{CacheLimits, SharedSettings, SharedStats, SharedTier};
 pub use protocol::Pending;
 pub use quota::{Quota, QuotaLimits};
 pub use session::{Forking, Namespace, Session};
@@ -140,7 +140,7 @@ impl Engine {
             path: path.to_owned(),
             identity: OnceLock::new(),
             file_size: std::fs::metadata(path).map_or(0, |m| m.len()),
-            cache: PrefixCache::new(config.prefix_cache),
+            cache: PrefixCache::new(config.prefix_cache, config.shared_cache.clone()),
             opening: Mutex::new(()),
             snapshot_key: config.snapshot_key.clone(),
             chat_template: config.chat_template.clone(),

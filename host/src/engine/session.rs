@@ -314,6 +314,7 @@ impl Drop for Session {
         }
         let Ok(tokens) = self.tokens() else { return };
         let notes = std::mem::take(&mut *self.notes.lock().unwrap_or_else(|e| e.into_inner()));
+        self.engine.share(&namespace, self.shape(), &tokens, self);
         let kept = Session {
             slot: self.slot.clone(),
             engine: self.engine.clone(),

@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use super::{PrefixCache, Start};
+use super::{PrefixCache, Start, shared};
 use crate::engine::quota::Quota;
 use crate::engine::session::{Namespace, Session, Shape};
+use crate::engine::snapshot::Snapshot;
 use crate::engine::{Engine, SessionOptions, snapshot, tokens};
 use crate::error::LlmError;
 
@@ -31,11 +32,21 @@ impl Engine {
                 limit: shape.limit,
             }));
         }
+        // The shared tier, where this host's own cache holds less of the
+        // prompt than another host may have kept (before the lock below:
+        // the store may take up to its timeout).
+        let fetched = self.fetch_shared(namespace, shape, prompt);
         // One request at a time finds its entry and takes its place, so no
         // other request holds the entry meanwhile and blocks the takeover
         // below (a few milliseconds each; the prefill comes after).
         let opening = self.0.opening.lock().unwrap_or_else(|e| e.into_inner());
-        let start = self.0.cache.lookup(namespace, shape, prompt);
+        let mut start = self.0.cache.lookup(namespace, shape, prompt);
+        if let Some((snapshot, shared)) = fetched
+            && shared > start.shared()
+        {
+            tracing::debug!(model = self.name(), tokens = shared, "open-cached continues from the shared cache");
+            start = Start::Restore(Arc::new(snapshot), shared);
+        }
         let continued = match start {
             Start::Extend(entry, shared) => self.continue_entry(entry, true, shape, quota).map(|s| (s, shared)),
             Start::Fork(entry, shared) => self.continue_entry(entry, false, shape, quota).map(|s| (s, shared)),
@@ -114,6 +125,67 @@ impl Engine {
             }
             forked => forked,
         }
+    }
+
+    /// What the shared tier holds of `prompt` beyond this host's own cache:
+    /// a snapshot checked in full (tag, seal, model, tokens) and how many of
+    /// the prompt's tokens it gives.
+    fn fetch_shared(&self, namespace: &Namespace, shape: Shape, prompt: &[u32]) -> Option<(Snapshot, usize)> {
+        let tier = self.0.cache.shared()?;
+        let local = self.0.cache.longest(namespace, shape, prompt);
+        if local + 1 >= prompt.len() {
+            return None;
+        }
+        let base = self.shared_base(namespace, shape)?;
+        let blob = tier.find(&base, prompt, local, &self.0.snapshot_key)?;
+        let checked = Snapshot::decode(&blob, &self.0.snapshot_key, &self.identity().ok()?)
+            .and_then(|s| tokens::checked_tokens(self.model(), &s.tokens).map(|_| s));
+        match checked {
+            Ok(snapshot) if snapshot.limit == shape.limit && snapshot.seed == shape.seed => {
+                let shared = tokens::reusable_prefix(&snapshot.tokens, prompt);
+                tier.restored(Some(shared));
+                Some((snapshot, shared))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tier.restored(None);
+                tracing::warn!(model = self.name(), "a shared-cache entry was refused: {e}");
+                None
+            }
+        }
+    }
+
+    /// Write `session` (holding `tokens`, about to be kept) to the shared
+    /// tier, sealed, for the other hosts; before the session is released,
+    /// so a client that sees its answer end finds it there.
+    pub(in crate::engine) fn share(&self, namespace: &Namespace, shape: Shape, tokens: &[u32], session: &Session) {
+        let Some(tier) = self.0.cache.shared() else { return };
+        let Some(base) = self.shared_base(namespace, shape) else { return };
+        let Ok(model) = self.identity() else { return };
+        match session.copy_state() {
+            Ok(mut snapshot) => {
+                snapshot.model = model;
+                tier.put(&base, tokens, &self.seal(&snapshot), &self.0.snapshot_key);
+            }
+            Err(e) => tracing::debug!(model = self.name(), "a kept session could not be copied for the shared cache: {e}"),
+        }
+    }
+
+    /// What the shared tier's keys of `namespace` and `shape` start with:
+    /// a hash of the namespace, the model file, the backend and the shape.
+    fn shared_base(&self, namespace: &Namespace, shape: Shape) -> Option<String> {
+        let model = self.identity().ok()?;
+        let mut h = blake3::Hasher::new();
+        h.update(namespace.0.as_bytes()).update(&[0]).update(&model).update(self.backend().to_string().as_bytes());
+        h.update(&shape.limit.to_le_bytes());
+        h.update(&shape.shift.map_or([0xff; 5], |s| { let mut b = [1u8; 5]; b[1..].copy_from_slice(&s.to_le_bytes()); b }));
+        h.update(&shape.seed.map_or([0xff; 9], |s| { let mut b = [1u8; 9]; b[1..].copy_from_slice(&s.to_le_bytes()); b }));
+        Some(shared::hex(&h.finalize().as_bytes()[..16]))
+    }
+
+    /// The shared tier's counters, where there is one.
+    pub fn shared_stats(&self) -> Option<&shared::SharedStats> {
+        self.0.cache.shared().map(|t| t.stats())
     }
 
     /// A new session holding a spilled prefix-cache entry's state.

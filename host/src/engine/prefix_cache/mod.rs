@@ -59,6 +59,9 @@
 //! for finding the note; the conversation is still found by its tokens.
 
 mod continued;
+mod shared;
+
+pub use shared::{SharedSettings, SharedStats, SharedTier};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -100,6 +103,8 @@ pub(super) struct PrefixCache {
     /// longer counts against the instance that made it.
     quota: Arc<Quota>,
     clock: AtomicU64,
+    /// The tier several hosts share, where the operator gave one.
+    shared: Option<Arc<SharedTier>>,
 }
 
 struct Entry {
@@ -142,15 +147,43 @@ pub(super) enum Start {
     Empty,
 }
 
+impl Start {
+    /// Tokens of the prompt it holds.
+    fn shared(&self) -> usize {
+        match self {
+            Start::Fork(_, n) | Start::Extend(_, n) | Start::Restore(_, n) => *n,
+            Start::Empty => 0,
+        }
+    }
+}
+
 impl PrefixCache {
-    pub(super) fn new(limits: CacheLimits) -> Self {
+    pub(super) fn new(limits: CacheLimits, shared: Option<Arc<SharedTier>>) -> Self {
         Self {
             limits,
             entries: Mutex::default(),
             notes: Mutex::default(),
             quota: Quota::unlimited(),
             clock: AtomicU64::new(0),
+            shared: shared.filter(|_| limits.entries > 0),
         }
+    }
+
+    /// The shared tier, if the operator gave one (and the cache is on).
+    pub(super) fn shared(&self) -> Option<&Arc<SharedTier>> {
+        self.shared.as_ref()
+    }
+
+    /// How much of `prompt` the best entry of `namespace` and `shape` holds,
+    /// without taking it (whether the shared tier could give more).
+    pub(super) fn longest(&self, namespace: &Namespace, shape: Shape, prompt: &[u32]) -> usize {
+        let entries = self.lock();
+        entries
+            .iter()
+            .filter(|e| &e.namespace == namespace && e.shape == shape)
+            .map(|e| tokens::reusable_prefix(&e.tokens, prompt))
+            .max()
+            .unwrap_or(0)
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
