@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod chat;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod p3;
 pub mod policy;
 pub mod registry;

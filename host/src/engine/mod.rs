@@ -55,7 +55,7 @@ pub use config::EngineConfig;
 pub use embed::{EmbedInput, Embedding};
 pub use finish::{Finish, FinishReason, Usage};
 pub use params::{Feature, Pooling, SessionOptions};
-pub use prefix_cache::{CacheLimits, SharedSettings, SharedStats, SharedTier};
+pub use prefix_cache::{CacheLimits, SharedSettings, SharedTier};
 pub use protocol::Pending;
 pub use quota::{Quota, QuotaLimits};
 pub use session::{Forking, Namespace, Session};

@@ -24,12 +24,14 @@ impl Drop for Slot {
         // at once: a later Open of this sequence comes after this Close.
         let _ = self.send(Command::Close { seq: self.seq });
         self.lane.release(self.seq);
+        crate::metrics::get().sessions.dec();
     }
 }
 
 impl Slot {
     /// A sequence of `lane` and `lease`, which the slot now owns.
     pub(super) fn new(lane: Arc<Lane>, seq: SeqId, lease: Lease) -> Self {
+        crate::metrics::get().sessions.inc();
         Self { lane, seq, lease }
     }
 

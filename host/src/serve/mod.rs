@@ -15,6 +15,9 @@
 //! fail; the guest drops the body, and with it the generations behind it,
 //! which cancels them.
 //!
+//! `GET /metrics` is the host's own ([`crate::metrics`]), behind the API
+//! keys as every path but `/health` is.
+//!
 //! With `--api-key`, a request without one of the operator's keys is
 //! answered 401 here, before any guest runs ([`auth`]). A guest that fails
 //! is the guest's (or its client's) doing, not the operator's: those
@@ -42,6 +45,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
+use crate::metrics;
 use crate::runner::{Guest, Runtime};
 
 /// How long a shutdown waits for requests in flight before it gives up.
@@ -153,16 +157,41 @@ impl Server {
             tracing::debug!(path = parts.uri.path(), "refused without running the guest: {refusal:?} API key");
             return Ok(unauthorized(refusal));
         }
-        let request = Request::from_parts(parts, body);
-        let answer = match &self.front {
-            Front::P2(proxy) => proxy.clone().handle(request, self.failures.clone()).await,
-            Front::P3(service) => service.handle(request).await,
+        let metrics = metrics::get();
+        let route = metrics::route(parts.uri.path());
+        let response = if route == "/metrics" && parts.method == hyper::Method::GET {
+            metrics_response(metrics)
+        } else {
+            let request = Request::from_parts(parts, body);
+            metrics.requests_in_flight.inc();
+            let answer = match &self.front {
+                Front::P2(proxy) => proxy.clone().handle(request, self.failures.clone()).await,
+                Front::P3(service) => service.handle(request).await,
+            };
+            metrics.requests_in_flight.dec();
+            answer.unwrap_or_else(|why| {
+                self.failures.warn(format_args!("{why}"));
+                server_error(&why)
+            })
         };
-        Ok(answer.unwrap_or_else(|why| {
-            self.failures.warn(format_args!("{why}"));
-            server_error(&why)
-        }))
+        let status = response.status().as_u16();
+        metrics.requests.get_or_create(&metrics::RequestLabels { route, status }).inc();
+        Ok(response)
     }
+}
+
+/// `GET /metrics`: the host's own answer (no guest runs), in the
+/// OpenMetrics text format Prometheus scrapes.
+fn metrics_response(metrics: &metrics::Metrics) -> Response<HyperOutgoingBody> {
+    let body = Full::new(Bytes::from(metrics.encode()))
+        .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} })
+        .boxed_unsync();
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
 }
 
 /// A 500 in the shape OpenAI-style clients parse (`{"error": {...}}`).

@@ -41,11 +41,17 @@ impl Engine {
         // below (a few milliseconds each; the prefill comes after).
         let opening = self.0.opening.lock().unwrap_or_else(|e| e.into_inner());
         let mut start = self.0.cache.lookup(namespace, shape, prompt);
-        if let Some((snapshot, shared)) = fetched
-            && shared > start.shared()
-        {
-            tracing::debug!(model = self.name(), tokens = shared, "open-cached continues from the shared cache");
-            start = Start::Restore(Arc::new(snapshot), shared);
+        let metrics = crate::metrics::get();
+        match fetched {
+            Some((snapshot, shared)) if shared > start.shared() => {
+                tracing::debug!(model = self.name(), tokens = shared, "open-cached continues from the shared cache");
+                metrics.cache_hit("shared", shared);
+                start = Start::Restore(Arc::new(snapshot), shared);
+            }
+            _ if matches!(start, Start::Empty) => {
+                metrics.prefix_cache_misses.inc();
+            }
+            _ => metrics.cache_hit("local", start.shared()),
         }
         let continued = match start {
             Start::Extend(entry, shared) => self.continue_entry(entry, true, shape, quota).map(|s| (s, shared)),
@@ -143,12 +149,11 @@ impl Engine {
         match checked {
             Ok(snapshot) if snapshot.limit == shape.limit && snapshot.seed == shape.seed => {
                 let shared = tokens::reusable_prefix(&snapshot.tokens, prompt);
-                tier.restored(Some(shared));
                 Some((snapshot, shared))
             }
             Ok(_) => None,
             Err(e) => {
-                tier.restored(None);
+                crate::metrics::get().shared_refused.inc();
                 tracing::warn!(model = self.name(), "a shared-cache entry was refused: {e}");
                 None
             }
@@ -181,11 +186,6 @@ impl Engine {
         h.update(&shape.shift.map_or([0xff; 5], |s| { let mut b = [1u8; 5]; b[1..].copy_from_slice(&s.to_le_bytes()); b }));
         h.update(&shape.seed.map_or([0xff; 9], |s| { let mut b = [1u8; 9]; b[1..].copy_from_slice(&s.to_le_bytes()); b }));
         Some(shared::hex(&h.finalize().as_bytes()[..16]))
-    }
-
-    /// The shared tier's counters, where there is one.
-    pub fn shared_stats(&self) -> Option<&shared::SharedStats> {
-        self.0.cache.shared().map(|t| t.stats())
     }
 
     /// A new session holding a spilled prefix-cache entry's state.

@@ -61,7 +61,7 @@
 mod continued;
 mod shared;
 
-pub use shared::{SharedSettings, SharedStats, SharedTier};
+pub use shared::{SharedSettings, SharedTier};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

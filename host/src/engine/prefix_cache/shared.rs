@@ -34,10 +34,10 @@
 //! reconnects, so requests go on with each host's own cache meanwhile.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::super::snapshot::SnapshotKey;
+use crate::metrics;
 
 /// Tokens per block: the granularity at which prefixes are found (see the
 /// module's doc).
@@ -71,31 +71,11 @@ impl SharedSettings {
     }
 }
 
-/// What the tier did, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct SharedStats {
-    /// Lookups that restored an entry.
-    pub hits: AtomicU64,
-    /// Prompt tokens those entries gave.
-    pub restored_tokens: AtomicU64,
-    /// Lookups that found nothing longer than the host's own cache.
-    pub misses: AtomicU64,
-    /// Entries written.
-    pub writes: AtomicU64,
-    /// Bytes of the entries written.
-    pub written_bytes: AtomicU64,
-    /// Calls that failed (store down, timeout, protocol).
-    pub errors: AtomicU64,
-    /// Entries refused: a bad tag, or a blob the snapshot check refused.
-    pub refused: AtomicU64,
-}
-
 /// A connection to the store, shared by the host's engines.
 pub struct SharedTier {
     settings: SharedSettings,
     client: redis::Client,
     link: Mutex<Link>,
-    stats: SharedStats,
 }
 
 impl std::fmt::Debug for SharedTier {
@@ -119,17 +99,12 @@ impl SharedTier {
     pub fn new(settings: SharedSettings) -> anyhow::Result<Self> {
         let client = redis::Client::open(settings.url.as_str())
             .map_err(|e| anyhow::anyhow!("--shared-cache {}: {e}", settings.url))?;
-        Ok(Self { settings, client, link: Mutex::default(), stats: SharedStats::default() })
+        Ok(Self { settings, client, link: Mutex::default() })
     }
 
     /// The operator's settings.
     pub fn settings(&self) -> &SharedSettings {
         &self.settings
-    }
-
-    /// What the tier did so far.
-    pub fn stats(&self) -> &SharedStats {
-        &self.stats
     }
 
     /// Run `call` on the connection (made first if there is none and the
@@ -174,7 +149,7 @@ impl SharedTier {
     }
 
     fn lost(&self, link: &mut Link, error: &redis::RedisError) {
-        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        metrics::get().shared_errors.inc();
         link.failed_at = Some(Instant::now());
         if !link.warned {
             link.warned = true;
@@ -207,8 +182,8 @@ impl SharedTier {
         }
         let written = self.with(|c| pipe.query::<()>(c));
         if written.is_some() {
-            self.stats.writes.fetch_add(1, Ordering::Relaxed);
-            self.stats.written_bytes.fetch_add(value.len() as u64, Ordering::Relaxed);
+            metrics::get().shared_writes.inc();
+            metrics::get().shared_written_bytes.inc_by(value.len() as u64);
         }
     }
 
@@ -226,40 +201,21 @@ impl SharedTier {
         }
         let wanted = &blocks[first..];
         let found: Vec<Option<String>> = self.with(|c| redis::cmd("MGET").arg(wanted).query(c))?;
-        let Some(entry) = found.into_iter().rev().flatten().next() else {
-            self.stats.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
-        };
+        let entry = found.into_iter().rev().flatten().next()?;
         // An index value that names another base's entry is refused outright.
         if !entry.starts_with(&format!("{PREFIX}:{base}:e:")) {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            metrics::get().shared_refused.inc();
             return None;
         }
         let value: Option<Vec<u8>> = self.with(|c| redis::cmd("GET").arg(&entry).query(c))?;
-        let Some(value) = value else {
-            // Evicted between the two calls.
-            self.stats.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
-        };
+        // None: evicted between the two calls.
+        let value = value?;
         if value.len() < TAG_BYTES || !constant_time_eq(&value[..TAG_BYTES], &tag(key, &entry, &value[TAG_BYTES..])) {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            metrics::get().shared_refused.inc();
             tracing::warn!("a shared-cache entry failed its check (another key, or tampered); ignored");
             return None;
         }
         Some(value[TAG_BYTES..].to_vec())
-    }
-
-    /// Count a restored entry and its tokens (or a refused one).
-    pub(in crate::engine) fn restored(&self, tokens: Option<usize>) {
-        match tokens {
-            Some(n) => {
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                self.stats.restored_tokens.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            None => {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            }
-        }
     }
 }
 

@@ -44,6 +44,7 @@ impl Scheduler<'_> {
             self.uncache_last(seq)?;
         }
         let s = open(&mut self.seqs, seq)?;
+        let started = s.turn_start.and(s.turn_at).unwrap_or_else(std::time::Instant::now);
         let cached = s.turn_start.take().unwrap_or(s.n_past);
         let shared = Shared::new();
         s.generation = Some(Generation {
@@ -54,6 +55,8 @@ impl Scheduler<'_> {
             usage: Usage { prompt_tokens: s.tokens.len() as u32, cached_tokens: cached as u32, generated_tokens: 0 },
             shared: shared.clone(),
             deadline,
+            started,
+            first: None,
         });
         s.stream = Some(shared.clone());
         if let Some(index) = fresh {
@@ -114,6 +117,10 @@ impl Scheduler<'_> {
         if model.is_end_of_generation(token) {
             return self.finish(seq, FinishReason::EndOfSequence);
         }
+        if g.first.is_none() {
+            g.first = Some(std::time::Instant::now());
+            crate::metrics::get().time_to_first_token.observe(g.started.elapsed().as_secs_f64());
+        }
         let logprob = g.logprobs.map(|n| logprob(logits, token, n as usize));
         s.tokens.push(token);
         let bytes = model.piece(token);
@@ -156,6 +163,7 @@ impl Scheduler<'_> {
             g.usage.generated_tokens += chunk.tokens.len() as u32;
             g.shared.push(Item::Chunk(chunk));
         }
+        g.account(&g.usage);
         g.shared.push(Item::Finish(Finish { reason, usage: g.usage }));
     }
 
@@ -179,11 +187,15 @@ impl Scheduler<'_> {
         let undelivered = s.undelivered();
         let Some(shared) = s.stream.take() else { return Usage::default() };
         let finished = shared.lock().finished_usage();
-        let mut usage = match s.generation.take() {
+        let generation = s.generation.take();
+        let mut usage = match &generation {
             Some(g) => g.usage,
             None => finished.unwrap_or_default(),
         };
         usage.generated_tokens = usage.generated_tokens.saturating_sub(undelivered as u32);
+        if let Some(g) = &generation {
+            g.account(&usage);
+        }
         let keep = s.tokens.len() - undelivered;
         s.tokens.truncate(keep);
         self.rewind_kv(seq, keep);

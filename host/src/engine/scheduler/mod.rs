@@ -256,6 +256,9 @@ impl<'m> Scheduler<'m> {
         };
         let used = s.tokens.len();
         let added = new.len() as u32;
+        if s.turn_start.is_none() {
+            s.turn_at = Some(std::time::Instant::now());
+        }
         s.turn_start.get_or_insert(s.n_past);
         s.tokens.extend(new);
         s.prefill = Some(Prefill { added, reply: reply.clone(), rollback_len: used, since: std::time::Instant::now() });

@@ -24,6 +24,9 @@ pub(super) struct Sequence {
     /// `n_past` when the current turn's first append came; `None` once a
     /// generation has started. Usage's cached-tokens comes from it.
     pub turn_start: Option<usize>,
+    /// When `turn_start` was last set: a turn's time to first token counts
+    /// from there.
+    pub turn_at: Option<std::time::Instant>,
     pub prefill: Option<Prefill>,
     pub generation: Option<Generation>,
     /// The last stream handed out, until its reader has drained it.
@@ -42,6 +45,7 @@ impl Sequence {
             tokens: Vec::new(),
             n_past: 0,
             turn_start: None,
+            turn_at: None,
             prefill: None,
             generation: None,
             stream: None,
@@ -55,6 +59,7 @@ impl Sequence {
             tokens: self.tokens.clone(),
             n_past: self.n_past,
             turn_start: self.turn_start,
+            turn_at: self.turn_at,
             copy_pending: true,
             ..Self::new(self.limit, self.seed, self.shift)
         }
@@ -87,4 +92,24 @@ pub(super) struct Generation {
     pub usage: Usage,
     pub shared: Arc<Shared>,
     pub deadline: Option<Deadline>,
+    /// When its turn started (for time to first token), and when its first
+    /// token came (for decode speed).
+    pub started: std::time::Instant,
+    pub first: Option<std::time::Instant>,
+}
+
+impl Generation {
+    /// Count a generation that ended with `usage` in the process's metrics.
+    pub fn account(&self, usage: &Usage) {
+        let m = crate::metrics::get();
+        m.prompt_tokens.inc_by(usage.prompt_tokens.into());
+        m.cached_prompt_tokens.inc_by(usage.cached_tokens.into());
+        m.generated_tokens.inc_by(usage.generated_tokens.into());
+        if let Some(first) = self.first
+            && usage.generated_tokens > 1
+        {
+            m.decode_seconds_per_token
+                .observe(first.elapsed().as_secs_f64() / f64::from(usage.generated_tokens - 1));
+        }
+    }
 }
