@@ -7,7 +7,7 @@ HOST := cargo run --release --quiet -p wasi-nn-llm-host --
 # The inference backend: llama.cpp, or candle (`make chat BACKEND=candle`).
 BACKEND ?= llama.cpp
 
-.PHONY: chat serve test bench fuzz cuda gpu-kit bootstrap guests
+.PHONY: chat serve cluster test bench fuzz cuda gpu-kit bootstrap guests
 
 ## Streaming chat on the default model (fetched and cached on first use).
 chat: guests
@@ -19,6 +19,13 @@ chat: guests
 SERVER := $(if $(P2),openai-server.wasm,openai_server_p3.wasm)
 serve: guests
 	@$(HOST) serve --model smollm2 --backend $(BACKEND) $(GUESTS)/$(SERVER)
+
+## Several hosts sharing one prefix cache behind a balancer, on loopback:
+## Redis, HOSTS (default 2) serve hosts of one thread each, and haproxy at
+## http://127.0.0.1:8080/v1 (README: Running several hosts).
+cluster: guests
+	@cargo build --release --quiet -p wasi-nn-llm-host
+	@scripts/cluster.sh
 
 ## The whole test suite, on the real model.
 test: guests
