@@ -4,7 +4,7 @@ llama-server alike, and prints one JSON line of what it timed.
 
 Usage: client.py BASE_URL MODEL MODE ARGS...
   chat TURNS MAX_TOKENS            one conversation, the whole history sent each turn
-  round-robin CONVS TURNS MAX_TOKENS  CONVS conversations, one turn of each in turn
+  round-robin CONVS TURNS MAX_TOKENS [SEED]  CONVS conversations, one turn of each in turn (shuffled each round with SEED)
   concurrent STREAMS MAX_TOKENS     STREAMS chats at once
   cold TOKENS                       a prompt of about TOKENS tokens sharing nothing cached
   tool-loop STEPS MAX_TOKENS        an agent's loop: STEPS - 1 required tool calls, each answered, then the answer
@@ -69,11 +69,20 @@ def chat(client, model, turns, max_tokens):
     return {"turns": seen}
 
 
-def round_robin(client, model, convs, turns, max_tokens):
+def round_robin(client, model, convs, turns, max_tokens, shuffle=None):
+    """One turn of each conversation in turn; with `shuffle` (a seed), in
+    an order shuffled afresh each round, as independent clients arrive (a
+    balancer's round-robin then sends a conversation's turns to different
+    hosts, where a fixed order would pin each to one)."""
+    import random
+    order = random.Random(int(shuffle)) if shuffle is not None else None
     histories = [[] for _ in range(int(convs))]
     seen = []
     for t in range(int(turns)):
-        for c, messages in enumerate(histories):
+        convs_now = list(enumerate(histories))
+        if order is not None:
+            order.shuffle(convs_now)
+        for c, messages in convs_now:
             messages.append(user(TOPICS[c % len(TOPICS)], t))
             r = turn(client, model, messages, int(max_tokens))
             messages.append({"role": "assistant", "content": r["text"]})

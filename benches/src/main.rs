@@ -19,6 +19,7 @@ mod p3;
 mod plot;
 mod report;
 mod restore;
+mod scale;
 mod serve;
 mod single;
 mod template;
@@ -98,6 +99,8 @@ enum Section {
     P3,
     Wasmedge,
     Backends,
+    /// Two hosts behind a balancer, the shared tier on and off.
+    ScaleOut,
 }
 
 /// What every measurement shares.
@@ -172,7 +175,7 @@ fn main() -> Result<()> {
     };
     // The serve section runs on the first model only (the one `make serve`
     // serves): a run of it on gemma3 would take most of an hour.
-    let llama_server = if wanted(Section::Serve) {
+    let llama_server = if wanted(Section::Serve) || wanted(Section::ScaleOut) {
         baseline::llama_tool(workspace, "llama-server").map_err(|e| eprintln!("llama-server unavailable: {e:#}")).ok()
     } else {
         None
@@ -296,7 +299,7 @@ fn main() -> Result<()> {
             template::rows(name, &engine, &mut prompt_tokens)?;
         }
 
-        if let Some(bin) = llama_server.as_ref().filter(|_| index == 0) {
+        if let Some(bin) = llama_server.as_ref().filter(|_| index == 0 && wanted(Section::Serve)) {
             let setup = serve::Setup {
                 workspace,
                 llama_server: bin.clone(),
@@ -325,6 +328,14 @@ fn main() -> Result<()> {
                 s.markdown
             )?;
             targets.extend(s.targets);
+            results.write(&body, &targets, false)?;
+        }
+
+        if let Some(bin) = llama_server.as_ref().filter(|_| index == 0 && wanted(Section::ScaleOut)) {
+            let flash = engine.attention().expect("llama.cpp chooses a kernel").flash;
+            let (markdown, t) = scale::run(workspace, bin, name, &spec.path, flash, args.chat_runs)?;
+            writeln!(body, "### Scale-out: two hosts sharing a cache\n\n{markdown}")?;
+            targets.extend(t);
             results.write(&body, &targets, false)?;
         }
 

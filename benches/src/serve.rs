@@ -625,7 +625,7 @@ fn start(setup: &Setup, side: Side, template: Option<&Path>) -> Result<Server> {
 
 /// Run `benches/serve/client.py BASE MODEL MODE ARGS` (in the venv the
 /// test command's bootstrap makes) and parse its JSON line.
-fn client(workspace: &Path, base: &str, model: &str, mode: &str, args: &[String]) -> Result<Value> {
+pub(crate) fn client(workspace: &Path, base: &str, model: &str, mode: &str, args: &[String]) -> Result<Value> {
     let python = workspace.join("target/py/bin/python");
     let out = Command::new(&python)
         .arg(workspace.join("benches/serve/client.py"))
