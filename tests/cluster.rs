@@ -216,6 +216,8 @@ fn hosts_behind_a_balancer_continue_each_others_conversations() {
         if let Some((before, previous)) = &last {
             assert_ne!(&served, before, "turn {} went to the host of the turn before", t + 1);
             assert!(cached(&usage) >= *previous, "turn {}: cached {} of the previous prompt's {previous}: {usage}\n{}", t + 1, cached(&usage), logs());
+            // ...and says the other host's conversation came from the shared tier.
+            assert_eq!(usage["prompt_tokens_details"]["cached_from"], "shared", "turn {}: {usage}", t + 1);
         }
         last = Some((served, prompt(&usage)));
         messages.push(json!({ "role": "assistant", "content": reply }));

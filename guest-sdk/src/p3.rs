@@ -75,6 +75,9 @@ pub use wasip3::cli::command::export;
 pub use wasip3::exports::cli::run::Guest as Run;
 
 use raw::wasi_nn_llm::llm0_2_0_rc_2026_12_06::session as draft;
+/// Where a continued session's prefix came from: this host's own prefix
+/// cache, or a store it shares with other hosts.
+pub use draft::CacheTier;
 
 /// A conversation held in the host's KV cache, as [`crate::Session`], with
 /// the calls that wait on the host `async`.
@@ -177,6 +180,13 @@ impl Session {
     /// `model` still holds (see [`crate::Session::cached_note`]).
     pub fn cached_note(model: &Model, key: &str) -> Result<Option<Vec<u8>>, Error> {
         Ok(draft::Session::cached_note(model.graph(), key)?)
+    }
+
+    /// Which tier of the host's prefix cache gave this session its prefix
+    /// (a session from [`open_cached`](Self::open_cached)): none if it was
+    /// not continued from the cache.
+    pub fn cached_from(&self) -> Option<CacheTier> {
+        self.raw.cached_from()
     }
 
     /// The underlying resource, for calls the SDK does not wrap.

@@ -119,6 +119,13 @@ impl session::HostSession for crate::wit::LlmView<'_> {
         Ok(self.table().get(&session)?.reset().map_err(Into::into))
     }
 
+    fn cached_from(&mut self, session: Resource<Session>) -> wasmtime::Result<Option<session::CacheTier>> {
+        Ok(self.table().get(&session)?.cached_from().map(|tier| match tier {
+            engine::CacheTier::Local => session::CacheTier::Local,
+            engine::CacheTier::Shared => session::CacheTier::Shared,
+        }))
+    }
+
     fn keep_note(&mut self, session: Resource<Session>, key: String, note: Vec<u8>) -> Answer<()> {
         Ok(self.table().get(&session)?.keep_note(&key, note).map_err(Into::into))
     }

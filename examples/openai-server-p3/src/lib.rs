@@ -24,7 +24,7 @@ use http_body::{Body, Frame};
 use openai_server::{ApiError, Host, MAX_BODY, Reply};
 use wasi_nn_llm::p3::wasip3::http::types::{ErrorCode, Request, Response};
 use wasi_nn_llm::p3::wasip3::http_compat::{IncomingRequestBody, http_from_wasi_request, http_into_wasi_response};
-use wasi_nn_llm::p3::{Generation, Session, wasip3};
+use wasi_nn_llm::p3::{CacheTier, Generation, Session, wasip3};
 use wasi_nn_llm::{Chunk, Error, Finish, Model, Params, SessionOptions};
 
 struct Service;
@@ -121,6 +121,13 @@ impl Host for Streams {
 
     fn cached_note(model: &Model, key: &str) -> Result<Option<Vec<u8>>, Error> {
         Session::cached_note(model, key)
+    }
+
+    fn cached_from(session: &Session) -> Option<&'static str> {
+        session.cached_from().map(|tier| match tier {
+            CacheTier::Local => "local",
+            CacheTier::Shared => "shared",
+        })
     }
 
     async fn sleep(duration: Duration) {

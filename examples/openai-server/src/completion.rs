@@ -50,6 +50,9 @@ pub struct Job<H: Host> {
     sessions: Vec<H::Session>,
     model: Model,
     logprobs: bool,
+    /// Which tier of the host's cache gave the prompt's prefix, where the
+    /// front door's session says.
+    cached_from: Option<&'static str>,
 }
 
 /// One choice in flight.
@@ -93,6 +96,7 @@ impl<H: Host> Job<H> {
         reading: Option<Reading>,
     ) -> Result<Self, ApiError> {
         let first = queued::<H, _, _>(n, || H::open_cached(&model, prompt)).await?;
+        let cached_from = H::cached_from(&first);
         let mut sessions = vec![first];
         for _ in 1..n {
             let prompt_session = &sessions[0];
@@ -131,6 +135,7 @@ impl<H: Host> Job<H> {
             sessions,
             model,
             logprobs: params.as_raw().logprobs.is_some(),
+            cached_from,
         })
     }
 
@@ -541,12 +546,18 @@ impl<H: Host> Job<H> {
     pub fn usage(&self) -> Value {
         let (prompt, cached) = self.choices.iter().find_map(|c| c.prompt).unwrap_or((0, 0));
         let completion: u32 = self.choices.iter().map(|c| c.generated).sum();
-        json!({
+        let mut usage = json!({
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
             "prompt_tokens_details": { "cached_tokens": cached },
             "completion_tokens_details": { "reasoning_tokens": self.choices.iter().map(|c| c.reasoning).sum::<u32>() },
-        })
+        });
+        // Beside OpenAI's fields: which cache tier gave the cached tokens
+        // (`local`, or `shared` when another host kept the conversation).
+        if let Some(tier) = self.cached_from.filter(|_| cached > 0) {
+            usage["prompt_tokens_details"]["cached_from"] = json!(tier);
+        }
+        usage
     }
 }

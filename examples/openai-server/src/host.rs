@@ -33,6 +33,9 @@ pub trait Host: 'static {
     fn keep_note(session: &Self::Session, key: &str, note: &[u8]) -> Result<(), Error>;
     /// The note kept under `key`, while the cache holds its conversation.
     fn cached_note(model: &Model, key: &str) -> Result<Option<Vec<u8>>, Error>;
+    /// Which tier of the host's prefix cache gave `session` its prefix
+    /// (`"local"` or `"shared"`), where the front door's session says.
+    fn cached_from(session: &Self::Session) -> Option<&'static str>;
     /// Wait `duration` without holding up the instance's other requests.
     async fn sleep(duration: Duration);
 }

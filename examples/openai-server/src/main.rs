@@ -152,6 +152,11 @@ impl Host for Pull {
         Session::cached_note(model, key)
     }
 
+    /// The 0.1.x session does not say (`wasi-nn-llm:llm@0.2.0-rc` does).
+    fn cached_from(_: &Session) -> Option<&'static str> {
+        None
+    }
+
     async fn sleep(duration: Duration) {
         std::thread::sleep(duration);
     }

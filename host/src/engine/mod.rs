@@ -58,7 +58,7 @@ pub use params::{Feature, Pooling, SessionOptions};
 pub use prefix_cache::{CacheLimits, SharedSettings, SharedTier};
 pub use protocol::Pending;
 pub use quota::{Quota, QuotaLimits};
-pub use session::{Forking, Namespace, Session};
+pub use session::{CacheTier, Forking, Namespace, Session};
 pub use snapshot_key::SnapshotKey;
 pub use stream::TokenStream;
 pub use text::{Chunk, TokenLogprob};

@@ -46,13 +46,34 @@ pub struct Session {
     kept_for: Option<Namespace>,
     /// The guest's notes, by key, that go into the cache with it.
     notes: Mutex<Vec<(String, Arc<[u8]>)>>,
+    /// Which tier of the prefix cache gave it its prefix (`open_cached`).
+    cached_from: Option<CacheTier>,
+}
+
+/// Which tier of the prefix cache a session was continued from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheTier {
+    /// This host's own.
+    Local,
+    /// The store several hosts share (`--shared-cache`).
+    Shared,
 }
 
 impl Session {
     /// A session of `engine` on `slot`.
     pub(super) fn new(engine: Engine, slot: Slot, shape: Shape) -> Self {
         let Shape { limit, shift, seed } = shape;
-        Self { engine, slot: Arc::new(slot), limit, shift, seed, kept_for: None, notes: Mutex::default() }
+        Self { engine, slot: Arc::new(slot), limit, shift, seed, kept_for: None, notes: Mutex::default(), cached_from: None }
+    }
+
+    /// Which tier of the prefix cache gave this session its prefix; none
+    /// if it was not continued from the cache.
+    pub fn cached_from(&self) -> Option<CacheTier> {
+        self.cached_from
+    }
+
+    pub(super) fn set_cached_from(&mut self, tier: CacheTier) {
+        self.cached_from = Some(tier);
     }
 
     /// What another session must share with this one to continue from it.
@@ -320,6 +341,7 @@ impl Drop for Session {
             engine: self.engine.clone(),
             kept_for: None,
             notes: Mutex::default(),
+            cached_from: None,
             ..*self
         };
         self.engine.cache().keep(namespace, self.shape(), tokens, kept, notes);

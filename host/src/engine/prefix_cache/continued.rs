@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{PrefixCache, Start, shared};
 use crate::engine::quota::Quota;
-use crate::engine::session::{Namespace, Session, Shape};
+use crate::engine::session::{CacheTier, Namespace, Session, Shape};
 use crate::engine::snapshot::Snapshot;
 use crate::engine::{Engine, SessionOptions, snapshot, tokens};
 use crate::error::LlmError;
@@ -42,17 +42,22 @@ impl Engine {
         let opening = self.0.opening.lock().unwrap_or_else(|e| e.into_inner());
         let mut start = self.0.cache.lookup(namespace, shape, prompt);
         let metrics = crate::metrics::get();
-        match fetched {
+        let tier = match fetched {
             Some((snapshot, shared)) if shared > start.shared() => {
                 tracing::debug!(model = self.name(), tokens = shared, "open-cached continues from the shared cache");
                 metrics.cache_hit("shared", shared);
                 start = Start::Restore(Arc::new(snapshot), shared);
+                CacheTier::Shared
             }
             _ if matches!(start, Start::Empty) => {
                 metrics.prefix_cache_misses.inc();
+                CacheTier::Local
             }
-            _ => metrics.cache_hit("local", start.shared()),
-        }
+            _ => {
+                metrics.cache_hit("local", start.shared());
+                CacheTier::Local
+            }
+        };
         let continued = match start {
             Start::Extend(entry, shared) => self.continue_entry(entry, true, shape, quota).map(|s| (s, shared)),
             Start::Fork(entry, shared) => self.continue_entry(entry, false, shape, quota).map(|s| (s, shared)),
@@ -60,8 +65,9 @@ impl Engine {
             Start::Empty => Err(LlmError::invalid("nothing cached")),
         };
         let (mut session, shared) = match continued {
-            Ok((session, shared)) => {
+            Ok((mut session, shared)) => {
                 session.resume(shared)?;
+                session.set_cached_from(tier);
                 (session, shared)
             }
             // A quota or sequence limit is the caller's to see; anything
