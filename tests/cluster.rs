@@ -200,7 +200,7 @@ fn hosts_behind_a_balancer_continue_each_others_conversations() {
     let mut store = Some(redis(redis_port));
     let ports = [free_port(), free_port()];
     let component = guest("openai_server_p3");
-    let hosts = ports.map(|p| host(p, redis_port, &key, &component));
+    let mut hosts = ports.map(|p| host(p, redis_port, &key, &component));
     let lb = free_port();
     let _balancer = balancer(lb, ports);
     let logs = || hosts.iter().map(Process::log).collect::<Vec<_>>().join("\n---\n");
@@ -286,6 +286,39 @@ fn hosts_behind_a_balancer_continue_each_others_conversations() {
         assert!(sample(m, "wasi_nn_llm_generated_tokens_total", &[]) > 0.0);
         assert!(sample(m, "wasi_nn_llm_time_to_first_token_seconds_count", &[]) >= 10.0);
     }
+
+    // A host killed mid-stream loses only that stream: the balancer sends
+    // the turn, asked again, to the other host, which continues the
+    // conversation from the shared tier.
+    let mut messages = Vec::new();
+    let mut previous = 0;
+    for t in 0..2 {
+        messages.push(user("comets", t));
+        let (_, usage, reply) = turn(lb, &messages);
+        previous = prompt(&usage);
+        messages.push(json!({ "role": "assistant", "content": reply }));
+    }
+    messages.push(user("comets", 2));
+    let body = json!({ "model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 400, "stream": true }).to_string();
+    let mut socket = TcpStream::connect(("127.0.0.1", lb)).unwrap();
+    write!(socket, "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut reader = BufReader::new(socket);
+    let (mut served, mut line) = (String::new(), String::new());
+    while reader.read_line(&mut line).unwrap() > 0 && !line.contains("\"content\":\"") {
+        if let Some(name) = line.to_ascii_lowercase().strip_prefix("x-served-by: ") {
+            served = name.trim().to_owned();
+        }
+        line.clear();
+    }
+    let victim = if served == "host1" { 0 } else { 1 };
+    hosts[victim].child.kill().unwrap();
+    let _ = hosts[victim].child.wait();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut reader, &mut rest);
+    assert!(!rest.contains("[DONE]"), "the stream of a killed host ran to its end");
+    let (served_again, usage, _) = turn(lb, &messages);
+    assert_ne!(served_again, served, "the balancer sent the turn to the dead host");
+    assert!(cached(&usage) >= previous, "the surviving host restored nothing: {usage}");
     drop(store);
     std::fs::remove_dir_all(&dir).ok();
 }
