@@ -24,6 +24,9 @@ fn p3(args: &[&str]) -> Vec<Value> {
 /// draft had), and the session comes from the release candidate.
 #[test]
 fn p3_guests_export_wasi_0_3_run_and_import_the_rc_session() {
+    // Compiling three components takes both cores for seconds: not beside
+    // the tests that time streams against each other.
+    let _serial = serial();
     let engine = wasmtime::Engine::default();
     for name in [P3, "parallel_p3", "conformance_p3"] {
         let component = wasmtime::component::Component::from_file(&engine, wasi_nn_llm_tests::guest(name)).unwrap();
