@@ -172,7 +172,7 @@ impl SharedTier {
         }
         let entry = format!("{PREFIX}:{base}:e:{}", hex(&blake3::hash(&le_bytes(tokens)).as_bytes()[..16]));
         let mut value = Vec::with_capacity(TAG_BYTES + blob.len());
-        value.extend_from_slice(&tag(key, &entry, blob));
+        value.extend_from_slice(tag(key, &entry, blob).as_bytes());
         value.extend_from_slice(blob);
         let ttl = self.settings.ttl.as_secs().max(1);
         let mut pipe = redis::pipe();
@@ -210,12 +210,16 @@ impl SharedTier {
         let value: Option<Vec<u8>> = self.with(|c| redis::cmd("GET").arg(&entry).query(c))?;
         // None: evicted between the two calls.
         let value = value?;
-        if value.len() < TAG_BYTES || !constant_time_eq(&value[..TAG_BYTES], &tag(key, &entry, &value[TAG_BYTES..])) {
+        // blake3::Hash compares in constant time, as the snapshot's own MAC check does.
+        let checked = value.split_first_chunk::<TAG_BYTES>().filter(|(tagged, blob)| {
+            blake3::Hash::from_bytes(**tagged) == tag(key, &entry, blob)
+        });
+        let Some((_, blob)) = checked else {
             metrics::get().shared_refused.inc();
             tracing::warn!("a shared-cache entry failed its check (another key, or tampered); ignored");
             return None;
-        }
-        Some(value[TAG_BYTES..].to_vec())
+        };
+        Some(blob.to_vec())
     }
 }
 
@@ -236,14 +240,10 @@ fn block_keys(base: &str, tokens: &[u32], usable: usize) -> Vec<String> {
 }
 
 /// The namespace-binding tag of an entry: keyed BLAKE3 of its key and blob.
-fn tag(key: &SnapshotKey, entry: &str, blob: &[u8]) -> [u8; TAG_BYTES] {
+fn tag(key: &SnapshotKey, entry: &str, blob: &[u8]) -> blake3::Hash {
     let mut mac = key.mac();
     mac.update(TAG_DOMAIN).update(entry.as_bytes()).update(&[0]).update(blob);
-    *mac.finalize().as_bytes()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    mac.finalize()
 }
 
 /// Token ids as little-endian bytes (what is hashed).
