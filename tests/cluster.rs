@@ -34,9 +34,13 @@ impl Drop for Process {
 
 /// Start `command` with its stderr (and stdout) kept.
 fn spawn(mut command: Command) -> Process {
-    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning");
+    let mut child =
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawning");
     let log = Arc::new(Mutex::new(String::new()));
-    for pipe in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+    for pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
@@ -215,7 +219,13 @@ fn hosts_behind_a_balancer_continue_each_others_conversations() {
         let (served, usage, reply) = turn(lb, &messages);
         if let Some((before, previous)) = &last {
             assert_ne!(&served, before, "turn {} went to the host of the turn before", t + 1);
-            assert!(cached(&usage) >= *previous, "turn {}: cached {} of the previous prompt's {previous}: {usage}\n{}", t + 1, cached(&usage), logs());
+            assert!(
+                cached(&usage) >= *previous,
+                "turn {}: cached {} of the previous prompt's {previous}: {usage}\n{}",
+                t + 1,
+                cached(&usage),
+                logs()
+            );
             // ...and says the other host's conversation came from the shared tier.
             assert_eq!(usage["prompt_tokens_details"]["cached_from"], "shared", "turn {}: {usage}", t + 1);
         }
@@ -225,7 +235,8 @@ fn hosts_behind_a_balancer_continue_each_others_conversations() {
 
     // Another tenant's component, on the same store and key, finds nothing of it.
     let other = host(free_port(), redis_port, &key, &other_tenant(&dir));
-    let other_port = other.log().split(" on http://127.0.0.1:").nth(1).and_then(|r| r[..r.find('/')?].parse().ok()).unwrap();
+    let other_port =
+        other.log().split(" on http://127.0.0.1:").nth(1).and_then(|r| r[..r.find('/')?].parse().ok()).unwrap();
     messages.push(user("bees", 10));
     let (_, usage, _) = turn(other_port, &messages);
     assert_eq!(cached(&usage), 0, "another tenant's component was given this tenant's conversation: {usage}");
@@ -263,7 +274,10 @@ fn hosts_behind_a_balancer_continue_each_others_conversations() {
 
     // An entry damaged in the store is refused by its tag, counted, and the
     // request goes on without it.
-    let keys = Command::new("redis-cli").args(["-p", &redis_port.to_string(), "--scan", "--pattern", "wnl1:*:e:*"]).output().unwrap();
+    let keys = Command::new("redis-cli")
+        .args(["-p", &redis_port.to_string(), "--scan", "--pattern", "wnl1:*:e:*"])
+        .output()
+        .unwrap();
     for entry in String::from_utf8(keys.stdout).unwrap().lines() {
         Command::new("redis-cli").args(["-p", &redis_port.to_string(), "SET", entry, "forged"]).output().unwrap();
     }
@@ -299,7 +313,8 @@ fn hosts_behind_a_balancer_continue_each_others_conversations() {
         messages.push(json!({ "role": "assistant", "content": reply }));
     }
     messages.push(user("comets", 2));
-    let body = json!({ "model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 400, "stream": true }).to_string();
+    let body = json!({ "model": MODEL, "messages": messages, "temperature": 0, "max_tokens": 400, "stream": true })
+        .to_string();
     let mut socket = TcpStream::connect(("127.0.0.1", lb)).unwrap();
     write!(socket, "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut reader = BufReader::new(socket);

@@ -31,7 +31,8 @@ fn a_0_1_4_guest_runs_unchanged_on_both_backends() {
     assert!(candle.status.success(), "{}", String::from_utf8_lossy(&candle.stderr));
     let candle = String::from_utf8_lossy(&candle.stdout).into_owned();
     for (backend, out) in [("llama.cpp", llama), ("candle", candle)] {
-        let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{backend}: {e}: {out}"));
+        let line: serde_json::Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{backend}: {e}: {out}"));
         assert_eq!(line["backend"], backend, "{line}");
         assert_eq!(line["finish"], "FinishReason::EndOfSequence", "{line}");
         let reply: serde_json::Value = serde_json::from_str(line["reply"].as_str().expect("a reply"))

@@ -65,9 +65,7 @@ fn meets_every_statement(name: &str, min_checks: usize, models: &[&str], backend
                 command
             }
         };
-        let out = command
-            .output()
-            .expect("running the host under test");
+        let out = command.output().expect("running the host under test");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let results: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let checks: Vec<&Value> = results.iter().filter(|r| r.get("id").is_some()).collect();
@@ -98,4 +96,3 @@ fn meets_every_statement(name: &str, min_checks: usize, models: &[&str], backend
         assert!(out.status.success(), "{model}: the suite exited with {}", out.status);
     }
 }
-

@@ -35,7 +35,10 @@ fn p3_guests_export_wasi_0_3_run_and_import_the_rc_session() {
         assert!(exports.iter().any(|n| n.starts_with("wasi:cli/run@0.3.")), "{name} exports {exports:?}");
         assert!(!exports.iter().any(|n| n.starts_with("wasi-nn-llm:")), "{name} exports {exports:?}");
         let imports: Vec<String> = ty.imports(&engine).map(|(n, _)| n.to_owned()).collect();
-        assert!(imports.iter().any(|n| n == "wasi-nn-llm:llm/session@0.2.0-rc-2026-12-06"), "{name} imports {imports:?}");
+        assert!(
+            imports.iter().any(|n| n == "wasi-nn-llm:llm/session@0.2.0-rc-2026-12-06"),
+            "{name} imports {imports:?}"
+        );
     }
 }
 

@@ -68,11 +68,8 @@ fn corpus_renders_byte_equal_to_transformers() {
         .filter(|(key, _)| !listed.contains_key(*key))
         .map(|((t, c), outcome)| format!("{t} × {c}: {outcome}"))
         .collect();
-    let stale: Vec<String> = listed
-        .keys()
-        .filter(|key| !differences.contains_key(*key))
-        .map(|(t, c)| format!("{t} × {c}"))
-        .collect();
+    let stale: Vec<String> =
+        listed.keys().filter(|key| !differences.contains_key(*key)).map(|(t, c)| format!("{t} × {c}")).collect();
     assert!(unlisted.is_empty(), "{} differences not in DIFFERENCES.md:\n{}", unlisted.len(), unlisted.join("\n"));
     assert!(stale.is_empty(), "DIFFERENCES.md lists renders that no longer differ:\n{}", stale.join("\n"));
     assert!(equal >= 300, "only {equal} renders compared equal: the corpus or the oracle is not being exercised");

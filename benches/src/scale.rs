@@ -67,7 +67,14 @@ struct Figures {
     shared_hits: f64,
 }
 
-pub fn run(workspace: &Path, llama_server: &Path, model: &str, gguf: &Path, flash: bool, runs: usize) -> Result<(String, Vec<Target>)> {
+pub fn run(
+    workspace: &Path,
+    llama_server: &Path,
+    model: &str,
+    gguf: &Path,
+    flash: bool,
+    runs: usize,
+) -> Result<(String, Vec<Target>)> {
     let configs = [Config::Shared, Config::Apart, Config::One, Config::LlamaServers];
     let mut seen: Vec<Vec<Figures>> = configs.iter().map(|_| Vec::new()).collect();
     for run in 0..runs {
@@ -77,15 +84,21 @@ pub fn run(workspace: &Path, llama_server: &Path, model: &str, gguf: &Path, flas
         }
     }
     let med = |i: usize, f: &dyn Fn(&Figures) -> f64| median(&seen[i].iter().map(f).collect::<Vec<_>>());
-    let per_run = |a: usize, b: usize| -> Vec<f64> { seen[a].iter().zip(&seen[b]).map(|(x, y)| x.ttft_ms / y.ttft_ms).collect() };
+    let per_run =
+        |a: usize, b: usize| -> Vec<f64> { seen[a].iter().zip(&seen[b]).map(|(x, y)| x.ttft_ms / y.ttft_ms).collect() };
     let spread = |r: &[f64]| {
         let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         format!("{} ({}–{})", ratio(median(r)), ratio(lo), ratio(hi))
     };
-    let mut table = Table::new(&["configuration", "Σ time to first token (ms)", "tokens evaluated", "shared-tier hits", "vs (b)"]);
+    let mut table =
+        Table::new(&["configuration", "Σ time to first token (ms)", "tokens evaluated", "shared-tier hits", "vs (b)"]);
     for (i, config) in configs.iter().enumerate() {
-        let hits = if matches!(config, Config::Shared | Config::Apart) { num(med(i, &|f| f.shared_hits)) } else { "–".into() };
+        let hits = if matches!(config, Config::Shared | Config::Apart) {
+            num(med(i, &|f| f.shared_hits))
+        } else {
+            "–".into()
+        };
         table.row(vec![
             config.label().into(),
             num(med(i, &|f| f.ttft_ms)),
@@ -109,7 +122,9 @@ pub fn run(workspace: &Path, llama_server: &Path, model: &str, gguf: &Path, flas
     );
     let targets = vec![
         Target::new(
-            format!("{model}: 2 hosts, shared tier on vs off, {CONVERSATIONS}×{ROUNDS} round-robin Σ time to first token"),
+            format!(
+                "{model}: 2 hosts, shared tier on vs off, {CONVERSATIONS}×{ROUNDS} round-robin Σ time to first token"
+            ),
             "≤ 0.6×",
             spread(&a_vs_b),
             goal <= 0.6,
@@ -125,7 +140,14 @@ pub fn run(workspace: &Path, llama_server: &Path, model: &str, gguf: &Path, flas
     Ok((markdown, targets))
 }
 
-fn measure(workspace: &Path, llama_server: &Path, model: &str, gguf: &Path, flash: bool, config: Config) -> Result<Figures> {
+fn measure(
+    workspace: &Path,
+    llama_server: &Path,
+    model: &str,
+    gguf: &Path,
+    flash: bool,
+    config: Config,
+) -> Result<Figures> {
     let fa = if flash { "on" } else { "off" };
     let dir = workspace.join("target/scale-out");
     std::fs::create_dir_all(&dir)?;

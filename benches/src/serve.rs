@@ -54,14 +54,10 @@ const TOOL_TOKENS: u32 = 128;
 #[derive(Clone, Copy, PartialEq)]
 enum Side {
     /// `wasi-nn-llm serve` with the WASI 0.3 service (`p3`) or the WASI 0.2 proxy.
-    Ours {
-        p3: bool,
-    },
+    Ours { p3: bool },
     /// llama-server with its prompt cache in host memory (`--cache-ram`,
     /// default 8192 MiB) or without (`--cache-ram 0`).
-    LlamaServer {
-        cache_ram: bool,
-    },
+    LlamaServer { cache_ram: bool },
 }
 
 impl Side {
@@ -490,7 +486,8 @@ pub fn run(setup: &Setup) -> Result<Section> {
     let turns = |i: usize| {
         (0..TURNS as usize).map(|t| median(&seen[i].iter().map(|f| f.chat_ttft[t]).collect::<Vec<_>>())).collect()
     };
-    let series = vec![(sides[P2].label(), turns(P2)), (sides[OURS].label(), turns(OURS)), (sides[LS].label(), turns(LS))];
+    let series =
+        vec![(sides[P2].label(), turns(P2)), (sides[OURS].label(), turns(OURS)), (sides[LS].label(), turns(LS))];
     Ok(Section { markdown, targets, series })
 }
 
@@ -520,8 +517,13 @@ fn measure(setup: &Setup, side: Side, full: bool) -> Result<Figures> {
         f.one_token_ms = float(&overhead["one_token_ms"], "median")?;
         let template = setup.workspace.join(TOOL_TEMPLATE);
         let tooled = start(setup, side, Some(&template))?;
-        let tools =
-            self::client(setup.workspace, &tooled.base, setup.model, "tool-loop", &[TOOL_STEPS.to_string(), TOOL_TOKENS.to_string()])?;
+        let tools = self::client(
+            setup.workspace,
+            &tooled.base,
+            setup.model,
+            "tool-loop",
+            &[TOOL_STEPS.to_string(), TOOL_TOKENS.to_string()],
+        )?;
         drop(tooled);
         f.tool_loop_ms = float(&tools, "total_ms")?;
         f.tool_calls = float(&tools, "calls")?;

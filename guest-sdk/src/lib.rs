@@ -30,8 +30,8 @@ mod model;
 #[cfg(feature = "p3")]
 pub mod p3;
 mod params;
-mod session;
 pub mod reasoning;
+mod session;
 pub mod tool_calls;
 
 /// The raw bindings of the `wasi-nn-llm:llm/llm` world (base wasi-nn and
@@ -48,16 +48,16 @@ pub mod raw {
 }
 
 pub use chat::{Chat, Reply, turn_delta};
-/// Chat templates with tools and reasoning ([`Model::render_chat`]).
-pub use raw::wasi_nn_llm::llm::chat::{
-    ChatMessage, RenderOptions, Rendered, TemplateSource, TemplateValue, Tool, ToolCall,
-};
 pub use error::Error;
 pub use model::Model;
 pub use params::Params;
 /// Wait on several pollables (e.g. [`TokenStream::subscribe`]); returns the
 /// indices of those that are ready.
 pub use raw::wasi::io::poll::{Pollable, poll};
+/// Chat templates with tools and reasoning ([`Model::render_chat`]).
+pub use raw::wasi_nn_llm::llm::chat::{
+    ChatMessage, RenderOptions, Rendered, TemplateSource, TemplateValue, Tool, ToolCall,
+};
 pub use raw::wasi_nn_llm::llm::embeddings::{EmbedInput, EmbedOptions, Embedding, Pooling};
 /// Which model file and engine serve a model ([`Model::identity`]).
 pub use raw::wasi_nn_llm::llm::model::Identity as ModelIdentity;

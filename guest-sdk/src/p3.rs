@@ -74,10 +74,10 @@ pub use wasip3::cli::command::export;
 /// error is exit status 1).
 pub use wasip3::exports::cli::run::Guest as Run;
 
-use raw::wasi_nn_llm::llm0_2_0_rc_2026_12_06::session as draft;
 /// Where a continued session's prefix came from: this host's own prefix
 /// cache, or a store it shares with other hosts.
 pub use draft::CacheTier;
+use raw::wasi_nn_llm::llm0_2_0_rc_2026_12_06::session as draft;
 
 /// A conversation held in the host's KV cache, as [`crate::Session`], with
 /// the calls that wait on the host `async`.

@@ -14,22 +14,25 @@ pub struct Params(GenerateParams, Option<PortableConstraint>);
 
 impl Default for Params {
     fn default() -> Self {
-        Self(GenerateParams {
-            max_tokens: None,
-            temperature: None,
-            top_k: None,
-            top_p: None,
-            min_p: None,
-            repeat_penalty: None,
-            presence_penalty: None,
-            frequency_penalty: None,
-            penalty_last_n: None,
-            seed: None,
-            logit_bias: Vec::new(),
-            stop: Vec::new(),
-            constraint: None,
-            logprobs: None,
-        }, None)
+        Self(
+            GenerateParams {
+                max_tokens: None,
+                temperature: None,
+                top_k: None,
+                top_p: None,
+                min_p: None,
+                repeat_penalty: None,
+                presence_penalty: None,
+                frequency_penalty: None,
+                penalty_last_n: None,
+                seed: None,
+                logit_bias: Vec::new(),
+                stop: Vec::new(),
+                constraint: None,
+                logprobs: None,
+            },
+            None,
+        )
     }
 }
 

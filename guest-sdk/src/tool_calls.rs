@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
 
-use crate::raw::wasi_nn_llm::llm::chat::{ChatMessage, RenderOptions, Tool};
 use crate::Model;
+use crate::raw::wasi_nn_llm::llm::chat::{ChatMessage, RenderOptions, Tool};
 
 /// How a template asks for tool calls and how the model writes them.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -60,7 +60,8 @@ fn renders_tools(model: &Model) -> bool {
         name: None,
     };
     let tool = Tool { name: PROBE.into(), description: Some(PROBE.into()), parameters: "{\"type\":\"object\"}".into() };
-    let options = RenderOptions { add_generation_prompt: true, tools: vec![tool], documents: vec![], arguments: vec![] };
+    let options =
+        RenderOptions { add_generation_prompt: true, tools: vec![tool], documents: vec![], arguments: vec![] };
     model.render_chat(&[user], &options).is_ok_and(|r| r.text.contains(PROBE))
 }
 
@@ -102,9 +103,10 @@ pub fn parse(format: Format, text: &str) -> Parsed {
             let calls = list.iter().map(|v| call(v, "arguments")).collect::<Option<Vec<_>>>()?;
             Some((None, calls))
         }),
-        Format::Llama3 => {
-            serde_json::from_str::<Value>(text.trim()).ok().and_then(|v| call(&v, "parameters")).map(|c| (None, vec![c]))
-        }
+        Format::Llama3 => serde_json::from_str::<Value>(text.trim())
+            .ok()
+            .and_then(|v| call(&v, "parameters"))
+            .map(|c| (None, vec![c])),
     };
     match read {
         Some((content, calls)) => Parsed { content, calls },
@@ -282,7 +284,12 @@ fn decode_json_string(raw: &str) -> (String, usize, bool) {
                 // \uXXXX, or a surrogate pair \uXXXX\uXXXX; else two bytes.
                 let len = match bytes.get(i + 1) {
                     None => break,
-                    Some(b'u') if raw[i..].len() >= 6 && matches!(&raw[i + 2..i + 4], "d8" | "d9" | "da" | "db" | "D8" | "D9" | "DA" | "DB") => 12,
+                    Some(b'u')
+                        if raw[i..].len() >= 6
+                            && matches!(&raw[i + 2..i + 4], "d8" | "d9" | "da" | "db" | "D8" | "D9" | "DA" | "DB") =>
+                    {
+                        12
+                    }
                     Some(b'u') => 6,
                     Some(_) => 2,
                 };
@@ -312,7 +319,10 @@ mod tests {
     #[test]
     fn generic_replies_read_as_calls_or_content() {
         let p = parse(Format::Generic, r#"{"tool_call": {"name": "f", "arguments": {"a": 2, "b": [1]}}}"#);
-        assert_eq!((p.content, p.calls[0].name.as_str(), p.calls[0].arguments.as_str()), (None, "f", r#"{"a":2,"b":[1]}"#));
+        assert_eq!(
+            (p.content, p.calls[0].name.as_str(), p.calls[0].arguments.as_str()),
+            (None, "f", r#"{"a":2,"b":[1]}"#)
+        );
         assert_eq!(parse(Format::Generic, r#"{"response": "hi \u00e9"}"#).content.as_deref(), Some("hi é"));
         assert_eq!(parse(Format::Generic, "plain").content.as_deref(), Some("plain"));
         assert_eq!(parse(Format::Generic, "{\n  \"response\": \"Paris, Fr").content.as_deref(), Some("Paris, Fr"));

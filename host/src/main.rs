@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use wasi_nn_llm_host::catalog::{self, ModelSpec};
 use wasi_nn_llm_host::backend::llama_cpp::{gpu_build, gpus};
+use wasi_nn_llm_host::catalog::{self, ModelSpec};
 use wasi_nn_llm_host::engine::{BackendKind, EngineConfig, FlashAttention, SharedTier, SnapshotKey};
 use wasi_nn_llm_host::policy::Policy;
 use wasi_nn_llm_host::registry::Models;
@@ -189,11 +189,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let keys = ApiKeys::new(&args.api_keys, &args.api_key_files)?;
             let runtime = Arc::new(args.host.runtime()?);
             let guest = runtime.load(&args.component)?;
-            let reuse = Reuse {
-                requests: args.instance_requests,
-                concurrent: args.instance_concurrency,
-                ..Reuse::default()
-            };
+            let reuse =
+                Reuse { requests: args.instance_requests, concurrent: args.instance_concurrency, ..Reuse::default() };
             Server::new(runtime, guest, keys, reuse)?.serve(args.addr)?;
             Ok(0)
         }

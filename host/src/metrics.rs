@@ -1,6 +1,6 @@
 //! What an operator watches (`GET /metrics` on `serve`, Prometheus' text
 //! format): requests by route and status and those in flight, tokens in and
-//! out, time to first token and decode speed, sessions open, prefix-cache
+//! out, drafted and accepted tokens, time to first token and decode speed, sessions open, prefix-cache
 //! hits by tier with the tokens they gave, and the shared store's writes,
 //! errors and refused entries.
 //!
@@ -52,6 +52,10 @@ pub struct Metrics {
     pub time_to_first_token: Histogram,
     /// Seconds per generated token after the first, per generation.
     pub decode_seconds_per_token: Histogram,
+    /// Drafted tokens checked by speculative decoding.
+    pub draft_tokens: Counter,
+    /// Of [`Self::draft_tokens`], those the model agreed with (each saved a decode).
+    pub accepted_draft_tokens: Counter,
     /// Sessions holding a KV sequence (those the prefix cache keeps included).
     pub sessions: Gauge,
     /// `open-cached` calls continued from a cache entry, by tier.
@@ -85,6 +89,8 @@ impl Metrics {
             prompt_tokens: Counter::default(),
             cached_prompt_tokens: Counter::default(),
             generated_tokens: Counter::default(),
+            draft_tokens: Counter::default(),
+            accepted_draft_tokens: Counter::default(),
             // 5 ms to about 40 s.
             time_to_first_token: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             // 1 ms to about 1 s a token.
@@ -105,6 +111,12 @@ impl Metrics {
         r.register("prompt_tokens", "Prompt tokens of the generations", m.prompt_tokens.clone());
         r.register("cached_prompt_tokens", "Prompt tokens the KV cache held already", m.cached_prompt_tokens.clone());
         r.register("generated_tokens", "Tokens the generations produced", m.generated_tokens.clone());
+        r.register("draft_tokens", "Drafted tokens checked by speculative decoding", m.draft_tokens.clone());
+        r.register(
+            "accepted_draft_tokens",
+            "Drafted tokens the model agreed with (speculative decoding)",
+            m.accepted_draft_tokens.clone(),
+        );
         r.register_with_unit(
             "time_to_first_token",
             "From a turn's first appended token to its first generated token",
@@ -117,10 +129,26 @@ impl Metrics {
             Unit::Seconds,
             m.decode_seconds_per_token.clone(),
         );
-        r.register("sessions", "Sessions holding a KV sequence, those the prefix cache keeps included", m.sessions.clone());
-        r.register("prefix_cache_hits", "open-cached calls continued from a cache entry, by tier", m.prefix_cache_hits.clone());
-        r.register("prefix_cache_tokens", "Prompt tokens the prefix cache gave, by tier", m.prefix_cache_tokens.clone());
-        r.register("prefix_cache_misses", "open-cached calls that found nothing to continue", m.prefix_cache_misses.clone());
+        r.register(
+            "sessions",
+            "Sessions holding a KV sequence, those the prefix cache keeps included",
+            m.sessions.clone(),
+        );
+        r.register(
+            "prefix_cache_hits",
+            "open-cached calls continued from a cache entry, by tier",
+            m.prefix_cache_hits.clone(),
+        );
+        r.register(
+            "prefix_cache_tokens",
+            "Prompt tokens the prefix cache gave, by tier",
+            m.prefix_cache_tokens.clone(),
+        );
+        r.register(
+            "prefix_cache_misses",
+            "open-cached calls that found nothing to continue",
+            m.prefix_cache_misses.clone(),
+        );
         r.register("shared_cache_writes", "Entries written to the shared store", m.shared_writes.clone());
         r.register_with_unit(
             "shared_cache_written",

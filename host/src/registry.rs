@@ -11,11 +11,11 @@ use std::sync::Arc;
 use anyhow::bail;
 use wasmtime_wasi_nn::{Graph, GraphRegistry, Registry};
 
-use crate::wasi_nn;
 use crate::catalog::ModelSpec;
 use crate::engine::{Engine, EngineConfig, Namespace, Quota};
 use crate::error::LlmError;
 use crate::policy::{Identity, Interfaces, Policy};
+use crate::wasi_nn;
 
 /// The loaded models, shared by all guest instances.
 pub struct Models {

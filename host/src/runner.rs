@@ -35,17 +35,17 @@ use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Module, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::sync::Command;
-use wasmtime_wasi::p3::bindings::Command as P3Command;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::p3::bindings::Command as P3Command;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
 
-use crate::wasi_nn;
 use crate::engine::Quota;
 use crate::p3;
 use crate::policy::{Identity, Policy};
 use crate::registry::{Access, Models};
+use crate::wasi_nn;
 use crate::wasmedge::{self, Console, WasmEdgeCtx};
 use crate::wit::{LlmCtx, LlmView};
 

@@ -11,10 +11,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chat_tensor::Conversation;
-use gguf_vocab::Metadata;
 use chat_tensor::template::Template;
 use chat_tensor::tensor::{self, TensorModel};
 use gguf_vocab::GgufTokenizer;
+use gguf_vocab::Metadata;
 use serde_json::json;
 use wasi_nn_llm::raw::wasi::nn::graph;
 use wasi_nn_llm::raw::wasi::nn::tensor::{Tensor, TensorType};

@@ -74,7 +74,9 @@ impl Body for ReplyBody {
         match &mut self.get_mut().0 {
             Reply::Full(bytes) if bytes.is_empty() => Poll::Ready(None),
             Reply::Full(bytes) => Poll::Ready(Some(Ok(Frame::data(Bytes::from(std::mem::take(bytes)))))),
-            Reply::Events(events) => events.as_mut().poll_next(cx).map(|event| event.map(|e| Ok(Frame::data(Bytes::from(e))))),
+            Reply::Events(events) => {
+                events.as_mut().poll_next(cx).map(|event| event.map(|e| Ok(Frame::data(Bytes::from(e)))))
+            }
         }
     }
 }

@@ -113,7 +113,8 @@ impl<H: Host> Job<H> {
                     Some(seed) if i > 0 => params.clone().seed(seed.wrapping_add(i as u64)),
                     _ => params.clone(),
                 };
-                let first = if split_block { params.clone().unconstrained().stop(reasoning::CLOSE) } else { params.clone() };
+                let first =
+                    if split_block { params.clone().unconstrained().stop(reasoning::CLOSE) } else { params.clone() };
                 Ok(Choice {
                     stream: Some(H::generate(session, &first)?),
                     reader: reading.as_ref().map(|r| Reader::new(r.open, r.tools, r.budget)),
@@ -308,8 +309,14 @@ impl<H: Host> Job<H> {
     /// stream ends with `data: [DONE]`.
     pub fn events(self, include_usage: bool) -> impl Stream<Item = String> + 'static {
         let n = self.choices.len();
-        let events =
-            Events { job: self, include_usage, step: Step::Open, next: 0, done: vec![false; n], queued: VecDeque::new() };
+        let events = Events {
+            job: self,
+            include_usage,
+            step: Step::Open,
+            next: 0,
+            done: vec![false; n],
+            queued: VecDeque::new(),
+        };
         futures_lite::stream::unfold(events, |mut events| async move { events.next().await.map(|e| (e, events)) })
     }
 
@@ -332,7 +339,9 @@ impl<H: Host> Job<H> {
                     continue;
                 }
                 let choice = match self.kind {
-                    Kind::Chat => json!({ "index": index, "delta": { key: text }, "logprobs": logprobs, "finish_reason": null }),
+                    Kind::Chat => {
+                        json!({ "index": index, "delta": { key: text }, "logprobs": logprobs, "finish_reason": null })
+                    }
                     Kind::Text => json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": null }),
                 };
                 events.push(self.chunk_event(vec![choice], None));
@@ -515,7 +524,8 @@ async fn queued<H: Host, T, F: Future<Output = Result<T, Error>>>(
     loop {
         match open().await {
             Err(Error::Llm(LlmError::LimitExceeded(limit)))
-                if (limit.name == "sessions" || (limit.name == "instance-sessions" && u64::from(needed) <= limit.max))
+                if (limit.name == "sessions"
+                    || (limit.name == "instance-sessions" && u64::from(needed) <= limit.max))
                     && start.elapsed() < QUEUE_WAIT =>
             {
                 H::sleep(Duration::from_millis(10)).await;

@@ -3,11 +3,11 @@
 //! fault, 403 for the policy, 404 for an unknown model or path, 429 for a
 //! quota, 500 only when the engine fails.
 
+use http::{Response, StatusCode};
 use serde_json::json;
 use wasi_nn_llm::Error;
 use wasi_nn_llm::raw::wasi::nn::errors::ErrorCode;
 use wasi_nn_llm::raw::wasi_nn_llm::llm::types::Error as LlmError;
-use http::{Response, StatusCode};
 
 use crate::Reply;
 

@@ -116,8 +116,7 @@ async fn chat<H: Host>(body: &[u8]) -> Result<Response<Reply>, ApiError> {
         return Err(ApiError::invalid("response_format cannot be combined with tools", Some("response_format")));
     }
     let (messages, tools) = (request.messages()?, request.tools()?);
-    let (arguments, params, choices) =
-        (request.template_arguments()?, request.params()?, request.sampling.choices()?);
+    let (arguments, params, choices) = (request.template_arguments()?, request.params()?, request.sampling.choices()?);
     let conversation = Conversation {
         name: request.model.clone(),
         model: load(&request.model)?,

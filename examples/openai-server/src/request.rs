@@ -200,7 +200,10 @@ impl ChatRequest {
         let mut out = Vec::with_capacity(self.messages.len());
         for (i, m) in self.messages.iter().enumerate() {
             if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant" | "tool") {
-                return Err(invalid(i, format!("role {:?} is not one of system, developer, user, assistant, tool", m.role)));
+                return Err(invalid(
+                    i,
+                    format!("role {:?} is not one of system, developer, user, assistant, tool", m.role),
+                ));
             }
             let content = match &m.content {
                 None => None,
@@ -211,7 +214,10 @@ impl ChatRequest {
                         match (&*part.kind, &part.text) {
                             ("text", Some(t)) => text.push_str(t),
                             (kind, _) => {
-                                return Err(invalid(i, format!("content parts of type {kind:?} are not supported: only text")));
+                                return Err(invalid(
+                                    i,
+                                    format!("content parts of type {kind:?} are not supported: only text"),
+                                ));
                             }
                         }
                     }
@@ -229,7 +235,9 @@ impl ChatRequest {
                 let arguments = match &call.function.arguments {
                     Value::String(text) => match serde_json::from_str::<Value>(text) {
                         Ok(Value::Object(_)) => text.clone(),
-                        _ => return Err(invalid(i, format!("tool_calls[{k}].function.arguments is not a JSON object"))),
+                        _ => {
+                            return Err(invalid(i, format!("tool_calls[{k}].function.arguments is not a JSON object")));
+                        }
                     },
                     Value::Object(_) => call.function.arguments.to_string(),
                     _ => return Err(invalid(i, format!("tool_calls[{k}].function.arguments is not a JSON object"))),
@@ -302,7 +310,10 @@ impl ChatRequest {
         }
         if let Some(grammar) = &self.grammar {
             if self.response_format.is_some() || self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-                return Err(ApiError::invalid("grammar cannot be combined with response_format or tools", Some("grammar")));
+                return Err(ApiError::invalid(
+                    "grammar cannot be combined with response_format or tools",
+                    Some("grammar"),
+                ));
             }
             params = params.grammar(grammar.clone());
         }

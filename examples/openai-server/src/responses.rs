@@ -119,7 +119,9 @@ fn from_note(bytes: &[u8]) -> Option<Vec<ChatMessage>> {
             let tool_calls = m["tool_calls"]
                 .as_array()?
                 .iter()
-                .map(|c| Some(ToolCall { id: text(c, "id")?, name: text(c, "name")?, arguments: text(c, "arguments")? }))
+                .map(|c| {
+                    Some(ToolCall { id: text(c, "id")?, name: text(c, "name")?, arguments: text(c, "arguments")? })
+                })
                 .collect::<Option<Vec<_>>>()?;
             Some(ChatMessage {
                 role: text(m, "role")?,
@@ -147,11 +149,8 @@ fn input_messages(input: Option<Input>, earlier: &[ChatMessage]) -> Result<Vec<C
         Some(Input::Text(text)) => return Ok(vec![message("user", Some(text))]),
         Some(Input::Items(items)) => items,
     };
-    let mut calls: HashMap<String, String> = earlier
-        .iter()
-        .flat_map(|m| m.tool_calls.iter())
-        .map(|c| (c.id.clone(), c.name.clone()))
-        .collect();
+    let mut calls: HashMap<String, String> =
+        earlier.iter().flat_map(|m| m.tool_calls.iter()).map(|c| (c.id.clone(), c.name.clone())).collect();
     let text_of = |i: usize, content: &Value| -> Result<String, ApiError> {
         match content {
             Value::String(s) => Ok(s.clone()),
@@ -182,7 +181,11 @@ fn input_messages(input: Option<Input>, earlier: &[ChatMessage]) -> Result<Vec<C
                 let role = match role {
                     "user" | "assistant" | "system" => role,
                     "developer" => "system",
-                    other => return Err(invalid(format!("input[{i}].role {other:?} is not user, assistant, system or developer"))),
+                    other => {
+                        return Err(invalid(format!(
+                            "input[{i}].role {other:?} is not user, assistant, system or developer"
+                        )));
+                    }
                 };
                 out.push(message(role, Some(text_of(i, &item["content"])?)));
             }
@@ -250,7 +253,10 @@ fn tool_choice(choice: &Value) -> Result<ToolChoiceSpec, ApiError> {
             let name = o.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
             Ok(ToolChoiceSpec::Named { kind: "function".into(), function: NamedFunction { name } })
         }
-        _ => Err(ApiError::invalid("tool_choice must be none, auto, required or a function by name", Some("tool_choice"))),
+        _ => Err(ApiError::invalid(
+            "tool_choice must be none, auto, required or a function by name",
+            Some("tool_choice"),
+        )),
     }
 }
 
@@ -333,7 +339,10 @@ pub async fn respond<H: Host>(body: &[u8]) -> Result<http::Response<crate::Reply
         return Err(ApiError::invalid("a JSON text.format cannot be combined with tools", Some("text")));
     }
     let effort = request.reasoning.as_ref().and_then(|r| r.effort.as_deref());
-    let arguments = effort.map(|e| effort_argument(e, "reasoning.effort", "reasoning")).into_iter().collect::<Result<Vec<_>, _>>()?;
+    let arguments = effort
+        .map(|e| effort_argument(e, "reasoning.effort", "reasoning"))
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
 
     let created = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let id = format!("resp_{:x}", created.as_nanos());
@@ -381,7 +390,8 @@ pub async fn respond<H: Host>(body: &[u8]) -> Result<http::Response<crate::Reply
         return answer.collect().await.map(|response| crate::json_response(&response));
     }
     let events = Events { answer, step: Step::Start, queued: VecDeque::new() };
-    let events = futures_lite::stream::unfold(events, |mut events| async move { events.next().await.map(|e| (e, events)) });
+    let events =
+        futures_lite::stream::unfold(events, |mut events| async move { events.next().await.map(|e| (e, events)) });
     Ok(crate::event_stream(events))
 }
 
@@ -515,13 +525,22 @@ impl<H: Host> Answer<H> {
         let index = self.output.len();
         let item = if kind == "reasoning" {
             let text = self.reasoning.clone();
-            events.push(self.event("response.reasoning_text.done", json!({ "item_id": id, "output_index": index, "content_index": 0, "text": text })));
+            events.push(self.event(
+                "response.reasoning_text.done",
+                json!({ "item_id": id, "output_index": index, "content_index": 0, "text": text }),
+            ));
             self.reasoning_item(&id, &text)
         } else {
             let text = self.text.clone();
             let part = json!({ "type": "output_text", "text": text, "annotations": [], "logprobs": [] });
-            events.push(self.event("response.output_text.done", json!({ "item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": [] })));
-            events.push(self.event("response.content_part.done", json!({ "item_id": id, "output_index": index, "content_index": 0, "part": part })));
+            events.push(self.event(
+                "response.output_text.done",
+                json!({ "item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": [] }),
+            ));
+            events.push(self.event(
+                "response.content_part.done",
+                json!({ "item_id": id, "output_index": index, "content_index": 0, "part": part }),
+            ));
             self.message_item(&id, &text, "completed")
         };
         events.push(self.event("response.output_item.done", json!({ "output_index": index, "item": item })));
@@ -549,7 +568,10 @@ impl<H: Host> Answer<H> {
         events.push(self.event("response.output_item.added", json!({ "output_index": index, "item": item })));
         if kind == "message" {
             let part = json!({ "type": "output_text", "text": "", "annotations": [], "logprobs": [] });
-            events.push(self.event("response.content_part.added", json!({ "item_id": id, "output_index": index, "content_index": 0, "part": part })));
+            events.push(self.event(
+                "response.content_part.added",
+                json!({ "item_id": id, "output_index": index, "content_index": 0, "part": part }),
+            ));
         }
         self.open = Some((kind, id.clone()));
         id
@@ -572,23 +594,27 @@ impl<H: Host> Answer<H> {
             let id = self.open_item("reasoning", &mut events);
             self.reasoning.push_str(&reasoning);
             let index = self.output.len();
-            events.push(self.event("response.reasoning_text.delta", json!({ "item_id": id, "output_index": index, "content_index": 0, "delta": reasoning })));
+            events.push(self.event(
+                "response.reasoning_text.delta",
+                json!({ "item_id": id, "output_index": index, "content_index": 0, "delta": reasoning }),
+            ));
         }
         if !content.is_empty() {
             let id = self.open_item("message", &mut events);
             self.text.push_str(&content);
             let index = self.output.len();
-            events.push(self.event("response.output_text.delta", json!({ "item_id": id, "output_index": index, "content_index": 0, "delta": content, "logprobs": [] })));
+            events.push(self.event(
+                "response.output_text.delta",
+                json!({ "item_id": id, "output_index": index, "content_index": 0, "delta": content, "logprobs": [] }),
+            ));
         }
         if let Some((calls, finish)) = end {
             if calls.is_empty() && self.text.is_empty() {
                 self.open_item("message", &mut events);
             }
             self.close_open(&mut events);
-            let calls: Vec<ToolCall> = calls
-                .into_iter()
-                .map(|c| ToolCall { id: c.id, name: c.name, arguments: c.arguments })
-                .collect();
+            let calls: Vec<ToolCall> =
+                calls.into_iter().map(|c| ToolCall { id: c.id, name: c.name, arguments: c.arguments }).collect();
             for call in &calls {
                 let index = self.output.len();
                 let id = self.item_id("fc");
@@ -596,15 +622,24 @@ impl<H: Host> Answer<H> {
                 item["arguments"] = json!("");
                 item["status"] = json!("in_progress");
                 events.push(self.event("response.output_item.added", json!({ "output_index": index, "item": item })));
-                events.push(self.event("response.function_call_arguments.delta", json!({ "item_id": id, "output_index": index, "delta": call.arguments })));
-                events.push(self.event("response.function_call_arguments.done", json!({ "item_id": id, "output_index": index, "arguments": call.arguments })));
+                events.push(self.event(
+                    "response.function_call_arguments.delta",
+                    json!({ "item_id": id, "output_index": index, "delta": call.arguments }),
+                ));
+                events.push(self.event(
+                    "response.function_call_arguments.done",
+                    json!({ "item_id": id, "output_index": index, "arguments": call.arguments }),
+                ));
                 let item = function_call(&id, call);
                 events.push(self.event("response.output_item.done", json!({ "output_index": index, "item": item })));
                 self.output.push(item);
             }
             self.keep(&calls);
-            let (kind, status) =
-                if finish == "length" { ("response.incomplete", "incomplete") } else { ("response.completed", "completed") };
+            let (kind, status) = if finish == "length" {
+                ("response.incomplete", "incomplete")
+            } else {
+                ("response.completed", "completed")
+            };
             let response = self.object(status, Some(finish));
             events.push(self.event(kind, json!({ "response": response })));
             // Before the last event goes out (see `Job::release`).

@@ -150,25 +150,32 @@ impl Tools {
             // The host's grammar of it is what will hold the call: a schema
             // it cannot make one of is refused now, naming the tool.
             wasi_nn_llm::json_schema_grammar(&schema.to_string()).map_err(|e| {
-                ApiError::invalid(format!("tools[{i}].function.parameters ({name}) is not a usable JSON schema: {e}"), Some("tools"))
+                ApiError::invalid(
+                    format!("tools[{i}].function.parameters ({name}) is not a usable JSON schema: {e}"),
+                    Some("tools"),
+                )
             })?;
-            list.push(Tool { name: name.clone(), description: function.description.clone(), parameters: schema.to_string() });
+            list.push(Tool {
+                name: name.clone(),
+                description: function.description.clone(),
+                parameters: schema.to_string(),
+            });
             schemas.push(schema);
         }
         if let Choice::Named(name) = &choice
             && !list.iter().any(|t| &t.name == name)
         {
-            return Err(ApiError::invalid(format!("tool_choice names {name:?}, which is not in tools"), Some("tool_choice")));
+            return Err(ApiError::invalid(
+                format!("tool_choice names {name:?}, which is not in tools"),
+                Some("tool_choice"),
+            ));
         }
         Ok(Some(Self { list, schemas, choice, parallel: parallel.unwrap_or(false) }))
     }
 
     /// The tools a call may name: all, or the one `tool_choice` names.
     fn callable(&self) -> impl Iterator<Item = (&Tool, &Value)> {
-        self.list
-            .iter()
-            .zip(&self.schemas)
-            .filter(|(t, _)| !matches!(&self.choice, Choice::Named(n) if n != &t.name))
+        self.list.iter().zip(&self.schemas).filter(|(t, _)| !matches!(&self.choice, Choice::Named(n) if n != &t.name))
     }
 
     /// The schema of one call: `{"name": <const>, <arguments key>: <parameters>}`.
@@ -289,7 +296,8 @@ fn lark(format: Format, tools: &Tools) -> Result<Option<String>, ApiError> {
     let call = match format {
         Format::Mistral => {
             let id = json!({ "type": "string", "pattern": "^[a-zA-Z0-9]{9}$" });
-            let mut list = json!({ "type": "array", "items": tools.call_schema("arguments", Some(("id", id))), "minItems": 1 });
+            let mut list =
+                json!({ "type": "array", "items": tools.call_schema("arguments", Some(("id", id))), "minItems": 1 });
             if !tools.parallel {
                 list["maxItems"] = json!(1);
             }
@@ -369,7 +377,8 @@ pub fn generic_messages(messages: Vec<ChatMessage>, tools: &Tools) -> Vec<ChatMe
         Some(first) if first.role == "system" => {
             if !instructions.is_empty() {
                 let content = first.content.take().unwrap_or_default();
-                first.content = Some(if content.is_empty() { instructions } else { format!("{content}\n\n{instructions}") });
+                first.content =
+                    Some(if content.is_empty() { instructions } else { format!("{content}\n\n{instructions}") });
             }
         }
         _ if !instructions.is_empty() => out.push(message("system", Some(instructions))),

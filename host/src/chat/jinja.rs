@@ -83,7 +83,9 @@ impl ChatTemplate {
         env.set_fuel(Some(FUEL));
         env.set_formatter(python::format_value);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_filter("tojson", |value: &Value, args: Rest<Value>, kwargs: Kwargs| python::tojson(value, args, kwargs));
+        env.add_filter("tojson", |value: &Value, args: Rest<Value>, kwargs: Kwargs| {
+            python::tojson(value, args, kwargs)
+        });
         env.add_filter("string", |value: &Value| python::string(value));
         env.add_filter("indent", |value: &str, args: Rest<Value>, kwargs: Kwargs| python::indent(value, args, kwargs));
         env.add_filter("escape", |value: &Value| python::escape(value));
@@ -127,10 +129,8 @@ impl ChatTemplate {
                 context.push((name.into(), Value::from(token.as_str())));
             }
         }
-        context.push((
-            "strftime_now".into(),
-            Value::from_function(move |format: String| python::strftime(now, &format)),
-        ));
+        context
+            .push(("strftime_now".into(), Value::from_function(move |format: String| python::strftime(now, &format))));
         for (name, value) in &options.arguments {
             if RESERVED.contains(&name.as_str()) || !is_identifier(name) {
                 return Err(TemplateError::Argument(format!(
@@ -213,8 +213,9 @@ fn template_value(name: &str, value: &TemplateValue) -> Result<Value, TemplateEr
         TemplateValue::Integer(i) => Value::from(*i),
         TemplateValue::Float(x) => Value::from(*x),
         TemplateValue::Text(s) => Value::from(s.as_str()),
-        TemplateValue::Json(text) => json(text)
-            .map_err(|e| TemplateError::Argument(format!("template argument {name:?} is not JSON: {e}")))?,
+        TemplateValue::Json(text) => {
+            json(text).map_err(|e| TemplateError::Argument(format!("template argument {name:?} is not JSON: {e}")))?
+        }
     })
 }
 
@@ -245,8 +246,10 @@ fn without_generation_tags(source: &str) -> String {
         };
         let inner = &tag[2..end];
         let body = inner.trim_start_matches(['-', '+']).trim_end_matches(['-', '+']);
-        let (lead, trail) = (&inner[..inner.len() - inner.trim_start_matches(['-', '+']).len()], &inner
-            [inner.trim_end_matches(['-', '+']).len()..]);
+        let (lead, trail) = (
+            &inner[..inner.len() - inner.trim_start_matches(['-', '+']).len()],
+            &inner[inner.trim_end_matches(['-', '+']).len()..],
+        );
         match body.trim() {
             "generation" => out.push_str(&format!("{{%{lead} if true {trail}%}}")),
             "endgeneration" => out.push_str(&format!("{{%{lead} endif {trail}%}}")),
@@ -285,15 +288,17 @@ mod tests {
     fn raise_exception_is_a_refusal_with_its_message() {
         let t = ChatTemplate::new("{{ raise_exception('no system role') }}", None, None).unwrap();
         let now = chrono::DateTime::from_timestamp(0, 0).unwrap().naive_utc();
-        assert_eq!(
-            t.render(&[], &RenderOptions::default(), now),
-            Err(TemplateError::Raised("no system role".into()))
-        );
+        assert_eq!(t.render(&[], &RenderOptions::default(), now), Err(TemplateError::Raised("no system role".into())));
     }
 
     #[test]
     fn a_template_that_never_ends_runs_out_of_fuel() {
-        let t = ChatTemplate::new("{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}", None, None).unwrap();
+        let t = ChatTemplate::new(
+            "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}",
+            None,
+            None,
+        )
+        .unwrap();
         let now = chrono::DateTime::from_timestamp(0, 0).unwrap().naive_utc();
         assert!(matches!(t.render(&[], &RenderOptions::default(), now), Err(TemplateError::Render(_))));
     }

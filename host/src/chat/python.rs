@@ -201,9 +201,7 @@ impl Dumps {
             ValueKind::String => self.string(value.as_str().unwrap_or_default(), out),
             ValueKind::Seq => {
                 let items: Vec<Value> = value.try_iter()?.collect();
-                self.container(('[', ']'), items.len(), level, out, |i, level, out| {
-                    self.value(&items[i], level, out)
-                })?;
+                self.container(('[', ']'), items.len(), level, out, |i, level, out| self.value(&items[i], level, out))?;
             }
             ValueKind::Map => {
                 let mut keys: Vec<Value> = value.try_iter()?.collect();
@@ -319,8 +317,10 @@ pub fn indent(value: &str, args: Rest<Value>, kwargs: Kwargs) -> Result<String, 
         let mut out = lines[0].to_owned();
         if lines.len() > 1 {
             out.push('\n');
-            let rest: Vec<String> =
-                lines[1..].iter().map(|l| if l.is_empty() { String::new() } else { format!("{indention}{l}") }).collect();
+            let rest: Vec<String> = lines[1..]
+                .iter()
+                .map(|l| if l.is_empty() { String::new() } else { format!("{indention}{l}") })
+                .collect();
             out.push_str(&rest.join("\n"));
         }
         out
@@ -421,7 +421,8 @@ mod tests {
 
     #[test]
     fn indent_keeps_a_trailing_newline_as_jinja2_does() {
-        let indent = |s: &str, args: Vec<Value>| indent(s, Rest(args), Kwargs::from_iter(Vec::<(&str, Value)>::new())).unwrap();
+        let indent =
+            |s: &str, args: Vec<Value>| indent(s, Rest(args), Kwargs::from_iter(Vec::<(&str, Value)>::new())).unwrap();
         assert_eq!(indent("{\n", vec![Value::from(4), Value::from(true)]), "    {\n");
         assert_eq!(indent("a\nb\n", vec![Value::from(2)]), "a\n  b\n");
         assert_eq!(indent("a\n\nb", vec![Value::from(2)]), "a\n\n  b");

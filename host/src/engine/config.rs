@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use super::{BackendKind, CacheLimits, FlashAttention, SharedTier, SnapshotKey};
+use super::{BackendKind, CacheLimits, FlashAttention, SharedTier, SnapshotKey, Speculation};
 
 /// How the operator runs a model.
 #[derive(Debug, Clone)]
@@ -33,6 +33,8 @@ pub struct EngineConfig {
     /// The prefix cache's tier shared with other hosts (`--shared-cache`),
     /// one for all the host's models.
     pub shared_cache: Option<Arc<SharedTier>>,
+    /// Speculative decoding by n-gram lookup (see `speculation/`).
+    pub speculation: Speculation,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +52,7 @@ impl Default for EngineConfig {
             snapshot_key: process_key(),
             chat_template: None,
             shared_cache: None,
+            speculation: Speculation::default(),
         }
     }
 }

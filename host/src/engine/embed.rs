@@ -12,7 +12,6 @@
 
 use std::sync::Arc;
 
-
 use super::Engine;
 use super::params::Pooling;
 use super::protocol::Command;

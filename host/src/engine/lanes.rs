@@ -25,6 +25,7 @@ use super::cores::Cores;
 use super::protocol::{Command, Pending, Reply, SeqId};
 use super::scheduler::Scheduler;
 use super::scheduler_stopped;
+use super::speculation::Speculation;
 use crate::backend::{ContextSetup, Model};
 use crate::error::LlmError;
 
@@ -111,6 +112,7 @@ pub(super) fn start(
     setup: &ContextSetup,
     model: &Arc<dyn Model>,
     cores: &Arc<Cores>,
+    speculation: Speculation,
 ) -> anyhow::Result<Arc<Lane>> {
     let (commands, receiver) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), String>>(1);
@@ -127,7 +129,7 @@ pub(super) fn start(
                 }
             };
             let _ = ready_tx.send(Ok(()));
-            Scheduler::new(model, ctx, &setup, cores).run(receiver);
+            Scheduler::new(model, ctx, &setup, cores, speculation).run(receiver);
         })
         .context("spawning the scheduler thread")?;
     ready_rx.recv().context("scheduler thread died")?.map_err(|e| anyhow!("{e}"))?;

@@ -16,7 +16,8 @@
 //! Conversations kept past their session for `open_cached` live in the
 //! model's prefix cache (`prefix_cache/`); embeddings take the same lane
 //! (`embed.rs`, then `scheduler/embed.rs`). A generation held to a Lark
-//! grammar or JSON schema is masked by `constraint.rs`. The operator's
+//! grammar or JSON schema is masked by `constraint.rs`; the tokens a decode
+//! step may check ahead of each generation are `speculation/`'s. The operator's
 //! settings are `config.rs`.
 
 mod buffer;
@@ -28,18 +29,19 @@ mod finish;
 mod lanes;
 mod logprob;
 mod params;
+mod placement;
 mod prefix_cache;
 mod protocol;
 mod quota;
 mod scheduler;
 mod session;
 mod slot;
-mod placement;
 pub mod snapshot;
 mod snapshot_key;
+mod speculation;
 mod stream;
-mod text;
 mod template;
+mod text;
 mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -48,9 +50,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use anyhow::Context as _;
 
 pub use crate::backend::llama_cpp::schema_grammar;
-pub use crate::backend::{
-    Attention, BackendKind, Chosen, Constraint, FlashAttention, GenerateParams, ModelInfo,
-};
+pub use crate::backend::{Attention, BackendKind, Chosen, Constraint, FlashAttention, GenerateParams, ModelInfo};
 pub use config::EngineConfig;
 pub use embed::{EmbedInput, Embedding};
 pub use finish::{Finish, FinishReason, Usage};
@@ -60,6 +60,7 @@ pub use protocol::Pending;
 pub use quota::{Quota, QuotaLimits};
 pub use session::{CacheTier, Forking, Namespace, Session};
 pub use snapshot_key::SnapshotKey;
+pub use speculation::{MAX_DRAFT, Speculation, SpeculationMode};
 pub use stream::TokenStream;
 pub use text::{Chunk, TokenLogprob};
 
@@ -69,8 +70,8 @@ use crate::error::LlmError;
 use cores::Cores;
 use lanes::Lane;
 use prefix_cache::PrefixCache;
-use session::Shape;
 use protocol::Command;
+use session::Shape;
 use slot::Slot;
 
 fn scheduler_stopped() -> LlmError {
@@ -127,7 +128,7 @@ impl Engine {
             .map(|index| {
                 let sequences = lanes::sequences(max_sessions, lanes, index);
                 let setup = ContextSetup { ctx_size, sequences, threads, batch: scheduler::PREFILL_CHUNK as u32 };
-                lanes::start(name, index, &setup, &model, &cores)
+                lanes::start(name, index, &setup, &model, &cores, config.speculation)
                     .with_context(|| format!("creating {} context {index} for {name:?}", model.kind()))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

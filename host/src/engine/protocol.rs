@@ -7,11 +7,11 @@ use std::sync::mpsc::{Receiver, SyncSender};
 
 use super::buffer::Shared;
 use super::constraint::Guide;
-use super::params::Pooling;
 use super::finish::Usage;
-use crate::backend::GenerateParams;
+use super::params::Pooling;
 use super::quota::Deadline;
 use super::snapshot::Snapshot;
+use crate::backend::GenerateParams;
 use crate::error::LlmError;
 
 /// A sequence of one lane's context: which KV cache a session owns there. Ids are per lane, from 0 to the lane's sequence count.

@@ -3,13 +3,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::backend::sampling::{self, Constraint, GenerateParams};
 use super::protocol::{Command, Input, Pending, Reply, SeqId};
 use super::quota::Lease;
 use super::slot::Slot;
 use super::snapshot::Snapshot;
 use super::stream::TokenStream;
 use super::{Engine, tokens};
+use crate::backend::sampling::{self, Constraint, GenerateParams};
 use crate::error::LlmError;
 
 /// Whose conversations a prefix-cache entry holds: the SHA-256 of the
@@ -63,7 +63,16 @@ impl Session {
     /// A session of `engine` on `slot`.
     pub(super) fn new(engine: Engine, slot: Slot, shape: Shape) -> Self {
         let Shape { limit, shift, seed } = shape;
-        Self { engine, slot: Arc::new(slot), limit, shift, seed, kept_for: None, notes: Mutex::default(), cached_from: None }
+        Self {
+            engine,
+            slot: Arc::new(slot),
+            limit,
+            shift,
+            seed,
+            kept_for: None,
+            notes: Mutex::default(),
+            cached_from: None,
+        }
     }
 
     /// Which tier of the prefix cache gave this session its prefix; none

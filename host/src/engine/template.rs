@@ -16,12 +16,18 @@ impl Engine {
     /// built-in one of the model's family. (The extension's 0.1.0 call.) A
     /// backend without llama.cpp's formats renders the Jinja template.
     pub fn apply_chat_template(&self, messages: &[(String, String)], add_assistant: bool) -> Result<String, LlmError> {
-        if let Some(rendered) = self.model().apply_known_template(self.0.chat_template.as_deref(), messages, add_assistant) {
+        if let Some(rendered) =
+            self.model().apply_known_template(self.0.chat_template.as_deref(), messages, add_assistant)
+        {
             return rendered;
         }
         let messages: Vec<ChatMessage> = messages
             .iter()
-            .map(|(role, content)| ChatMessage { role: role.clone(), content: Some(content.clone()), ..ChatMessage::default() })
+            .map(|(role, content)| ChatMessage {
+                role: role.clone(),
+                content: Some(content.clone()),
+                ..ChatMessage::default()
+            })
             .collect();
         let options = RenderOptions { add_generation_prompt: add_assistant, ..RenderOptions::default() };
         Ok(self.render_chat(&messages, &options)?.text)
@@ -52,10 +58,11 @@ impl Engine {
         };
         let plain: Vec<(String, String)> =
             messages.iter().map(|m| (m.role.clone(), m.content.clone().unwrap_or_default())).collect();
-        let (name, text) = self.model().apply_family_template(&plain, options.add_generation_prompt).map_err(|e| match e {
-            LlmError::Unsupported(why) => LlmError::Unsupported(format!("model {:?}: {why}", self.name())),
-            other => other,
-        })?;
+        let (name, text) =
+            self.model().apply_family_template(&plain, options.add_generation_prompt).map_err(|e| match e {
+                LlmError::Unsupported(why) => LlmError::Unsupported(format!("model {:?}: {why}", self.name())),
+                other => other,
+            })?;
         if let Some(what) = needs_jinja {
             return Err(LlmError::Unsupported(format!(
                 "model {:?} has no chat template of its own, and llama.cpp's built-in {name:?} format renders \

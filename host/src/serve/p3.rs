@@ -73,7 +73,12 @@ pub(super) struct Service {
 }
 
 impl Service {
-    pub(super) fn new(runtime: Arc<Runtime>, guest: Arc<Guest>, reuse: Reuse, failures: Throttle) -> anyhow::Result<Self> {
+    pub(super) fn new(
+        runtime: Arc<Runtime>,
+        guest: Arc<Guest>,
+        reuse: Reuse,
+        failures: Throttle,
+    ) -> anyhow::Result<Self> {
         let pre = ServicePre::new(runtime.instance_pre_p3(&guest)?)?;
         let workers = Workers { runtime, guest, pre: ProxyPre::P3(pre), reuse, failures };
         Ok(Self { handler: ProxyHandler::new(workers) })

@@ -3,8 +3,8 @@
 use wasmtime::component::Resource;
 use wasmtime_wasi_nn::Graph;
 
-use super::bindings::wasi_nn_llm::llm::{chat, embeddings, model, types};
 use super::LlmView;
+use super::bindings::wasi_nn_llm::llm::{chat, embeddings, model, types};
 use crate::engine;
 
 impl model::Host for LlmView<'_> {

@@ -84,8 +84,7 @@ async fn checks(s: &mut Suite, m: &Model) {
         &statements::FINISH_MAX_TOKENS,
         async {
             let sess = session(m, PROMPT).await?;
-            let (_, tokens, reason, generated) =
-                drain(sess.generate(&greedy(5).lark(LETTERS))?).await?;
+            let (_, tokens, reason, generated) = drain(sess.generate(&greedy(5).lark(LETTERS))?).await?;
             expect(reason == FinishReason::MaxTokens && tokens.len() == 5 && generated == 5, || {
                 format!("{reason:?}, {} tokens, generated {generated}", tokens.len())
             })

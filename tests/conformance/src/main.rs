@@ -12,8 +12,8 @@
 use conformance::{ABCD, Fail, LETTERS, PROMPT, Suite, WORDS, expect, greedy, llm_error, setup_failed, statements};
 use wasi_nn_llm::raw::wasi_nn_llm::llm::types::{Error as LlmError, SnapshotError};
 use wasi_nn_llm::{
-    ChatMessage, EmbedInput, EmbedOptions, Error, Feature, FinishReason, Model, OverflowPolicy, Params, RenderOptions, Session,
-    SessionOptions, TemplateSource, TemplateValue, TokenStream, Tool, Usage, poll,
+    ChatMessage, EmbedInput, EmbedOptions, Error, Feature, FinishReason, Model, OverflowPolicy, Params, RenderOptions,
+    Session, SessionOptions, TemplateSource, TemplateValue, TokenStream, Tool, Usage, poll,
 };
 
 /// Read a stream to the end: its text, tokens and finish reason.
@@ -431,11 +431,17 @@ fn main() {
         tool_call_id: None,
         name: None,
     };
-    let options = |add_generation_prompt| RenderOptions { add_generation_prompt, tools: vec![], documents: vec![], arguments: vec![] };
+    let options = |add_generation_prompt| RenderOptions {
+        add_generation_prompt,
+        tools: vec![],
+        documents: vec![],
+        arguments: vec![],
+    };
     s.check(
         &statements::CHAT_RENDER_OWN,
         (|| -> Result<(), Fail> {
-            let messages = [said("user", "Where is Zürich?"), said("assistant", "In Switzerland."), said("user", "And Bern?")];
+            let messages =
+                [said("user", "Where is Zürich?"), said("assistant", "In Switzerland."), said("user", "And Bern?")];
             let closed = m.render_chat(&messages, &options(false))?;
             let open = m.render_chat(&messages, &options(true))?;
             let own = m.info()?.chat_template.is_some();
@@ -460,7 +466,8 @@ fn main() {
             let tool = Tool { name: "f".into(), description: None, parameters: "{not json".into() };
             let with_tool = RenderOptions { tools: vec![tool], ..options(true) };
             llm_error(m.render_chat(&[said("user", "hi")], &with_tool), refused)?;
-            let argument = RenderOptions { arguments: vec![("messages".into(), TemplateValue::Boolean(true))], ..options(true) };
+            let argument =
+                RenderOptions { arguments: vec![("messages".into(), TemplateValue::Boolean(true))], ..options(true) };
             llm_error(m.render_chat(&[said("user", "hi")], &argument), refused)
         })(),
     );

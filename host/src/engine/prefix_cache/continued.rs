@@ -178,7 +178,9 @@ impl Engine {
                 snapshot.model = model;
                 tier.put(&base, tokens, &self.seal(&snapshot), &self.0.snapshot_key);
             }
-            Err(e) => tracing::debug!(model = self.name(), "a kept session could not be copied for the shared cache: {e}"),
+            Err(e) => {
+                tracing::debug!(model = self.name(), "a kept session could not be copied for the shared cache: {e}")
+            }
         }
     }
 
@@ -189,8 +191,16 @@ impl Engine {
         let mut h = blake3::Hasher::new();
         h.update(namespace.0.as_bytes()).update(&[0]).update(&model).update(self.backend().to_string().as_bytes());
         h.update(&shape.limit.to_le_bytes());
-        h.update(&shape.shift.map_or([0xff; 5], |s| { let mut b = [1u8; 5]; b[1..].copy_from_slice(&s.to_le_bytes()); b }));
-        h.update(&shape.seed.map_or([0xff; 9], |s| { let mut b = [1u8; 9]; b[1..].copy_from_slice(&s.to_le_bytes()); b }));
+        h.update(&shape.shift.map_or([0xff; 5], |s| {
+            let mut b = [1u8; 5];
+            b[1..].copy_from_slice(&s.to_le_bytes());
+            b
+        }));
+        h.update(&shape.seed.map_or([0xff; 9], |s| {
+            let mut b = [1u8; 9];
+            b[1..].copy_from_slice(&s.to_le_bytes());
+            b
+        }));
         Some(shared::hex(&h.finalize().as_bytes()[..16]))
     }
 

@@ -67,7 +67,12 @@ pub struct SharedSettings {
 impl SharedSettings {
     /// An hour's TTL, 64 MiB entries, 500 ms calls.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), ttl: Duration::from_secs(3600), max_entry_bytes: 64 << 20, timeout: Duration::from_millis(500) }
+        Self {
+            url: url.into(),
+            ttl: Duration::from_secs(3600),
+            max_entry_bytes: 64 << 20,
+            timeout: Duration::from_millis(500),
+        }
     }
 }
 
@@ -211,9 +216,9 @@ impl SharedTier {
         // None: evicted between the two calls.
         let value = value?;
         // blake3::Hash compares in constant time, as the snapshot's own MAC check does.
-        let checked = value.split_first_chunk::<TAG_BYTES>().filter(|(tagged, blob)| {
-            blake3::Hash::from_bytes(**tagged) == tag(key, &entry, blob)
-        });
+        let checked = value
+            .split_first_chunk::<TAG_BYTES>()
+            .filter(|(tagged, blob)| blake3::Hash::from_bytes(**tagged) == tag(key, &entry, blob));
         let Some((_, blob)) = checked else {
             metrics::get().shared_refused.inc();
             tracing::warn!("a shared-cache entry failed its check (another key, or tampered); ignored");

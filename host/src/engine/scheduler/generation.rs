@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::draft::Drafting;
 use super::sequence::Generation;
 use super::{Scheduler, open};
 use crate::backend::GenerateParams;
@@ -57,17 +58,18 @@ impl Scheduler<'_> {
             deadline,
             started,
             first: None,
+            drafting: Drafting::default(),
         });
         s.stream = Some(shared.clone());
         if let Some(index) = fresh {
-            self.sample(seq, index);
+            let _goes_on = self.sample(seq, index);
         }
         Ok(shared)
     }
 
-    /// One decode for every generation with room in its buffer, then sampling.
+    /// One decode for every generation with room in its buffer, each with
+    /// the drafted tokens worth checking (`draft.rs`), then sampling.
     pub(super) fn step_generations(&mut self) {
-        self.batch.clear();
         let mut members = Vec::new();
         for index in 0..self.seqs.len() {
             let seq = SeqId::new(index);
@@ -84,38 +86,58 @@ impl Scheduler<'_> {
                 self.finish(seq, FinishReason::ContextFull);
                 continue;
             }
-            let Ok(s) = open(&mut self.seqs, seq) else { continue };
-            let pos = s.tokens.len() - 1;
-            self.batch.add(s.tokens[pos], pos, seq.id(), true);
             members.push(seq);
         }
         if members.is_empty() {
             return;
         }
-        tracing::trace!(sequences = members.len(), ids = ?members.iter().map(|s| s.index()).collect::<Vec<_>>(), "decode step");
+        let drafts = self.plan_drafts(&members);
+        self.batch.clear();
+        for (&seq, draft) in members.iter().zip(&drafts) {
+            let Ok(s) = open(&mut self.seqs, seq) else { continue };
+            let pos = s.tokens.len() - 1;
+            self.batch.add(s.tokens[pos], pos, seq.id(), true);
+            for (i, &token) in draft.checked().iter().enumerate() {
+                self.batch.add(token, pos + 1 + i, seq.id(), true);
+            }
+        }
+        let started = std::time::Instant::now();
         if let Err(e) = self.decode() {
             for seq in members {
                 self.fail_generation(seq, LlmError::EngineFailure(format!("decode failed: {e}")));
             }
             return;
         }
+        let seconds = started.elapsed().as_secs_f32();
+        self.cost.observe(self.batch.len(), seconds);
+        tracing::trace!(
+            sequences = members.len(),
+            tokens = self.batch.len(),
+            ms = seconds * 1e3,
+            ids = ?members.iter().map(|s| s.index()).collect::<Vec<_>>(),
+            "decode step"
+        );
         self.copies_applied();
-        for (index, seq) in members.into_iter().enumerate() {
-            self.sample(seq, index);
+        let mut index = 0;
+        for (seq, draft) in members.into_iter().zip(drafts) {
+            self.verify(seq, index, &draft);
+            index += 1 + draft.checked().len();
         }
     }
 
     /// Sample `seq`'s next token from the logits at batch `index` (its last
-    /// token's, just decoded) and hand it to the stream.
-    pub(super) fn sample(&mut self, seq: SeqId, index: usize) {
+    /// token's, just decoded) and hand it to the stream. Returns the token
+    /// while the generation goes on after it.
+    pub(super) fn sample(&mut self, seq: SeqId, index: usize) -> Option<u32> {
         let model = self.model;
-        let Some(s) = self.seqs[seq.index()].as_mut() else { return };
-        let Some(g) = s.generation.as_mut() else { return };
+        let s = self.seqs[seq.index()].as_mut()?;
+        let g = s.generation.as_mut()?;
         s.n_past = s.tokens.len();
         let logits = self.ctx.logits(index);
         let token = g.sampler.sample(logits);
         if model.is_end_of_generation(token) {
-            return self.finish(seq, FinishReason::EndOfSequence);
+            self.finish(seq, FinishReason::EndOfSequence);
+            return None;
         }
         if g.first.is_none() {
             g.first = Some(std::time::Instant::now());
@@ -134,8 +156,10 @@ impl Scheduler<'_> {
                     *r -= 1;
                     if *r == 0 {
                         self.finish(seq, FinishReason::MaxTokens);
+                        return None;
                     }
                 }
+                Some(token)
             }
             Pushed::Stopped(m) => {
                 // Drop what follows the stop string, keep the text before it.
@@ -148,10 +172,11 @@ impl Scheduler<'_> {
                     s.tokens.extend(retok);
                 }
                 self.rewind_kv(seq, keep);
-                let Some(g) = self.seqs[seq.index()].as_mut().and_then(|s| s.generation.as_mut()) else { return };
+                let g = self.seqs[seq.index()].as_mut().and_then(|s| s.generation.as_mut())?;
                 g.usage.generated_tokens += chunk.tokens.len() as u32;
                 g.shared.push(Item::Chunk(chunk));
                 self.finish(seq, FinishReason::Stop(m.stop));
+                None
             }
         }
     }
@@ -200,7 +225,11 @@ impl Scheduler<'_> {
         s.tokens.truncate(keep);
         self.rewind_kv(seq, keep);
         // What an operator (and the serve tests) see of a client that went away.
-        tracing::debug!(seq = seq.index(), generated = usage.generated_tokens, "a generation was cancelled before its end");
+        tracing::debug!(
+            seq = seq.index(),
+            generated = usage.generated_tokens,
+            "a generation was cancelled before its end"
+        );
         usage
     }
 }

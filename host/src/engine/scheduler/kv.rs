@@ -25,7 +25,7 @@ impl Scheduler<'_> {
 
     /// Forget everything evaluated for `seq`: its tokens are evaluated again
     /// from the start when next needed.
-    fn restart(&mut self, seq: SeqId) {
+    pub(super) fn restart(&mut self, seq: SeqId) {
         self.clear_kv(seq);
         if let Some(s) = self.seqs[seq.index()].as_mut() {
             s.n_past = 0;

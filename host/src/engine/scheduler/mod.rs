@@ -16,10 +16,13 @@
 //! and every batch is at most the context's batch size: nothing a guest
 //! sends can reach a backend's assertion (llama.cpp's abort the process).
 //!
-//! Generations (start, step, sample, end) are `generation.rs`, the KV-cache
-//! operations `kv.rs`, snapshots `state.rs`, embedding jobs (a context of
+//! Generations (start, step, sample, end) are `generation.rs`, with the
+//! drafts a step may verify for each (speculative decoding: the drafts come
+//! from `crate::engine::speculation`, `draft.rs` plans and checks them),
+//! the KV-cache operations `kv.rs`, snapshots `state.rs`, embedding jobs (a context of
 //! their own, chunk by chunk like a prefill) `embed.rs`.
 
+mod draft;
 mod embed;
 mod generation;
 mod kv;
@@ -34,6 +37,7 @@ use super::buffer::Item;
 use super::cores::Cores;
 use super::finish::{Finish, FinishReason};
 use super::protocol::{Command, Input, Reply, SeqId};
+use super::speculation::{DecodeCost, Speculation};
 use super::tokens::tokenize;
 use crate::backend::{Batch, Context, ContextSetup, Model};
 use crate::error::{ContextOverflow, LlmError};
@@ -61,12 +65,24 @@ pub(crate) struct Scheduler<'m> {
     /// Embedding calls waiting or in progress, first come first served.
     embeds: VecDeque<EmbedJob>,
     embed_context: EmbedContext<'m>,
+    /// Whether and how much generations draft (the operator's).
+    speculation: Speculation,
+    /// This lane's decode times by batch size, which drafting is weighed against.
+    cost: DecodeCost,
+    /// Most tokens one decode may hold (the context's batch size).
+    batch_limit: usize,
 }
 
 impl<'m> Scheduler<'m> {
     /// `ctx`: the lane's context, made with `setup` (an embedding context
     /// like it is made at the first embedding call).
-    pub fn new(model: &'m dyn Model, ctx: Box<dyn Context + 'm>, setup: &ContextSetup, cores: Arc<Cores>) -> Self {
+    pub fn new(
+        model: &'m dyn Model,
+        ctx: Box<dyn Context + 'm>,
+        setup: &ContextSetup,
+        cores: Arc<Cores>,
+        speculation: Speculation,
+    ) -> Self {
         let sequences = setup.sequences as usize;
         Self {
             model,
@@ -79,6 +95,9 @@ impl<'m> Scheduler<'m> {
             busy: false,
             embeds: VecDeque::new(),
             embed_context: EmbedContext::NotYet(ContextSetup { batch: EMBED_CHUNK as u32, ..*setup }),
+            speculation,
+            cost: DecodeCost::default(),
+            batch_limit: setup.batch as usize,
         }
     }
 

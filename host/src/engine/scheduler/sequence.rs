@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 
+use super::draft::Drafting;
+use crate::backend::Sampler;
 use crate::engine::buffer::Shared;
 use crate::engine::finish::Usage;
 use crate::engine::protocol::Reply;
 use crate::engine::quota::Deadline;
-use crate::backend::Sampler;
 use crate::engine::text::TextAssembler;
 
 /// One session's state. Invariants: the KV cache holds `tokens[..n_past]`,
@@ -96,6 +97,8 @@ pub(super) struct Generation {
     /// token came (for decode speed).
     pub started: std::time::Instant,
     pub first: Option<std::time::Instant>,
+    /// What its drafts were worth so far (speculative decoding).
+    pub drafting: Drafting,
 }
 
 impl Generation {
@@ -105,11 +108,21 @@ impl Generation {
         m.prompt_tokens.inc_by(usage.prompt_tokens.into());
         m.cached_prompt_tokens.inc_by(usage.cached_tokens.into());
         m.generated_tokens.inc_by(usage.generated_tokens.into());
+        m.draft_tokens.inc_by(self.drafting.drafted.into());
+        m.accepted_draft_tokens.inc_by(self.drafting.accepted.into());
+        if self.drafting.drafted > 0 {
+            // What an operator (and the tests of each front door) see of speculation.
+            tracing::debug!(
+                drafted = self.drafting.drafted,
+                accepted = self.drafting.accepted,
+                generated = usage.generated_tokens,
+                "speculative decoding: drafted tokens checked and accepted"
+            );
+        }
         if let Some(first) = self.first
             && usage.generated_tokens > 1
         {
-            m.decode_seconds_per_token
-                .observe(first.elapsed().as_secs_f64() / f64::from(usage.generated_tokens - 1));
+            m.decode_seconds_per_token.observe(first.elapsed().as_secs_f64() / f64::from(usage.generated_tokens - 1));
         }
     }
 }

@@ -1,0 +1,85 @@
+//! Drafts from a session's own tokens: the continuation of the latest
+//! earlier occurrence of its longest repeated suffix (prompt lookup
+//! decoding; llama.cpp's `ngram-simple` does the same with a fixed key
+//! length). A session's tokens are exactly its conversation, so what the
+//! model is likely to repeat (a quoted file, a restated answer, a JSON
+//! schema's field names) is there already; no draft model, no extra memory.
+
+/// Shortest suffix worth matching: a single token recurs too often to say
+/// anything about what follows.
+const MIN_MATCH: usize = 2;
+/// Longest suffix compared: a longer match is no more telling, and this
+/// bounds the search's work per position.
+const MAX_MATCH: usize = 8;
+
+/// Up to `max` tokens that followed the latest earlier occurrence of the
+/// longest suffix of `history` (at least [`MIN_MATCH`] tokens) into `out`
+/// (cleared first). Returns the match's length, 0 where there is none.
+///
+/// One backward pass over `history`: a few comparisons per position, tens
+/// of microseconds for a full 32k-token context, against milliseconds per
+/// decode.
+pub(crate) fn draft(history: &[u32], max: usize, out: &mut Vec<u32>) -> usize {
+    out.clear();
+    let len = history.len();
+    if max == 0 || len <= MIN_MATCH {
+        return 0;
+    }
+    let last = history[len - 1];
+    let (mut best_len, mut best_end) = (0, 0);
+    // `end`: the candidate occurrence's last token, strictly before the suffix's.
+    for end in (0..len - 1).rev() {
+        if history[end] != last {
+            continue;
+        }
+        let longest = MAX_MATCH.min(end + 1);
+        let matched = (1..longest).take_while(|&i| history[end - i] == history[len - 1 - i]).count() + 1;
+        if matched > best_len {
+            (best_len, best_end) = (matched, end);
+            if matched == MAX_MATCH {
+                break;
+            }
+        }
+    }
+    if best_len < MIN_MATCH {
+        return 0;
+    }
+    let from = best_end + 1;
+    out.extend_from_slice(&history[from..len.min(from + max)]);
+    best_len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::draft;
+
+    fn drafted(history: &[u32], max: usize) -> (Vec<u32>, usize) {
+        let mut out = vec![99];
+        let matched = draft(history, max, &mut out);
+        (out, matched)
+    }
+
+    #[test]
+    fn the_continuation_of_the_latest_longest_match() {
+        // "1 2 3" occurred twice before; the latest occurrence is followed by 7 8.
+        let history = [1, 2, 3, 4, 5, 0, 1, 2, 3, 7, 8, 9, 1, 2, 3];
+        assert_eq!(drafted(&history, 2), (vec![7, 8], 3));
+        // A longer match wins over a later, shorter one.
+        let history = [5, 1, 2, 3, 4, 0, 9, 2, 3, 6, 5, 1, 2, 3];
+        assert_eq!(drafted(&history, 3), (vec![4, 0, 9], 4));
+    }
+
+    #[test]
+    fn nothing_without_a_match_of_two_tokens() {
+        assert_eq!(drafted(&[1, 2, 3, 4, 3], 4), (vec![], 0), "one token is not a match");
+        assert_eq!(drafted(&[1, 2], 4), (vec![], 0));
+        assert_eq!(drafted(&[1, 2, 1, 2], 0), (vec![], 0), "nothing asked for");
+    }
+
+    #[test]
+    fn a_draft_stops_at_the_history_s_end() {
+        // A run: the suffix "7 7" matches just before itself; only the last token follows.
+        assert_eq!(drafted(&[7, 7, 7], 5), (vec![7], 2));
+        assert_eq!(drafted(&[1, 2, 3, 1, 2], 5), (vec![3, 1, 2], 2));
+    }
+}

@@ -1,0 +1,182 @@
+//! Speculative decoding changes how fast tokens come, never which: on 50
+//! prompts, half of them asking the model to repeat what they hold and half
+//! free, greedy output with speculation equals output without it, chunk by
+//! chunk, finish and usage included, and seeded sampled generations are the
+//! same text both ways but where a draw fell on a boundary.
+//!
+//! llama.cpp's arithmetic depends on the batch's shape (a drafted token is
+//! decoded in a batch of several, the same token without speculation alone),
+//! so a logit may move in its last bits. Where the two outputs differ, the
+//! first differing position must be a near-tie in the logits without
+//! speculation: its top two within [`NEAR_TIE`], the speculative token
+//! being the runner-up. No other difference passes.
+
+#[path = "speculation/corpus.rs"]
+mod corpus;
+
+use wasi_nn_llm_host::engine::{
+    Engine, EngineConfig, FinishReason, GenerateParams, Quota, SessionOptions, Speculation, SpeculationMode,
+    TokenLogprob, Usage,
+};
+use wasi_nn_llm_tests::{CTX_SIZE, MODEL, THREADS, model_path, serial};
+
+/// Largest gap between the top two logits (natural-log units) that counts
+/// as a near-tie. Batch shape moves SmolLM2's logprobs here (AMD EPYC, 2
+/// threads) by up to 0.09 when one other session decodes beside it (no
+/// speculation at all) and up to 0.17 when drafts share the batch; the
+/// first differences seen were gaps of 0.03 to 0.19, each the runner-up.
+const NEAR_TIE: f32 = 0.25;
+/// Tokens generated per prompt.
+const MAX_TOKENS: u32 = 64;
+
+fn engine(mode: SpeculationMode) -> Engine {
+    let config = EngineConfig {
+        threads: THREADS,
+        ctx_size: CTX_SIZE,
+        max_sessions: 2,
+        gpu_layers: Some(0),
+        lanes: Some(1),
+        speculation: Speculation { mode, ..Speculation::default() },
+        ..EngineConfig::default()
+    };
+    Engine::load(MODEL, &model_path(MODEL), &config).expect("loading SmolLM2")
+}
+
+/// One generation: its prompt's tokens, its chunks (text, tokens), the
+/// logprobs of its tokens, why it ended, its usage.
+#[derive(Debug)]
+struct Output {
+    prompt: Vec<u32>,
+    chunks: Vec<(String, Vec<u32>)>,
+    logprobs: Vec<TokenLogprob>,
+    finish: FinishReason,
+    usage: Usage,
+}
+
+impl Output {
+    fn tokens(&self) -> Vec<u32> {
+        self.chunks.iter().flat_map(|(_, t)| t.clone()).collect()
+    }
+
+    /// The same text in the same chunks, ended the same way: everything but
+    /// the logprobs' last bits.
+    fn same(&self, other: &Output) -> bool {
+        (&self.prompt, &self.chunks, &self.finish, self.usage)
+            == (&other.prompt, &other.chunks, &other.finish, other.usage)
+            && self.logprobs.len() == other.logprobs.len()
+    }
+}
+
+fn generate(engine: &Engine, prompt: &str, params: &GenerateParams) -> Output {
+    let session = engine.open_session(&SessionOptions::default(), &Quota::unlimited()).expect("a session");
+    session.append(prompt).expect("the prompt");
+    let prompt = session.tokens().expect("the prompt's tokens");
+    let mut stream = session.generate(params).expect("generate");
+    let (mut chunks, mut logprobs) = (Vec::new(), Vec::new());
+    while let Some(chunk) = stream.next_chunk().expect("a chunk") {
+        chunks.push((chunk.text, chunk.tokens));
+        logprobs.extend(chunk.logprobs);
+    }
+    let finish = stream.finish().expect("a finish").clone();
+    Output { prompt, chunks, logprobs, finish: finish.reason, usage: finish.usage }
+}
+
+/// Where `with` first differs from `without` (which must otherwise be the
+/// same), and the plain run's ranked alternatives there.
+fn first_difference<'o>(user: &str, without: &'o Output, with: &Output) -> (usize, u32, u32, &'o [(u32, f32)]) {
+    let (a, b) = (without.tokens(), with.tokens());
+    let at = a.iter().zip(&b).position(|(x, y)| x != y).unwrap_or_else(|| {
+        panic!("same tokens, different chunks, finish or usage for {user:?}:\n{without:?}\n{with:?}")
+    });
+    (at, a[at], b[at], &without.logprobs[at].top)
+}
+
+/// Largest difference between the two runs' logprobs of the same tokens.
+fn logprob_drift(without: &Output, with: &Output) -> f32 {
+    without
+        .logprobs
+        .iter()
+        .zip(&with.logprobs)
+        .take_while(|(x, y)| x.token == y.token)
+        .fold(0.0, |m, (x, y)| m.max((x.logprob - y.logprob).abs()))
+}
+
+fn drafted() -> (u64, u64) {
+    let m = wasi_nn_llm_host::metrics::get();
+    (m.draft_tokens.get(), m.accepted_draft_tokens.get())
+}
+
+#[test]
+fn greedy_output_is_the_same_with_speculation_on_50_prompts() {
+    let _serial = serial();
+    let (plain, spec) = (engine(SpeculationMode::Off), engine(SpeculationMode::Ngram));
+    let prompts = corpus::prompts();
+    assert!(prompts.len() >= 50);
+    let params = GenerateParams { logprobs: Some(2), ..GenerateParams::greedy(MAX_TOKENS) };
+    let (mut near_ties, mut drift) = (Vec::new(), 0f32);
+    let (mut accepted_repetitive, mut accepted_free) = (0, 0);
+    for (repetitive, user) in &prompts {
+        let prompt = plain.apply_chat_template(&[("user".into(), user.clone())], true).expect("template");
+        let before = drafted();
+        let with = generate(&spec, &prompt, &params);
+        let accepted = drafted().1 - before.1;
+        *(if *repetitive { &mut accepted_repetitive } else { &mut accepted_free }) += accepted;
+        let without = generate(&plain, &prompt, &params);
+        drift = drift.max(logprob_drift(&without, &with));
+        if with.same(&without) {
+            continue;
+        }
+        // The first token that differs must be a near-tie without speculation.
+        let (at, plain_token, spec_token, top) = first_difference(user, &without, &with);
+        let gap = top[0].1 - top[1].1;
+        assert!(
+            top[0].0 == plain_token && top[1].0 == spec_token && gap <= NEAR_TIE,
+            "{user:?}: token {at} differs ({plain_token} without, {spec_token} with speculation) \
+             but is no near-tie: top two without {top:?}"
+        );
+        near_ties.push((at, gap));
+    }
+    eprintln!(
+        "{} prompts; drafts accepted: {accepted_repetitive} repetitive, {accepted_free} free; \
+         largest logprob drift {drift}; near-ties (position, gap): {near_ties:?}",
+        prompts.len()
+    );
+    assert!(accepted_repetitive > 4 * accepted_free.max(25), "repetitive prompts take the drafts");
+}
+
+#[test]
+fn a_seeded_sampled_generation_is_the_same_with_speculation() {
+    let _serial = serial();
+    let (plain, spec) = (engine(SpeculationMode::Off), engine(SpeculationMode::Ngram));
+    let params = GenerateParams {
+        max_tokens: Some(MAX_TOKENS),
+        temperature: Some(0.7),
+        seed: Some(42),
+        logprobs: Some(20),
+        ..GenerateParams::default()
+    };
+    let before = drafted();
+    let mut differences = Vec::new();
+    for (_, user) in corpus::prompts().iter().filter(|(repetitive, _)| *repetitive).take(8) {
+        let prompt = plain.apply_chat_template(&[("user".into(), user.clone())], true).expect("template");
+        let (with, without) = (generate(&spec, &prompt, &params), generate(&plain, &prompt, &params));
+        if with.same(&without) {
+            continue;
+        }
+        let (at, plain_token, spec_token, top) = first_difference(user, &without, &with);
+        let rank = |t: u32| top.iter().position(|&(c, _)| c == t);
+        differences.push((at, rank(plain_token), rank(spec_token)));
+    }
+    eprintln!("sampled: first differences (position, ranks without and with): {differences:?}");
+    assert!(drafted().1 > before.1, "sampled generations take drafts too");
+    // The seed's draws are the same both ways; a draw only picks another
+    // token where it fell on the boundary between two neighbours in the
+    // ranked candidates, which a logit moving in its last bits shifts.
+    for (at, plain, spec) in &differences {
+        let (Some(plain), Some(spec)) = (plain, spec) else {
+            panic!("token {at}: a sampled token outside the plain run's top 20: {differences:?}");
+        };
+        assert_eq!(plain.abs_diff(*spec), 1, "token {at} is no neighbour's: {differences:?}");
+    }
+    assert!(differences.len() <= 4, "most seeded generations are the same text: {differences:?}");
+}
