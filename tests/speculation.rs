@@ -18,7 +18,8 @@ use wasi_nn_llm_host::engine::{
     Engine, EngineConfig, FinishReason, GenerateParams, Quota, SessionOptions, Speculation, SpeculationMode,
     TokenLogprob, Usage,
 };
-use wasi_nn_llm_tests::{CTX_SIZE, MODEL, THREADS, model_path, serial};
+use wasi_nn_llm_host::runner::Stdio;
+use wasi_nn_llm_tests::{CTX_SIZE, MODEL, Streamed, THREADS, chatml, guest_p1, host, model_path, serial};
 
 /// Largest gap between the top two logits (natural-log units) that counts
 /// as a near-tie. Batch shape moves SmolLM2's logprobs here (AMD EPYC, 2
@@ -179,4 +180,65 @@ fn a_seeded_sampled_generation_is_the_same_with_speculation() {
         assert_eq!(plain.abs_diff(*spec), 1, "token {at} is no neighbour's: {differences:?}");
     }
     assert!(differences.len() <= 4, "most seeded generations are the same text: {differences:?}");
+}
+
+/// What every front door is asked: SmolLM2 copies it, so drafts are taken.
+const COPY: &str = "Copy the following text word for word:\n\nThe old lighthouse stood at the edge of the cliff. \
+    Every night its keeper climbed the spiral stairs, lit the lamp, and watched the ships pass safely through \
+    the narrow channel below.";
+
+/// Characters of each front door's reply that must equal the reply without
+/// speculation. Only the start is asserted: the drafts a step takes depend
+/// on measured decode times, so batch shapes (and a near-tie's outcome, as
+/// the tests above bound it) may differ from run to run.
+const SAME_START: usize = 60;
+
+/// Run `args` through `guest` (a wasip1 guest for WasmEdge's ABI) on the
+/// test host's runtime; its stdout's first JSON line.
+fn wasmedge_reply(args: &[&str]) -> serde_json::Value {
+    let runtime = &host().runtime;
+    let guest = runtime.load(&guest_p1("wasmedge-probe")).expect("compiling the guest");
+    let argv: Vec<String> =
+        std::iter::once("wasmedge-probe".to_owned()).chain(args.iter().map(|a| a.to_string())).collect();
+    let out = runtime.run(&guest, &argv, Stdio::Captured { stdin: Vec::new() }, &[]).expect("the guest ran");
+    assert_eq!(out.exit_code, 0, "{}\n{}", out.stdout, out.stderr);
+    serde_json::from_str(out.stdout.lines().next().expect("a line")).expect("a JSON line")
+}
+
+/// The extension, base wasi-nn's text mode and WasmEdge's ABI all reach the
+/// one engine's scheduler, so all three decode speculatively (the OpenAI
+/// server's turn is in the serve suite): each takes drafts and answers as
+/// the engine without speculation does.
+#[test]
+fn every_front_door_decodes_speculatively() {
+    let _serial = serial();
+    let prompt = chatml(COPY);
+    let plain = engine(SpeculationMode::Off);
+    let reference = generate(&plain, &prompt, &GenerateParams::greedy(64));
+    let reference: String = reference.chunks.iter().map(|(t, _)| t.as_str()).collect();
+    assert!(reference.len() > SAME_START, "{reference:?}");
+    let doors: [(&str, Box<dyn Fn() -> String>); 3] = [
+        ("the extension", Box::new(|| Streamed::parse(&host().probe(&["generate", MODEL, "64", &prompt])).text())),
+        (
+            "base wasi-nn's text mode",
+            Box::new(|| host().probe(&["compute", MODEL, "64", &prompt])[0]["text"].as_str().expect("text").to_owned()),
+        ),
+        (
+            "WasmEdge's ABI",
+            Box::new(|| {
+                wasmedge_reply(&["chat", MODEL, "chatml", "64", COPY])["text"].as_str().expect("text").to_owned()
+            }),
+        ),
+    ];
+    for (door, reply) in doors {
+        let before = drafted();
+        let text = reply();
+        let (checked, accepted) = (drafted().0 - before.0, drafted().1 - before.1);
+        eprintln!("{door}: {checked} drafted tokens checked, {accepted} accepted");
+        assert!(accepted > 0, "{door} took no drafts: {text:?}");
+        assert!(
+            text.get(..SAME_START) == reference.get(..SAME_START),
+            "{door} answers otherwise than the engine without speculation:\n{text:?}\n{reference:?}"
+        );
+    }
 }

@@ -60,7 +60,7 @@ pub use raw::wasi_nn_llm::llm::chat::{
 };
 pub use raw::wasi_nn_llm::llm::embeddings::{EmbedInput, EmbedOptions, Embedding, Pooling};
 /// Which model file and engine serve a model ([`Model::identity`]).
-pub use raw::wasi_nn_llm::llm::model::Identity as ModelIdentity;
+pub use raw::wasi_nn_llm::llm::model::{Decoding, Identity as ModelIdentity};
 pub use raw::wasi_nn_llm::llm::types::{
     Chunk, Feature, Finish, FinishReason, Message, ModelMetadata, OverflowPolicy, PortableConstraint, SessionOptions,
     TokenLogprob, Usage,

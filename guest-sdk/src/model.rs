@@ -87,6 +87,14 @@ impl Model {
         Ok(llm_model::features(&self.graph)?)
     }
 
+    /// Whether the host speculates for this model's generations (0.1.7):
+    /// `speculation` names how drafts are made (`ngram`, or `off`), and
+    /// `draft-max` is the most tokens drafted per step. Output is the same
+    /// either way; only its speed differs.
+    pub fn decoding(&self) -> Result<crate::Decoding, Error> {
+        Ok(llm_model::model_decoding(&self.graph)?)
+    }
+
     /// The underlying wasi:nn graph, for base wasi-nn calls.
     ///
     /// ```no_run

@@ -44,7 +44,7 @@ use crate::raw::wasi_nn_llm::llm::types::Error as LlmError;
 use crate::{Chunk, Error, Finish, Model, Params, SessionOptions};
 
 /// The raw bindings of the `wasi-nn-llm:llm/llm@0.2.0-rc-2026-12-06` world; its
-/// wasi-nn and 0.1.6 interfaces are [`crate::raw`]'s, so a [`Model`]'s graph
+/// wasi-nn and 0.1.7 interfaces are [`crate::raw`]'s, so a [`Model`]'s graph
 /// and every record are the same types in both.
 #[allow(missing_docs)]
 pub mod raw {
@@ -56,10 +56,10 @@ pub mod raw {
             "wasi:nn/tensor@0.2.0-rc-2024-10-28": crate::raw::wasi::nn::tensor,
             "wasi:nn/inference@0.2.0-rc-2024-10-28": crate::raw::wasi::nn::inference,
             "wasi:nn/graph@0.2.0-rc-2024-10-28": crate::raw::wasi::nn::graph,
-            "wasi-nn-llm:llm/types@0.1.6": crate::raw::wasi_nn_llm::llm::types,
-            "wasi-nn-llm:llm/model@0.1.6": crate::raw::wasi_nn_llm::llm::model,
-            "wasi-nn-llm:llm/embeddings@0.1.6": crate::raw::wasi_nn_llm::llm::embeddings,
-            "wasi-nn-llm:llm/chat@0.1.6": crate::raw::wasi_nn_llm::llm::chat,
+            "wasi-nn-llm:llm/types@0.1.7": crate::raw::wasi_nn_llm::llm::types,
+            "wasi-nn-llm:llm/model@0.1.7": crate::raw::wasi_nn_llm::llm::model,
+            "wasi-nn-llm:llm/embeddings@0.1.7": crate::raw::wasi_nn_llm::llm::embeddings,
+            "wasi-nn-llm:llm/chat@0.1.7": crate::raw::wasi_nn_llm::llm::chat,
         },
     });
 }

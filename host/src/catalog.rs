@@ -34,6 +34,10 @@ pub struct ModelSpec {
     pub chat_template: Option<PathBuf>,
     /// The backend that runs it, overriding the host-wide setting.
     pub backend: Option<crate::backend::BackendKind>,
+    /// Speculative decoding on or off, overriding the host-wide setting.
+    pub speculation: Option<crate::engine::SpeculationMode>,
+    /// Most tokens drafted per step, overriding the host-wide setting.
+    pub draft_max: Option<u32>,
 }
 
 impl ModelSpec {
@@ -47,6 +51,8 @@ impl ModelSpec {
             flash_attn: None,
             chat_template: None,
             backend: None,
+            speculation: None,
+            draft_max: None,
         }
     }
 

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use wasi_nn_llm_host::backend::llama_cpp::{gpu_build, gpus};
 use wasi_nn_llm_host::catalog::{self, ModelSpec};
-use wasi_nn_llm_host::engine::{BackendKind, EngineConfig, FlashAttention, SharedTier, SnapshotKey};
+use wasi_nn_llm_host::engine::{
+    BackendKind, EngineConfig, FlashAttention, MAX_DRAFT, SharedTier, SnapshotKey, Speculation, SpeculationMode,
+};
 use wasi_nn_llm_host::policy::Policy;
 use wasi_nn_llm_host::registry::Models;
 use wasi_nn_llm_host::runner::{Preopen, Runtime, Stdio};
@@ -136,6 +138,17 @@ struct HostArgs {
     /// the CPU).
     #[arg(long, value_name = "llama.cpp|candle", default_value = "llama.cpp")]
     backend: BackendKind,
+    /// Speculative decoding: `ngram` drafts each generation's next tokens
+    /// from its own session (what followed the latest earlier occurrence
+    /// of its last tokens) and checks them in the step's batch, as many as
+    /// measured decode times and acceptance say pay; the output is the
+    /// same as with `off`.
+    #[arg(long, value_name = "ngram|off", default_value = "ngram")]
+    speculation: SpeculationMode,
+    /// Most tokens drafted per step for one generation, 1 to 32.
+    #[arg(long, value_name = "N", default_value_t = Speculation::default().draft_max,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_DRAFT as i64))]
+    draft_max: u32,
     /// The secret that seals saved sessions: 32 bytes, or 64 hex digits
     /// (`openssl rand -hex 32`). Hosts given the same key accept each
     /// other's snapshots [default: the policy's `snapshot-key-file`, else a
@@ -232,6 +245,7 @@ impl HostArgs {
         config.lanes = self.lanes;
         config.flash_attn = self.flash_attn;
         config.backend = self.backend;
+        config.speculation = Speculation { mode: self.speculation, draft_max: self.draft_max };
         if let Some(t) = self.threads {
             config.threads = t;
         }
@@ -305,9 +319,13 @@ impl HostArgs {
         let models = Models::load(&specs, &config)?;
         for name in models.names() {
             if let Some(engine) = models.engine(name) {
+                let speculation = match engine.speculation() {
+                    s if s.on() => format!("speculation {} (up to {} drafted)", s.mode, s.draft_max),
+                    _ => "speculation off".to_owned(),
+                };
                 match engine.attention() {
-                    Some(attention) => eprintln!("model {name:?}: {}, {attention}", engine.backend()),
-                    None => eprintln!("model {name:?}: {}", engine.backend()),
+                    Some(attention) => eprintln!("model {name:?}: {}, {attention}, {speculation}", engine.backend()),
+                    None => eprintln!("model {name:?}: {}, {speculation}", engine.backend()),
                 }
             }
         }

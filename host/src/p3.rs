@@ -40,7 +40,7 @@ use crate::engine::{self, Engine, Pending, Session, TokenStream};
 use crate::error::LlmError;
 use crate::wit::{HasLlmView, try_llm};
 
-/// The `wasi-nn-llm:llm@0.2.0-rc-2026-12-06` world's bindings. Its 0.1.6 interfaces
+/// The `wasi-nn-llm:llm@0.2.0-rc-2026-12-06` world's bindings. Its 0.1.7 interfaces
 /// and types are [`crate::wit`]'s (one implementation serves both worlds),
 /// and its session is the engine's [`Session`], as 0.1.x's is.
 #[allow(missing_docs)]
@@ -50,10 +50,10 @@ pub mod bindings {
         world: "wasi-nn-llm:llm/llm@0.2.0-rc-2026-12-06",
         with: {
             "wasi:nn/graph.graph": wasmtime_wasi_nn::Graph,
-            "wasi-nn-llm:llm/types@0.1.6": crate::wit::bindings::wasi_nn_llm::llm::types,
-            "wasi-nn-llm:llm/model@0.1.6": crate::wit::bindings::wasi_nn_llm::llm::model,
-            "wasi-nn-llm:llm/embeddings@0.1.6": crate::wit::bindings::wasi_nn_llm::llm::embeddings,
-            "wasi-nn-llm:llm/chat@0.1.6": crate::wit::bindings::wasi_nn_llm::llm::chat,
+            "wasi-nn-llm:llm/types@0.1.7": crate::wit::bindings::wasi_nn_llm::llm::types,
+            "wasi-nn-llm:llm/model@0.1.7": crate::wit::bindings::wasi_nn_llm::llm::model,
+            "wasi-nn-llm:llm/embeddings@0.1.7": crate::wit::bindings::wasi_nn_llm::llm::embeddings,
+            "wasi-nn-llm:llm/chat@0.1.7": crate::wit::bindings::wasi_nn_llm::llm::chat,
             "wasi-nn-llm:llm/session@0.2.0-rc-2026-12-06.session": crate::engine::Session,
         },
         imports: {
@@ -78,7 +78,7 @@ pub const RUN_EXPORT: &str = "wasi:cli/run@0.3.";
 pub const HANDLER_EXPORT: &str = "wasi:http/handler@0.3.";
 
 /// Add the draft session interface to a linker whose store data `T` gives
-/// the extension's view; the 0.1.6 interfaces come from
+/// the extension's view; the 0.1.7 interfaces come from
 /// [`crate::wit::add_to_linker`].
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut wasmtime::component::Linker<T>,

@@ -116,6 +116,10 @@ pub struct ModelEntry {
     pub chat_template_file: Option<PathBuf>,
     /// `llama-cpp` or `candle` (default: the host's `--backend`).
     pub backend: Option<crate::backend::BackendKind>,
+    /// Speculative decoding: `ngram` or `off` (default: the host's `--speculation`).
+    pub speculation: Option<crate::engine::SpeculationMode>,
+    /// Most tokens drafted per step, 1 to 32 (default: the host's `--draft-max`).
+    pub draft_max: Option<u32>,
 }
 
 /// Models one component may use, the component named by file name or digest.
@@ -225,6 +229,9 @@ impl Policy {
             if m.path.is_some() == m.catalog.is_some() {
                 bail!("model {name:?} needs exactly one of `path` and `catalog`");
             }
+            if let Some(n) = m.draft_max.filter(|n| !(1..=crate::engine::MAX_DRAFT).contains(n)) {
+                bail!("model {name:?}: draft-max must be 1 to {}, got {n}", crate::engine::MAX_DRAFT);
+            }
         }
         for (i, g) in self.grants.iter().flatten().enumerate() {
             if g.component.is_none() && g.digest.is_none() {
@@ -280,6 +287,8 @@ impl Policy {
                     flash_attn: m.flash_attn,
                     chat_template: m.chat_template_file.clone(),
                     backend: m.backend,
+                    speculation: m.speculation,
+                    draft_max: m.draft_max,
                 })
             })
             .collect()
@@ -384,13 +393,14 @@ mod tests {
         assert_eq!(keyed.snapshot_key_file, Some(PathBuf::from("/etc/wasi-nn-llm/snapshot.key")));
         // So do its commented model keys.
         let mut full = include_str!("../../policy.example.toml").to_owned();
-        for key in ["path", "gpu-layers", "flash-attn", "chat-template-file"] {
+        for key in ["path", "gpu-layers", "flash-attn", "chat-template-file", "speculation", "draft-max"] {
             full = full.replace(&format!("# {key} = "), &format!("{key} = "));
         }
         let full = Policy::parse(&full.replace("catalog = \"gemma3\"\n", "")).expect("every model key is valid");
         let gemma = &full.models["gemma3"];
         assert_eq!(gemma.chat_template_file, Some(PathBuf::from("/srv/templates/gemma3.jinja")));
         assert_eq!((gemma.gpu_layers, gemma.flash_attn), (Some(99), Some(FlashAttention::Auto)));
+        assert_eq!((gemma.speculation, gemma.draft_max), (Some(crate::engine::SpeculationMode::Ngram), Some(16)));
     }
 
     #[test]
@@ -404,6 +414,9 @@ mod tests {
             "[[grants]]\nmodels = [\"*\"]\n",
             "[[grants]]\ndigest = \"md5:1\"\nmodels = [\"*\"]\n",
             "[interfaces]\nwasi-nn = false\n",
+            "[models.x]\npath = \"a\"\nspeculation = \"draft-model\"\n",
+            "[models.x]\npath = \"a\"\ndraft-max = 0\n",
+            "[models.x]\npath = \"a\"\ndraft-max = 33\n",
         ] {
             assert!(Policy::parse(bad).is_err(), "accepted: {bad}");
         }

@@ -35,6 +35,8 @@ impl Models {
             config.ctx_size = spec.context.unwrap_or(config.ctx_size);
             config.flash_attn = spec.flash_attn.unwrap_or(config.flash_attn);
             config.backend = spec.backend.unwrap_or(config.backend);
+            config.speculation.mode = spec.speculation.unwrap_or(config.speculation.mode);
+            config.speculation.draft_max = spec.draft_max.unwrap_or(config.speculation.draft_max);
             if let Some(file) = &spec.chat_template {
                 let template = std::fs::read_to_string(file).map_err(|e| {
                     anyhow::anyhow!("model {:?}: cannot read the chat template {}: {e}", spec.name, file.display())

@@ -439,6 +439,30 @@ fn curl_reads_the_sse_stream() {
     assert!(matches!(last["choices"][0]["finish_reason"].as_str(), Some("stop" | "length")), "{last}");
 }
 
+/// The OpenAI server's generations run on the same engine as every other
+/// front door's, so a reply that copies its prompt is decoded
+/// speculatively: the engine says so in its log and its `/metrics`.
+#[test]
+fn a_reply_that_copies_its_prompt_is_decoded_speculatively() {
+    let server = shared();
+    let paragraph = "The old lighthouse stood at the edge of the cliff. Every night its keeper climbed the spiral \
+        stairs, lit the lamp, and watched the ships pass safely through the narrow channel below.";
+    let accepted = || {
+        let (status, text) = server.request("GET", "/metrics", None);
+        assert_eq!(status, 200, "{text}");
+        let line = text.lines().find(|l| l.starts_with("wasi_nn_llm_accepted_draft_tokens_total ")).expect("the counter");
+        line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).expect("a number")
+    };
+    let before = accepted();
+    let body = chat_body(&format!("Copy the following text word for word:\n\n{paragraph}"), 64);
+    let (status, reply) = server.post("/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{reply}");
+    let text = reply["choices"][0]["message"]["content"].as_str().expect("content");
+    assert!(text.contains("climbed the spiral stairs, lit the lamp"), "the model copies: {text}");
+    assert!(accepted() > before, "drafted tokens were accepted");
+    assert!(server.log().contains("speculative decoding: drafted tokens checked and accepted"), "{}", server.log());
+}
+
 #[test]
 fn a_conversation_through_the_api_prefills_only_each_new_turn() {
     let seen = shared().client("conversation", &[MODEL, "5"]);

@@ -105,6 +105,8 @@ struct Inner {
     jinja: OnceLock<Result<Option<Arc<ChatTemplate>>, TemplateError>>,
     /// The compiler of Lark and JSON-schema constraints, made on first use.
     grammars: OnceLock<Result<Arc<constraint::Grammars>, LlmError>>,
+    /// Whether the lanes draft (the operator's setting).
+    speculation: Speculation,
 }
 
 impl Engine {
@@ -147,6 +149,7 @@ impl Engine {
             chat_template: config.chat_template.clone(),
             jinja: OnceLock::new(),
             grammars: OnceLock::new(),
+            speculation: config.speculation,
         })))
     }
 
@@ -174,6 +177,12 @@ impl Engine {
     /// backend chooses one (llama.cpp).
     pub fn attention(&self) -> Option<&Attention> {
         self.0.model.attention()
+    }
+
+    /// Whether generations speculate, and how far (the operator's setting;
+    /// the lanes draft only where it pays).
+    pub fn speculation(&self) -> Speculation {
+        self.0.speculation
     }
 
     /// Open an empty session, taking one of the model's sequence slots and

@@ -73,6 +73,15 @@ impl model::Host for LlmView<'_> {
         Ok(Ok(engine.features().into_iter().map(types::Feature::from).collect()))
     }
 
+    fn model_decoding(&mut self, graph: Resource<Graph>) -> wasmtime::Result<Result<model::Decoding, types::Error>> {
+        let engine = try_llm!(self.engine(&graph)?);
+        let speculation = engine.speculation();
+        Ok(Ok(model::Decoding {
+            speculation: speculation.mode.name().into(),
+            draft_max: if speculation.on() { speculation.draft_max } else { 0 },
+        }))
+    }
+
     fn model_identity(&mut self, graph: Resource<Graph>) -> wasmtime::Result<Result<model::Identity, types::Error>> {
         let engine = try_llm!(self.engine(&graph)?);
         let digest = try_llm!(engine.identity());
