@@ -22,6 +22,7 @@ mod restore;
 mod scale;
 mod serve;
 mod single;
+mod speculation;
 mod template;
 mod wasmedge;
 
@@ -101,6 +102,8 @@ enum Section {
     Backends,
     /// Two hosts behind a balancer, the shared tier on and off.
     ScaleOut,
+    /// Speculative decoding on and off, and llama-server's n-gram speculation.
+    Speculation,
 }
 
 /// What every measurement shares.
@@ -175,7 +178,7 @@ fn main() -> Result<()> {
     };
     // The serve section runs on the first model only (the one `make serve`
     // serves): a run of it on gemma3 would take most of an hour.
-    let llama_server = if wanted(Section::Serve) || wanted(Section::ScaleOut) {
+    let llama_server = if wanted(Section::Serve) || wanted(Section::ScaleOut) || wanted(Section::Speculation) {
         baseline::llama_tool(workspace, "llama-server").map_err(|e| eprintln!("llama-server unavailable: {e:#}")).ok()
     } else {
         None
@@ -285,6 +288,21 @@ fn main() -> Result<()> {
         if wanted(Section::Backends) && index == 0 {
             let markdown = backends::run(&spec.path, name, &config, settings.runs)?;
             writeln!(body, "### Backends: candle against llama.cpp\n\n{markdown}")?;
+            results.write(&body, &targets, false)?;
+        }
+
+        if let Some(bin) = llama_server.as_ref().filter(|_| wanted(Section::Speculation)) {
+            let setup = speculation::Setup {
+                llama_server: bin,
+                model: name,
+                gguf: &spec.path,
+                flash: engine.attention().expect("llama.cpp chooses a kernel").flash,
+                config: &config,
+                runs: settings.chat_runs,
+            };
+            let s = speculation::run(&setup)?;
+            writeln!(body, "### Speculative decoding\n\n{}", s.markdown)?;
+            targets.extend(s.targets);
             results.write(&body, &targets, false)?;
         }
 

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub draft_tokens: Counter,
     /// Of [`Self::draft_tokens`], those the model agreed with (each saved a decode).
     pub accepted_draft_tokens: Counter,
+    /// Decode steps that checked drafted tokens (accepted / checks: the
+    /// mean accepted length).
+    pub draft_checks: Counter,
     /// Sessions holding a KV sequence (those the prefix cache keeps included).
     pub sessions: Gauge,
     /// `open-cached` calls continued from a cache entry, by tier.
@@ -91,6 +94,7 @@ impl Metrics {
             generated_tokens: Counter::default(),
             draft_tokens: Counter::default(),
             accepted_draft_tokens: Counter::default(),
+            draft_checks: Counter::default(),
             // 5 ms to about 40 s.
             time_to_first_token: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             // 1 ms to about 1 s a token.
@@ -117,6 +121,7 @@ impl Metrics {
             "Drafted tokens the model agreed with (speculative decoding)",
             m.accepted_draft_tokens.clone(),
         );
+        r.register("draft_checks", "Decode steps that checked drafted tokens", m.draft_checks.clone());
         r.register_with_unit(
             "time_to_first_token",
             "From a turn's first appended token to its first generated token",

@@ -12,9 +12,11 @@ use crate::engine::speculation::{self, Acceptance, Plan};
 #[derive(Debug, Default)]
 pub(in crate::engine) struct Drafting {
     pub acceptance: Acceptance,
-    /// Tokens this generation checked in its decodes, and those accepted.
+    /// Tokens this generation checked in its decodes, those accepted, and
+    /// the decodes that checked any.
     pub drafted: u32,
     pub accepted: u32,
+    pub checks: u32,
     /// The model could not drop a rejected draft's cells: no more drafts.
     pub stopped: bool,
 }
@@ -27,6 +29,8 @@ pub(super) struct Draft {
     /// How many of them the step checks (the rest only tell whether
     /// the first would have been accepted).
     checked: usize,
+    /// The length of the match that found them.
+    matched: usize,
 }
 
 impl Draft {
@@ -53,8 +57,9 @@ impl Scheduler<'_> {
             let fits = s.limit.saturating_sub(s.tokens.len() + 1);
             let wanted = g.remaining.map_or(usize::MAX, |r| r.saturating_sub(1) as usize);
             let max = (self.speculation.draft_max as usize).min(fits).min(wanted);
-            speculation::draft(&s.tokens, max.max(1), &mut draft.tokens);
-            draft.checked = plan.choose(&g.drafting.acceptance, draft.tokens.len().min(max));
+            draft.matched = speculation::draft(&s.tokens, max.max(1), &mut draft.tokens);
+            let rate = g.drafting.acceptance.rate(self.priors.prior(draft.matched));
+            draft.checked = plan.choose(rate, draft.tokens.len().min(max));
         }
         drafts
     }
@@ -93,10 +98,13 @@ impl Scheduler<'_> {
             d.acceptance.record(accepted, checked.len());
             d.drafted += checked.len() as u32;
             d.accepted += accepted as u32;
+            d.checks += 1;
+            self.priors.record(draft.matched, accepted > 0);
         } else if let (Some(&guess), Some(token)) = (draft.tokens.first(), sampled) {
             // Not checked, but whether the model agreed is known for free:
             // drafting resumes when the text starts repeating again.
             d.acceptance.record(usize::from(guess == token), 1);
+            self.priors.record(draft.matched, guess == token);
         }
     }
 }

@@ -37,7 +37,7 @@ use super::buffer::Item;
 use super::cores::Cores;
 use super::finish::{Finish, FinishReason};
 use super::protocol::{Command, Input, Reply, SeqId};
-use super::speculation::{DecodeCost, Speculation};
+use super::speculation::{DecodeCost, MatchPriors, Speculation};
 use super::tokens::tokenize;
 use crate::backend::{Batch, Context, ContextSetup, Model};
 use crate::error::{ContextOverflow, LlmError};
@@ -69,6 +69,9 @@ pub(crate) struct Scheduler<'m> {
     speculation: Speculation,
     /// This lane's decode times by batch size, which drafting is weighed against.
     cost: DecodeCost,
+    /// How often drafts were accepted on this lane, by the length of the
+    /// match that found them: each new generation's prior.
+    priors: MatchPriors,
     /// Most tokens one decode may hold (the context's batch size).
     batch_limit: usize,
 }
@@ -97,6 +100,7 @@ impl<'m> Scheduler<'m> {
             embed_context: EmbedContext::NotYet(ContextSetup { batch: EMBED_CHUNK as u32, ..*setup }),
             speculation,
             cost: DecodeCost::default(),
+            priors: MatchPriors::default(),
             batch_limit: setup.batch as usize,
         }
     }

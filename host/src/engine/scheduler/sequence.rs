@@ -110,6 +110,7 @@ impl Generation {
         m.generated_tokens.inc_by(usage.generated_tokens.into());
         m.draft_tokens.inc_by(self.drafting.drafted.into());
         m.accepted_draft_tokens.inc_by(self.drafting.accepted.into());
+        m.draft_checks.inc_by(self.drafting.checks.into());
         if self.drafting.drafted > 0 {
             // What an operator (and the tests of each front door) see of speculation.
             tracing::debug!(

@@ -10,7 +10,7 @@
 const MIN_MATCH: usize = 2;
 /// Longest suffix compared: a longer match is no more telling, and this
 /// bounds the search's work per position.
-const MAX_MATCH: usize = 8;
+pub(super) const MAX_MATCH: usize = 8;
 
 /// Up to `max` tokens that followed the latest earlier occurrence of the
 /// longest suffix of `history` (at least [`MIN_MATCH`] tokens) into `out`

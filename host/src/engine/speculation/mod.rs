@@ -31,7 +31,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-pub(crate) use budget::{Acceptance, DecodeCost, Plan};
+pub(crate) use budget::{Acceptance, DecodeCost, MatchPriors, Plan};
 pub(crate) use lookup::draft;
 
 /// The most tokens the operator may let a step draft for one generation.
