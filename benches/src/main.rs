@@ -104,6 +104,8 @@ enum Section {
     ScaleOut,
     /// Speculative decoding on and off, and llama-server's n-gram speculation.
     Speculation,
+    /// Where drafting breaks even: decode time by batch size, 1 and 2 threads.
+    BreakEven,
 }
 
 /// What every measurement shares.
@@ -303,6 +305,12 @@ fn main() -> Result<()> {
             let s = speculation::run(&setup)?;
             writeln!(body, "### Speculative decoding\n\n{}", s.markdown)?;
             targets.extend(s.targets);
+            results.write(&body, &targets, false)?;
+        }
+
+        if wanted(Section::BreakEven) {
+            let markdown = speculation::break_even(name, &spec.path, settings.chat_runs)?;
+            writeln!(body, "### Speculative decoding: where it breaks even\n\n{markdown}")?;
             results.write(&body, &targets, false)?;
         }
 

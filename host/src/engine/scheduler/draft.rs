@@ -11,7 +11,9 @@ use crate::engine::speculation::{self, Acceptance, Plan};
 /// One generation's drafting so far.
 #[derive(Debug, Default)]
 pub(in crate::engine) struct Drafting {
-    pub acceptance: Acceptance,
+    /// How its drafts fared, by the length of the match that found them
+    /// (a two-token match is a guess, an eight-token one a quote).
+    pub acceptance: [Acceptance; speculation::MAX_MATCH + 1],
     /// Tokens this generation checked in its decodes, those accepted, and
     /// the decodes that checked any.
     pub drafted: u32,
@@ -58,7 +60,8 @@ impl Scheduler<'_> {
             let wanted = g.remaining.map_or(usize::MAX, |r| r.saturating_sub(1) as usize);
             let max = (self.speculation.draft_max as usize).min(fits).min(wanted);
             draft.matched = speculation::draft(&s.tokens, max.max(1), &mut draft.tokens);
-            let rate = g.drafting.acceptance.rate(self.priors.prior(draft.matched));
+            let own = g.drafting.acceptance.get(draft.matched).copied().unwrap_or_default();
+            let rate = own.rate(self.priors.prior(draft.matched));
             draft.checked = plan.choose(rate, draft.tokens.len().min(max));
         }
         drafts
@@ -94,8 +97,9 @@ impl Scheduler<'_> {
         }
         let Some(g) = self.seqs[seq.index()].as_mut().and_then(|s| s.generation.as_mut()) else { return };
         let d = &mut g.drafting;
+        let Some(acceptance) = d.acceptance.get_mut(draft.matched) else { return };
         if !checked.is_empty() {
-            d.acceptance.record(accepted, checked.len());
+            acceptance.record(accepted, checked.len());
             d.drafted += checked.len() as u32;
             d.accepted += accepted as u32;
             d.checks += 1;
@@ -103,7 +107,7 @@ impl Scheduler<'_> {
         } else if let (Some(&guess), Some(token)) = (draft.tokens.first(), sampled) {
             // Not checked, but whether the model agreed is known for free:
             // drafting resumes when the text starts repeating again.
-            d.acceptance.record(usize::from(guess == token), 1);
+            acceptance.record(usize::from(guess == token), 1);
             self.priors.record(draft.matched, guess == token);
         }
     }

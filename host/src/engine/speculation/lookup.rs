@@ -10,11 +10,16 @@
 const MIN_MATCH: usize = 2;
 /// Longest suffix compared: a longer match is no more telling, and this
 /// bounds the search's work per position.
-pub(super) const MAX_MATCH: usize = 8;
+pub(crate) const MAX_MATCH: usize = 8;
 
-/// Up to `max` tokens that followed the latest earlier occurrence of the
-/// longest suffix of `history` (at least [`MIN_MATCH`] tokens) into `out`
-/// (cleared first). Returns the match's length, 0 where there is none.
+/// Up to `max` tokens that followed an earlier occurrence of the longest
+/// suffix of `history` (at least [`MIN_MATCH`] tokens) into `out` (cleared
+/// first). Returns the match's length, 0 where there is none.
+///
+/// Of the occurrences matching as long, the one with the most tokens after
+/// it (up to `max`) wins, then the latest: a phrase a reply has already
+/// repeated also occurs a few tokens back, where nothing follows yet, while
+/// the prompt it copies holds the whole continuation.
 ///
 /// One backward pass over `history`: a few comparisons per position, tens
 /// of microseconds for a full 32k-token context, against milliseconds per
@@ -26,7 +31,8 @@ pub(crate) fn draft(history: &[u32], max: usize, out: &mut Vec<u32>) -> usize {
         return 0;
     }
     let last = history[len - 1];
-    let (mut best_len, mut best_end) = (0, 0);
+    // (match length, continuation length, the occurrence's last token)
+    let mut best = (0, 0, 0);
     // `end`: the candidate occurrence's last token, strictly before the suffix's.
     for end in (0..len - 1).rev() {
         if history[end] != last {
@@ -34,19 +40,20 @@ pub(crate) fn draft(history: &[u32], max: usize, out: &mut Vec<u32>) -> usize {
         }
         let longest = MAX_MATCH.min(end + 1);
         let matched = (1..longest).take_while(|&i| history[end - i] == history[len - 1 - i]).count() + 1;
-        if matched > best_len {
-            (best_len, best_end) = (matched, end);
-            if matched == MAX_MATCH {
+        let follows = (len - 1 - end).min(max);
+        if (matched, follows) > (best.0, best.1) {
+            best = (matched, follows, end);
+            if matched == MAX_MATCH && follows == max {
                 break;
             }
         }
     }
-    if best_len < MIN_MATCH {
+    if best.0 < MIN_MATCH {
         return 0;
     }
-    let from = best_end + 1;
-    out.extend_from_slice(&history[from..len.min(from + max)]);
-    best_len
+    let from = best.2 + 1;
+    out.extend_from_slice(&history[from..from + best.1]);
+    best.0
 }
 
 #[cfg(test)]
@@ -67,6 +74,15 @@ mod tests {
         // A longer match wins over a later, shorter one.
         let history = [5, 1, 2, 3, 4, 0, 9, 2, 3, 6, 5, 1, 2, 3];
         assert_eq!(drafted(&history, 3), (vec![4, 0, 9], 4));
+    }
+
+    #[test]
+    fn of_equal_matches_the_one_with_more_after_it_wins() {
+        // "1 2" is followed by 3 4 5 early on, and just before the end by
+        // only the suffix itself.
+        let history = [1, 2, 3, 4, 5, 0, 9, 1, 2, 1, 2];
+        assert_eq!(drafted(&history, 3), (vec![3, 4, 5], 2));
+        assert_eq!(drafted(&history, 1), (vec![1], 2), "each has enough: the latest wins");
     }
 
     #[test]

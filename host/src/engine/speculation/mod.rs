@@ -32,7 +32,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 pub(crate) use budget::{Acceptance, DecodeCost, MatchPriors, Plan};
-pub(crate) use lookup::draft;
+pub(crate) use lookup::{MAX_MATCH, draft};
 
 /// The most tokens the operator may let a step draft for one generation.
 pub const MAX_DRAFT: u32 = 32;
