@@ -14,12 +14,14 @@
 #[path = "speculation/corpus.rs"]
 mod corpus;
 
+use wasi_nn_llm_host::catalog::ModelSpec;
 use wasi_nn_llm_host::engine::{
     Engine, EngineConfig, FinishReason, GenerateParams, Quota, SessionOptions, Speculation, SpeculationMode,
     TokenLogprob, Usage,
 };
-use wasi_nn_llm_host::runner::Stdio;
-use wasi_nn_llm_tests::{CTX_SIZE, MODEL, Streamed, THREADS, chatml, guest_p1, host, model_path, serial};
+use wasi_nn_llm_host::registry::Models;
+use wasi_nn_llm_host::runner::{Runtime, Stdio};
+use wasi_nn_llm_tests::{CTX_SIZE, MODEL, Streamed, THREADS, chatml, guest, guest_p1, model_path, serial};
 
 /// Largest gap between the top two logits (natural-log units) that counts
 /// as a near-tie. Batch shape moves SmolLM2's logprobs here (AMD EPYC, 2
@@ -193,20 +195,35 @@ const COPY: &str = "Copy the following text word for word:\n\nThe old lighthouse
 /// the tests above bound it) may differ from run to run.
 const SAME_START: usize = 60;
 
-/// Run `args` through `guest` (a wasip1 guest for WasmEdge's ABI) on the
-/// test host's runtime; its stdout's first JSON line.
-fn wasmedge_reply(args: &[&str]) -> serde_json::Value {
-    let runtime = &host().runtime;
-    let guest = runtime.load(&guest_p1("wasmedge-probe")).expect("compiling the guest");
-    let argv: Vec<String> =
-        std::iter::once("wasmedge-probe".to_owned()).chain(args.iter().map(|a| a.to_string())).collect();
+/// A runtime whose one model, SmolLM2, decodes speculatively (the test
+/// host's does not: tests that compare two runs token for token need the
+/// same batches both times, and drafting follows measured decode times).
+fn speculative_runtime() -> Runtime {
+    let config = EngineConfig {
+        threads: THREADS,
+        ctx_size: CTX_SIZE,
+        max_sessions: 2,
+        gpu_layers: Some(0),
+        lanes: Some(1),
+        speculation: Speculation { mode: SpeculationMode::Ngram, ..Speculation::default() },
+        ..EngineConfig::default()
+    };
+    let models = Models::load(&[ModelSpec::new(MODEL, model_path(MODEL))], &config).expect("loading SmolLM2");
+    Runtime::new(models).expect("creating the runtime")
+}
+
+/// Run `wasm` with `args` on `runtime`; its stdout's JSON lines.
+fn run(runtime: &Runtime, wasm: &std::path::Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let guest = runtime.load(wasm).expect("compiling the guest");
+    let argv: Vec<String> = std::iter::once("guest".to_owned()).chain(args.iter().map(|a| a.to_string())).collect();
     let out = runtime.run(&guest, &argv, Stdio::Captured { stdin: Vec::new() }, &[]).expect("the guest ran");
     assert_eq!(out.exit_code, 0, "{}\n{}", out.stdout, out.stderr);
-    serde_json::from_str(out.stdout.lines().next().expect("a line")).expect("a JSON line")
+    out.stdout.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
 }
 
 /// The extension, base wasi-nn's text mode and WasmEdge's ABI all reach the
-/// one engine's scheduler, so all three decode speculatively (the OpenAI
+/// one engine's scheduler, so with speculation on all three decode
+/// speculatively (the OpenAI
 /// server's turn is in the serve suite): each takes drafts and answers as
 /// the engine without speculation does.
 #[test]
@@ -217,18 +234,16 @@ fn every_front_door_decodes_speculatively() {
     let reference = generate(&plain, &prompt, &GenerateParams::greedy(64));
     let reference: String = reference.chunks.iter().map(|(t, _)| t.as_str()).collect();
     assert!(reference.len() > SAME_START, "{reference:?}");
+    let runtime = speculative_runtime();
+    let (probe, wasmedge) = (guest("probe"), guest_p1("wasmedge-probe"));
+    let text = |line: &serde_json::Value| line["text"].as_str().expect("text").to_owned();
     let doors: [(&str, Box<dyn Fn() -> String>); 3] = [
-        ("the extension", Box::new(|| Streamed::parse(&host().probe(&["generate", MODEL, "64", &prompt])).text())),
         (
-            "base wasi-nn's text mode",
-            Box::new(|| host().probe(&["compute", MODEL, "64", &prompt])[0]["text"].as_str().expect("text").to_owned()),
+            "the extension",
+            Box::new(|| Streamed::parse(&run(&runtime, &probe, &["generate", MODEL, "64", &prompt])).text()),
         ),
-        (
-            "WasmEdge's ABI",
-            Box::new(|| {
-                wasmedge_reply(&["chat", MODEL, "chatml", "64", COPY])["text"].as_str().expect("text").to_owned()
-            }),
-        ),
+        ("base wasi-nn's text mode", Box::new(|| text(&run(&runtime, &probe, &["compute", MODEL, "64", &prompt])[0]))),
+        ("WasmEdge's ABI", Box::new(|| text(&run(&runtime, &wasmedge, &["chat", MODEL, "chatml", "64", COPY])[0]))),
     ];
     for (door, reply) in doors {
         let before = drafted();

@@ -444,7 +444,7 @@ fn curl_reads_the_sse_stream() {
 /// speculatively: the engine says so in its log and its `/metrics`.
 #[test]
 fn a_reply_that_copies_its_prompt_is_decoded_speculatively() {
-    let server = shared();
+    let server = &Server::start(&["--speculation", "ngram"], Some("wasi_nn_llm_host=debug"));
     let paragraph = "The old lighthouse stood at the edge of the cliff. Every night its keeper climbed the spiral \
         stairs, lit the lamp, and watched the ships pass safely through the narrow channel below.";
     let accepted = || {
