@@ -17,6 +17,7 @@ mod guest;
 mod memory;
 mod p3;
 mod plot;
+mod process;
 mod report;
 mod restore;
 mod scale;

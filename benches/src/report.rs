@@ -11,6 +11,14 @@ pub fn median(xs: &[f64]) -> f64 {
     if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 }
 }
 
+/// The median of `xs` and the range of the runs, each written by `write`:
+/// `median (lowest–highest)`, how RESULTS.md quotes a figure of several runs.
+pub fn spread(xs: &[f64], write: fn(f64) -> String) -> String {
+    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{} ({}–{})", write(median(xs)), write(lo), write(hi))
+}
+
 /// A Markdown table.
 pub struct Table {
     header: Vec<String>,

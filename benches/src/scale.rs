@@ -10,30 +10,20 @@
 //! an even count, round-robin would pin every conversation to one host and
 //! nothing would cross hosts.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
-use crate::report::{Table, Target, median, num, ratio};
+use crate::process::{healthy, port, spawn};
+use crate::report::{Table, Target, median, num, ratio, spread};
 
 const CONVERSATIONS: u32 = 16;
 const ROUNDS: u32 = 4;
 const REPLY_TOKENS: u32 = 32;
 /// The shuffle's seed: the same interleaving in every configuration.
 const SEED: u32 = 7;
-
-/// A process stopped when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
-    }
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Config {
@@ -86,11 +76,7 @@ pub fn run(
     let med = |i: usize, f: &dyn Fn(&Figures) -> f64| median(&seen[i].iter().map(f).collect::<Vec<_>>());
     let per_run =
         |a: usize, b: usize| -> Vec<f64> { seen[a].iter().zip(&seen[b]).map(|(x, y)| x.ttft_ms / y.ttft_ms).collect() };
-    let spread = |r: &[f64]| {
-        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        format!("{} ({}–{})", ratio(median(r)), ratio(lo), ratio(hi))
-    };
+    let spread = |r: &[f64]| spread(r, ratio);
     let mut table =
         Table::new(&["configuration", "Σ time to first token (ms)", "tokens evaluated", "shared-tier hits", "vs (b)"]);
     for (i, config) in configs.iter().enumerate() {
@@ -220,26 +206,6 @@ fn measure(
     };
     drop(procs);
     Ok(Figures { ttft_ms, evaluated, shared_hits })
-}
-
-fn spawn(mut command: Command) -> Result<Proc> {
-    Ok(Proc(command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?))
-}
-
-fn port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn healthy(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let url = format!("http://127.0.0.1:{port}/health");
-    while !Command::new("curl").args(["-sf", "-o", "/dev/null", &url]).status().is_ok_and(|s| s.success()) {
-        if Instant::now() > deadline {
-            bail!("{url} did not answer within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(())
 }
 
 /// The shared tier's hits a host's `/metrics` counts.

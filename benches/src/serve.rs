@@ -18,15 +18,15 @@
 //! to back.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use crate::process;
 use crate::report::{Table, Target, median, num, ratio};
 
 /// Turns of the one-conversation chat.
@@ -567,7 +567,7 @@ const TOOL_TEMPLATE: &str = "tests/templates/corpus/Qwen-Qwen2.5-7B-Instruct.jin
 
 fn start(setup: &Setup, side: Side, template: Option<&Path>) -> Result<Server> {
     let fa = if setup.flash { "on" } else { "off" };
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = process::port()?;
     let mut command = match side {
         Side::Ours { p3 } => {
             let mut c = Command::new(setup.workspace.join("target/release/wasi-nn-llm"));
@@ -610,19 +610,10 @@ fn start(setup: &Setup, side: Side, template: Option<&Path>) -> Result<Server> {
         }
     });
     let server = Server { child, base: format!("http://127.0.0.1:{port}/v1"), log };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let health = format!("http://127.0.0.1:{port}/health");
-    loop {
-        let ok = Command::new("curl").args(["-sf", "-o", "/dev/null", &health]).status().is_ok_and(|s| s.success());
-        if ok {
-            return Ok(server);
-        }
-        if Instant::now() > deadline {
-            let log = server.log();
-            bail!("{} did not come up within 120 s:\n{log}", side.label());
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    if let Err(e) = process::healthy(port) {
+        bail!("{} did not come up ({e}):\n{}", side.label(), server.log());
     }
+    Ok(server)
 }
 
 /// Run `benches/serve/client.py BASE MODEL MODE ARGS` (in the venv the

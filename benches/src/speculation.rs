@@ -12,10 +12,9 @@
 //! greedily.
 
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -23,7 +22,8 @@ use wasi_nn_llm_host::engine::{
     Engine, EngineConfig, GenerateParams, Quota, SessionOptions, Speculation, SpeculationMode,
 };
 
-use crate::report::{Table, Target, median, num, ratio};
+use crate::process::{Proc, healthy, port, spawn};
+use crate::report::{Table, Target, median, num, ratio, spread};
 
 /// A task: its name, whether it repeats its input, the prompt's messages,
 /// and the most tokens to generate.
@@ -190,41 +190,23 @@ fn ours(engine: &Engine, prompt: &str, max_tokens: u32) -> Result<(String, Decod
 
 /// llama-server with some speculation settings.
 struct LlamaServer {
-    child: Child,
+    _process: Proc,
     port: u16,
-}
-
-impl Drop for LlamaServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl LlamaServer {
     fn start(bin: &Path, gguf: &Path, flash: bool, spec: &[&str], sessions: u32) -> Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(bin)
+        let port = port()?;
+        let mut command = Command::new(bin);
+        command
             .arg("-m")
             .arg(gguf)
             .args(["--host", "127.0.0.1", "--port", &port.to_string(), "-t", "2", "-tb", "2"])
             .args(["-c", &(2048 * sessions).to_string(), "-np", &sessions.to_string(), "-b", "512", "-ub", "512"])
             .args(["-fa", if flash { "on" } else { "off" }, "--no-webui", "--cache-ram", "0"])
-            .args(spec)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let server = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let health = format!("http://127.0.0.1:{port}/health");
-        while !Command::new("curl").args(["-sf", "-o", "/dev/null", &health]).status().is_ok_and(|s| s.success()) {
-            if Instant::now() > deadline {
-                bail!("llama-server {spec:?} did not come up within 120 s");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            .args(spec);
+        let server = Self { _process: spawn(command).with_context(|| format!("starting {}", bin.display()))?, port };
+        healthy(port).with_context(|| format!("llama-server {spec:?}"))?;
         Ok(server)
     }
 
@@ -398,12 +380,8 @@ pub fn run(setup: &Setup) -> Result<Section> {
     report(setup, &tasks, &figures, &tuning, &best_label, &four)
 }
 
-/// Median and range of `xs`.
-fn spread(xs: &[f64]) -> String {
-    let (lo, hi) = xs.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-    format!("{} ({}–{})", num(median(xs)), num(lo), num(hi))
-}
-
+/// The median ratio and the range of the runs, the range written bare
+/// (`1.12× (0.87–1.16)`), as this section has always quoted it.
 fn ratio_spread(xs: &[f64]) -> String {
     let (lo, hi) = xs.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
     format!("{} ({:.2}–{:.2})", ratio(median(xs)), lo, hi)
@@ -443,10 +421,10 @@ fn report(
         let (vs_off, vs_server) = (per_run(0, 1), per_run(0, 2));
         table.row(vec![
             task.name.to_owned(),
-            spread(&rates[0]),
-            spread(&rates[1]),
-            spread(&rates[2]),
-            spread(&rates[3]),
+            spread(&rates[0], num),
+            spread(&rates[1], num),
+            spread(&rates[2], num),
+            spread(&rates[3], num),
             ratio_spread(&vs_off),
             ratio_spread(&vs_server),
         ]);
@@ -492,8 +470,8 @@ fn report(
             let mut why = vec![ours_drafts];
             if a < 1.5 {
                 why.push(
-                    "only accepted drafts save steps, and each drafted token costs about half a one-token step \
-                     here (BREAK-EVEN.md)"
+                    "only accepted drafts save steps, and here a draft's first token costs about a step and \
+                     each further one about half (BREAK-EVEN.md)"
                         .to_owned(),
                 );
             }
@@ -507,7 +485,7 @@ fn report(
                 format!(
                     "no drafts were checked, so both sides decoded the same batches; the ratio is the runs' drift \
                      (ours without: {})",
-                    spread(&rates[1])
+                    spread(&rates[1], num)
                 )
             } else {
                 ours_drafts
@@ -542,8 +520,8 @@ fn report(
     md.push_str(&format!(
         "Four sessions at once on the paragraph task, aggregate tok/s (prefill included): with speculation {}, \
          without {}; ratio {}.\n\n",
-        spread(&four.0),
-        spread(&four.1),
+        spread(&four.0, num),
+        spread(&four.1, num),
         ratio_spread(&ratios)
     ));
     targets.push(Target::new(
