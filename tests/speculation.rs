@@ -32,8 +32,9 @@ const NEAR_TIE: f32 = 0.25;
 /// Tokens generated per prompt.
 const MAX_TOKENS: u32 = 64;
 
-fn engine(mode: SpeculationMode) -> Engine {
-    let config = EngineConfig {
+/// SmolLM2's engine settings here: one lane of two sessions, `mode`.
+fn config(mode: SpeculationMode) -> EngineConfig {
+    EngineConfig {
         threads: THREADS,
         ctx_size: CTX_SIZE,
         max_sessions: 2,
@@ -41,8 +42,11 @@ fn engine(mode: SpeculationMode) -> Engine {
         lanes: Some(1),
         speculation: Speculation { mode, ..Speculation::default() },
         ..EngineConfig::default()
-    };
-    Engine::load(MODEL, &model_path(MODEL), &config).expect("loading SmolLM2")
+    }
+}
+
+fn engine(mode: SpeculationMode) -> Engine {
+    Engine::load(MODEL, &model_path(MODEL), &config(mode)).expect("loading SmolLM2")
 }
 
 /// One generation: its prompt's tokens, its chunks (text, tokens), the
@@ -199,16 +203,8 @@ const SAME_START: usize = 60;
 /// host's does not: tests that compare two runs token for token need the
 /// same batches both times, and drafting follows measured decode times).
 fn speculative_runtime() -> Runtime {
-    let config = EngineConfig {
-        threads: THREADS,
-        ctx_size: CTX_SIZE,
-        max_sessions: 2,
-        gpu_layers: Some(0),
-        lanes: Some(1),
-        speculation: Speculation { mode: SpeculationMode::Ngram, ..Speculation::default() },
-        ..EngineConfig::default()
-    };
-    let models = Models::load(&[ModelSpec::new(MODEL, model_path(MODEL))], &config).expect("loading SmolLM2");
+    let models = Models::load(&[ModelSpec::new(MODEL, model_path(MODEL))], &config(SpeculationMode::Ngram))
+        .expect("loading SmolLM2");
     Runtime::new(models).expect("creating the runtime")
 }
 
@@ -237,17 +233,13 @@ fn every_front_door_decodes_speculatively() {
     let runtime = speculative_runtime();
     let (probe, wasmedge) = (guest("probe"), guest_p1("wasmedge-probe"));
     let text = |line: &serde_json::Value| line["text"].as_str().expect("text").to_owned();
-    let doors: [(&str, Box<dyn Fn() -> String>); 3] = [
-        (
-            "the extension",
-            Box::new(|| Streamed::parse(&run(&runtime, &probe, &["generate", MODEL, "64", &prompt])).text()),
-        ),
-        ("base wasi-nn's text mode", Box::new(|| text(&run(&runtime, &probe, &["compute", MODEL, "64", &prompt])[0]))),
-        ("WasmEdge's ABI", Box::new(|| text(&run(&runtime, &wasmedge, &["chat", MODEL, "chatml", "64", COPY])[0]))),
-    ];
-    for (door, reply) in doors {
+    for door in ["the extension", "base wasi-nn's text mode", "WasmEdge's ABI"] {
         let before = drafted();
-        let text = reply();
+        let text = match door {
+            "the extension" => Streamed::parse(&run(&runtime, &probe, &["generate", MODEL, "64", &prompt])).text(),
+            "base wasi-nn's text mode" => text(&run(&runtime, &probe, &["compute", MODEL, "64", &prompt])[0]),
+            _ => text(&run(&runtime, &wasmedge, &["chat", MODEL, "chatml", "64", COPY])[0]),
+        };
         let (checked, accepted) = (drafted().0 - before.0, drafted().1 - before.1);
         eprintln!("{door}: {checked} drafted tokens checked, {accepted} accepted");
         assert!(accepted > 0, "{door} took no drafts: {text:?}");
