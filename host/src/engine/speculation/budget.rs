@@ -10,10 +10,10 @@
 /// worth it. The acceptance rate is an estimate, and a model either
 /// copies (nearly every drafted token accepted) or does not (nearly none):
 /// at a middling estimate the expected gain is small and a wrong guess
-/// costs a whole draft (half a step per token on the AMD kind). At 3 % a
-/// chat whose model did not quote decoded at 0.85× and a free chat at
-/// 0.97× (`benches/speculation`); at 15 % drafting needs an estimate of
-/// about 0.9 or more.
+/// costs a whole draft (about half a step per token on the AMD kind). At
+/// 3 %, in one development run (SmolLM2, AMD kind), a chat whose model did
+/// not quote decoded at 0.85× and a free chat at 0.97×; at 15 % drafting
+/// needs an estimate of about 0.9 or more.
 const MARGIN: f32 = 1.15;
 /// Weight of the past in [`Acceptance`] after each step (its memory is
 /// about 1 / (1 - DECAY) = 10 steps), so a generation that stops quoting
@@ -129,8 +129,9 @@ impl DecodeCost {
     /// [`PRIOR_SLOPE`] from one), or down from the smallest above; 1 plus
     /// the prior slope per token when nothing is measured yet (only ratios
     /// count). On the AMD kind, llama.cpp's CPU decode of SmolLM2 took
-    /// 6.5 ms for one token, 13.3 for two, 28.4 for eight: each extra token
-    /// costs about half a step, so only drafts the model mostly accepts pay.
+    /// 6.5 ms for one token, 13.3 for two, 28.4 for eight: the second token
+    /// costs a whole step and each further one about half, so only long
+    /// drafts the model mostly accepts pay.
     pub fn estimate(&self, tokens: usize) -> f32 {
         let at = |n: usize| self.seconds.get(n.wrapping_sub(1)).copied().flatten();
         if let Some(t) = at(tokens) {
