@@ -129,6 +129,16 @@ impl Decode {
     fn rate(&self) -> f64 {
         self.tokens / self.seconds.max(1e-9)
     }
+
+    /// Decode steps taken: each emits one token, and the drafts it accepted.
+    fn steps(&self) -> f64 {
+        self.tokens - self.accepted
+    }
+
+    /// Milliseconds per decode step.
+    fn step_ms(&self) -> f64 {
+        1e3 * self.seconds / self.steps().max(1.0)
+    }
 }
 
 /// Render each turn's conversation, the assistant's empty replies filled
@@ -227,8 +237,10 @@ impl LlamaServer {
         let t = &reply["timings"];
         let get = |k: &str| t[k].as_f64().unwrap_or(0.0);
         let text = reply["content"].as_str().unwrap_or_default().to_owned();
+        // Its timer starts as the prompt's decode ends, with the first token
+        // sampled: the tokens timed are those after it, as ours are.
         let decode = Decode {
-            tokens: get("predicted_n"),
+            tokens: (get("predicted_n") - 1.0).max(0.0),
             seconds: get("predicted_ms") / 1e3,
             drafted: get("draft_n"),
             accepted: get("draft_n_accepted"),
@@ -412,8 +424,10 @@ fn report(
         "ours: drafted",
         "accepted",
         "mean accepted per check",
+        "decodes, ms each",
         "llama-server: drafted",
         "accepted",
+        "decodes, ms each",
     ]);
     for (t, task) in tasks.iter().enumerate() {
         let rates: Vec<Vec<f64>> = figures[t].iter().map(|runs| runs.iter().map(Decode::rate).collect()).collect();
@@ -435,17 +449,20 @@ fn report(
             })
         };
         let (o, s) = (sum(0), sum(2));
+        let runs = setup.runs as f64;
         let share = |a: f64, d: f64| if d > 0.0 { format!("{:.0} %", 100.0 * a / d) } else { "–".into() };
+        let steps = |d: &Decode| format!("{:.0}, {:.1}", d.steps() / runs, d.step_ms());
         accept.row(vec![
             task.name.to_owned(),
-            format!("{:.0}", o.drafted / setup.runs as f64),
+            format!("{:.0}", o.drafted / runs),
             share(o.accepted, o.drafted),
             if o.checks > 0.0 { format!("{:.1}", o.accepted / o.checks) } else { "–".into() },
-            format!("{:.0}", s.drafted / setup.runs as f64),
+            steps(&o),
+            format!("{:.0}", s.drafted / runs),
             share(s.accepted, s.drafted),
+            steps(&s),
         ]);
         let measured = format!("{} vs off, {} vs llama-server", ratio_spread(&vs_off), ratio_spread(&vs_server));
-        let runs = setup.runs as f64;
         // Why a goal was missed, from this run's own figures.
         let drafts = |d: &Decode| {
             if d.drafted == 0.0 {
@@ -476,7 +493,15 @@ fn report(
                 );
             }
             if b < 1.3 {
-                why.push(format!("llama-server's best setting {}", drafts(&s)));
+                why.push(format!(
+                    "llama-server's best setting {}; a side's speed is its decodes and their cost: ours took {:.0} \
+                     decodes per run at {:.1} ms each, llama-server {:.0} at {:.1} ms",
+                    drafts(&s),
+                    o.steps() / runs,
+                    o.step_ms(),
+                    s.steps() / runs,
+                    s.step_ms()
+                ));
             }
             Target::new(what, "≥ 1.5× ours without, ≥ 1.3× llama-server's best n-gram", measured, a >= 1.5 && b >= 1.3)
                 .why_if_missed(why.join("; "))
@@ -507,7 +532,11 @@ fn report(
         table.markdown(),
         fa = if setup.flash { "on" } else { "off" },
     ));
-    md.push_str(&format!("Drafted tokens per run and the share accepted:\n\n{}\n", accept.markdown()));
+    md.push_str(&format!(
+        "Drafted tokens per run, the share accepted, and the decode steps per run with their mean time (each step \
+         emits a token and the drafts it accepted; fewer steps, or cheaper ones, make a side faster):\n\n{}\n",
+        accept.markdown()
+    ));
     let mut tune = Table::new(&["llama-server setting", "decode tok/s, repetitive tasks"]);
     for (label, args, d) in tuning {
         tune.row(vec![format!("{label} (`{}`)", args.join(" ")), num(d.rate())]);

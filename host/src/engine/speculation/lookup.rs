@@ -21,6 +21,14 @@ pub(crate) const MAX_MATCH: usize = 8;
 /// repeated also occurs a few tokens back, where nothing follows yet, while
 /// the prompt it copies holds the whole continuation.
 ///
+/// A continuation that reaches the end of `history` goes on into the draft
+/// itself, as an overlapping copy does: a match a few tokens back means
+/// the text is repeating with that period (a reply stuck in a loop, a
+/// list's next line), and the draft repeats it. Cut at the end instead,
+/// such a draft is a token or three, too short to pay for its batch
+/// (BREAK-EVEN.md), while llama.cpp's n-gram drafts, built a token at a
+/// time from their own end, follow the loop.
+///
 /// One backward pass over `history`, a few comparisons per position: linear
 /// in the session's length, where a decode step reads every weight.
 pub(crate) fn draft(history: &[u32], max: usize, out: &mut Vec<u32>) -> usize {
@@ -52,6 +60,11 @@ pub(crate) fn draft(history: &[u32], max: usize, out: &mut Vec<u32>) -> usize {
     }
     let from = best.2 + 1;
     out.extend_from_slice(&history[from..from + best.1]);
+    // The copy's source runs on past the history's end into the draft.
+    let period = len - from;
+    while out.len() < max {
+        out.push(out[out.len() - period]);
+    }
     best.0
 }
 
@@ -92,9 +105,11 @@ mod tests {
     }
 
     #[test]
-    fn a_draft_stops_at_the_history_s_end() {
-        // A run: the suffix "7 7" matches just before itself; only the last token follows.
-        assert_eq!(drafted(&[7, 7, 7], 5), (vec![7], 2));
-        assert_eq!(drafted(&[1, 2, 3, 1, 2], 5), (vec![3, 1, 2], 2));
+    fn a_draft_that_reaches_the_history_s_end_repeats_its_period() {
+        // A run: the suffix "7 7" matches just before itself, and goes on.
+        assert_eq!(drafted(&[7, 7, 7], 5), (vec![7; 5], 2));
+        // "1 2" three tokens back: the text repeats every three tokens.
+        assert_eq!(drafted(&[1, 2, 3, 1, 2], 5), (vec![3, 1, 2, 3, 1], 2));
+        assert_eq!(drafted(&[5, 6, 1, 2, 3, 1, 2], 4), (vec![3, 1, 2, 3], 2));
     }
 }
