@@ -22,12 +22,14 @@ pub(crate) const MAX_MATCH: usize = 8;
 /// the prompt it copies holds the whole continuation.
 ///
 /// A continuation that reaches the end of `history` goes on into the draft
-/// itself, as an overlapping copy does: a match a few tokens back means
-/// the text is repeating with that period (a reply stuck in a loop, a
-/// list's next line), and the draft repeats it. Cut at the end instead,
-/// such a draft is a token or three, too short to pay for its batch
-/// (BREAK-EVEN.md), while llama.cpp's n-gram drafts, built a token at a
-/// time from their own end, follow the loop.
+/// itself, as an overlapping copy does, where the match is at least as
+/// long as the distance back to it: the text has then repeated a whole
+/// period already (a reply stuck in a loop), and the draft repeats it. Cut
+/// at the end instead, such a draft is a token or three, too short to pay
+/// for its batch (BREAK-EVEN.md), while llama.cpp's n-gram drafts, built a
+/// token at a time from their own end, follow the loop. A shorter match a
+/// little way back (code's indentation, a list's numbering) says nothing
+/// of what comes after the history's end and is not carried on.
 ///
 /// One backward pass over `history`, a few comparisons per position: linear
 /// in the session's length, where a decode step reads every weight.
@@ -62,8 +64,10 @@ pub(crate) fn draft(history: &[u32], max: usize, out: &mut Vec<u32>) -> usize {
     out.extend_from_slice(&history[from..from + best.1]);
     // The copy's source runs on past the history's end into the draft.
     let period = len - from;
-    while out.len() < max {
-        out.push(out[out.len() - period]);
+    if best.0 >= period {
+        while out.len() < max {
+            out.push(out[out.len() - period]);
+        }
     }
     best.0
 }
@@ -105,11 +109,12 @@ mod tests {
     }
 
     #[test]
-    fn a_draft_that_reaches_the_history_s_end_repeats_its_period() {
+    fn a_draft_that_reaches_the_history_s_end_repeats_a_whole_period() {
         // A run: the suffix "7 7" matches just before itself, and goes on.
         assert_eq!(drafted(&[7, 7, 7], 5), (vec![7; 5], 2));
-        // "1 2" three tokens back: the text repeats every three tokens.
-        assert_eq!(drafted(&[1, 2, 3, 1, 2], 5), (vec![3, 1, 2, 3, 1], 2));
-        assert_eq!(drafted(&[5, 6, 1, 2, 3, 1, 2], 4), (vec![3, 1, 2, 3], 2));
+        // "1 2 3" has come round twice: the text repeats every three tokens.
+        assert_eq!(drafted(&[1, 2, 3, 1, 2, 3, 1, 2], 5), (vec![3, 1, 2, 3, 1], 5));
+        // "1 2" three tokens back has not yet repeated a period: cut at the end.
+        assert_eq!(drafted(&[1, 2, 3, 1, 2], 5), (vec![3, 1, 2], 2));
     }
 }
