@@ -72,7 +72,8 @@ struct ServeArgs {
     host: HostArgs,
     /// A key clients must send (`Authorization: Bearer KEY`, or
     /// `x-api-key`); without any key the server is open to every client.
-    /// Repeatable. `/health` stays open.
+    /// Repeatable. `/health` stays open, and so does `GET /` and
+    /// `GET /ui/…` (a page's static files, which ask for the key).
     #[arg(long = "api-key", value_name = "KEY")]
     api_keys: Vec<String>,
     /// A file of API keys, one a line (`#` comments); repeatable. Keeps

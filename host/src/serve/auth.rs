@@ -13,6 +13,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
+use hyper::Method;
 use hyper::header::{AUTHORIZATION, HeaderMap, HeaderName};
 
 /// The header some clients (Anthropic-style) send the key in.
@@ -20,6 +21,13 @@ const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Paths any client may reach without a key: load balancers' health checks.
 const OPEN_PATHS: [&str; 1] = ["/health"];
+
+/// What a browser may `GET` without a key: a page (`/`) and its files
+/// (`/ui/…`). A browser loads the page before anyone can type a key into
+/// it, and the page then sends the key with every API call. A guest
+/// serves only static files there (the OpenAI server's chat page);
+/// anything that runs the model stays behind the key.
+const OPEN_PAGE: (&str, &str) = ("/", "/ui/");
 
 /// The keys that admit a request; none configured admits every request.
 #[derive(Default)]
@@ -68,10 +76,12 @@ impl ApiKeys {
         self.0.is_empty()
     }
 
-    /// Admit a request to `path` with `headers`, taking its key out of
-    /// them; or say why not.
-    pub fn admit(&self, path: &str, headers: &mut HeaderMap) -> Result<(), Refusal> {
-        if self.0.is_empty() || OPEN_PATHS.contains(&path) {
+    /// Admit a `method` request to `path` with `headers`, taking its key
+    /// out of them; or say why not.
+    pub fn admit(&self, method: &Method, path: &str, headers: &mut HeaderMap) -> Result<(), Refusal> {
+        let page =
+            matches!(*method, Method::GET | Method::HEAD) && (path == OPEN_PAGE.0 || path.starts_with(OPEN_PAGE.1));
+        if self.0.is_empty() || OPEN_PATHS.contains(&path) || page {
             return Ok(());
         }
         let bearer = headers.remove(AUTHORIZATION);
@@ -126,31 +136,58 @@ mod tests {
     fn a_listed_key_in_either_header_is_admitted_and_taken_out() {
         let keys = ApiKeys::new(&["sk-one".into(), "sk-two".into()], &[] as &[&Path]).unwrap();
         for mut h in [headers(&[("authorization", "Bearer sk-two")]), headers(&[("x-api-key", "sk-one")])] {
-            assert_eq!(keys.admit("/v1/models", &mut h), Ok(()));
+            assert_eq!(keys.admit(&Method::POST, "/v1/models", &mut h), Ok(()));
             assert!(h.get(AUTHORIZATION).is_none() && h.get(X_API_KEY).is_none(), "the guest never sees the key");
         }
-        assert_eq!(keys.admit("/v1/models", &mut headers(&[("authorization", "bearer  sk-one ")])), Ok(()));
+        assert_eq!(
+            keys.admit(&Method::POST, "/v1/models", &mut headers(&[("authorization", "bearer  sk-one ")])),
+            Ok(())
+        );
     }
 
     #[test]
     fn no_key_a_wrong_key_or_another_scheme_is_refused() {
         let keys = ApiKeys::new(&["sk-one".into()], &[] as &[&Path]).unwrap();
-        assert_eq!(keys.admit("/v1/models", &mut HeaderMap::new()), Err(Refusal::Missing));
-        assert_eq!(keys.admit("/v1/models", &mut headers(&[("authorization", "Bearer ")])), Err(Refusal::Missing));
-        assert_eq!(keys.admit("/v1/models", &mut headers(&[("authorization", "Basic sk-one")])), Err(Refusal::Missing));
-        assert_eq!(keys.admit("/v1/models", &mut headers(&[("authorization", "Bearer sk-on")])), Err(Refusal::Wrong));
-        assert_eq!(keys.admit("/v1/models", &mut headers(&[("x-api-key", "sk-one2")])), Err(Refusal::Wrong));
-        assert_eq!(keys.admit("/health", &mut HeaderMap::new()), Ok(()), "health checks need no key");
+        assert_eq!(keys.admit(&Method::POST, "/v1/models", &mut HeaderMap::new()), Err(Refusal::Missing));
+        assert_eq!(
+            keys.admit(&Method::POST, "/v1/models", &mut headers(&[("authorization", "Bearer ")])),
+            Err(Refusal::Missing)
+        );
+        assert_eq!(
+            keys.admit(&Method::POST, "/v1/models", &mut headers(&[("authorization", "Basic sk-one")])),
+            Err(Refusal::Missing)
+        );
+        assert_eq!(
+            keys.admit(&Method::POST, "/v1/models", &mut headers(&[("authorization", "Bearer sk-on")])),
+            Err(Refusal::Wrong)
+        );
+        assert_eq!(
+            keys.admit(&Method::POST, "/v1/models", &mut headers(&[("x-api-key", "sk-one2")])),
+            Err(Refusal::Wrong)
+        );
+        assert_eq!(keys.admit(&Method::POST, "/health", &mut HeaderMap::new()), Ok(()), "health checks need no key");
+    }
+
+    #[test]
+    fn a_browser_gets_the_page_and_its_files_but_nothing_else_without_a_key() {
+        let keys = ApiKeys::new(&["sk-one".into()], &[] as &[&Path]).unwrap();
+        for path in ["/", "/ui/chat.js", "/ui/vendor/purify.min.js"] {
+            assert_eq!(keys.admit(&Method::GET, path, &mut HeaderMap::new()), Ok(()), "{path}");
+        }
+        assert_eq!(keys.admit(&Method::POST, "/", &mut HeaderMap::new()), Err(Refusal::Missing), "only reading");
+        for path in ["/v1/models", "/uix", "/v1/ui/x"] {
+            assert_eq!(keys.admit(&Method::GET, path, &mut HeaderMap::new()), Err(Refusal::Missing), "{path}");
+        }
     }
 
     #[test]
     fn no_keys_admit_everyone_and_a_key_file_is_read_line_by_line() {
-        assert_eq!(ApiKeys::default().admit("/v1/models", &mut HeaderMap::new()), Ok(()));
+        assert_eq!(ApiKeys::default().admit(&Method::POST, "/v1/models", &mut HeaderMap::new()), Ok(()));
         let file = std::env::temp_dir().join(format!("wasi-nn-llm-keys-{}", std::process::id()));
         std::fs::write(&file, "# operators\nsk-a\n\n  sk-b  \n").unwrap();
         let keys = ApiKeys::new(&[], &[&file]).unwrap();
         assert_eq!(keys.len(), 2);
-        assert_eq!(keys.admit("/v1/models", &mut headers(&[("authorization", "Bearer sk-b")])), Ok(()));
+        assert_eq!(keys.admit(&Method::POST, "/v1/models", &mut headers(&[("authorization", "Bearer sk-b")])), Ok(()));
         std::fs::write(&file, "# none\n").unwrap();
         assert!(ApiKeys::new(&[], &[&file]).is_err());
         std::fs::remove_file(file).ok();

@@ -153,7 +153,7 @@ impl Server {
     /// the guest writes it), or a 500 if the guest failed before answering.
     async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<HyperOutgoingBody>, Infallible> {
         let (mut parts, body) = request.into_parts();
-        if let Err(refusal) = self.keys.admit(parts.uri.path(), &mut parts.headers) {
+        if let Err(refusal) = self.keys.admit(&parts.method, parts.uri.path(), &mut parts.headers) {
             tracing::debug!(path = parts.uri.path(), "refused without running the guest: {refusal:?} API key");
             return Ok(unauthorized(refusal));
         }
