@@ -749,6 +749,36 @@ fn a_client_that_goes_away_cancels_its_generation() {
     server.assert_healthy();
 }
 
+/// `GET /` is the chat page (its browser test is tests/serve/browser.rs):
+/// HTML that loads only the page's own files, each served with a policy
+/// that runs no inline or foreign script.
+#[test]
+fn the_chat_page_and_its_files_are_served_with_a_content_security_policy() {
+    let server = shared();
+    let url = format!("http://{}/", server.addr);
+    let out = Command::new("curl").args(["-s", "-i", &url]).output().expect("curl");
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let lower = page.to_ascii_lowercase();
+    assert!(lower.contains("content-type: text/html"), "{page}");
+    assert!(lower.contains("content-security-policy: default-src 'none'; script-src 'self'"), "{page}");
+    let scripts: Vec<&str> = page.split("<script src=\"").skip(1).filter_map(|s| s.split('"').next()).collect();
+    assert_eq!(scripts, ["/ui/vendor/marked.umd.js", "/ui/vendor/purify.min.js", "/ui/chat.js"], "{page}");
+    let mut total = page.len();
+    for file in scripts.iter().copied().chain(["/ui/chat.css"]) {
+        let (status, body) = server.request("GET", file, None);
+        assert_eq!(status, 200, "{file}");
+        assert!(body.len() > 1000, "{file}: {} bytes", body.len());
+        total += body.len();
+    }
+    // Small enough to embed in the component and load at once.
+    assert!(total < 300 * 1024, "the page's files are {total} bytes in all");
+    for missing in ["/ui/missing.js", "/index.html", "/ui"] {
+        let (status, body) = server.request("GET", missing, None);
+        assert_eq!(status, 404, "{missing}: {body}");
+    }
+}
+
 #[test]
 fn with_api_keys_only_a_client_naming_one_gets_in() {
     let dir = std::env::temp_dir().join(format!("wasi-nn-llm-api-keys-{}", std::process::id()));
@@ -763,8 +793,12 @@ fn with_api_keys_only_a_client_naming_one_gets_in() {
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("didn't provide an API key"), "{body}");
-    // Health checks need none.
+    // Health checks need none, nor does a browser loading the chat page,
+    // which asks for the key itself; posting to it does.
     assert_eq!(server.request("GET", "/health", None).0, 200);
+    assert_eq!(server.request("GET", "/", None).0, 200);
+    assert_eq!(server.request("GET", "/ui/chat.js", None).0, 200);
+    assert_eq!(server.request("POST", "/", Some("{}")).0, 401);
 
     // The stock client: a wrong key is refused, either listed key answers.
     let wrong = server.client_with_key(Some("sk-team-a-0123456788"), "authenticated-chat", &[MODEL]);

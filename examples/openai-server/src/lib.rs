@@ -1,5 +1,6 @@
 //! An OpenAI-compatible HTTP API on the LLM extension, written once for two
-//! front doors: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions`,
+//! front doors: a chat page for browsers at `GET /` (`page.rs`),
+//! `GET /health`, `GET /v1/models`, `POST /v1/chat/completions`,
 //! `POST /v1/responses` and `POST /v1/completions` (streamed as SSE with
 //! `"stream": true`), and `POST /v1/embeddings`.
 //!
@@ -21,6 +22,7 @@ mod completion;
 mod embeddings;
 mod error;
 mod host;
+mod page;
 mod reply;
 mod request;
 mod responses;
@@ -58,6 +60,9 @@ pub enum Reply {
 pub async fn route<H: Host>(method: &str, path: &str, body: Result<Vec<u8>, ApiError>) -> Response<Reply> {
     let path = path.trim_end_matches('/');
     let answer = match (method, path) {
+        ("GET", p) if p.is_empty() || p.starts_with("/ui/") => {
+            page::file(p).ok_or_else(|| ApiError::no_route(method, p))
+        }
         ("GET", "/health") => Ok(json_response(&json!({ "status": "ok" }))),
         ("GET", "/v1/models") => Ok(json_response(&json!({ "object": "list", "data": models() }))),
         ("GET", p) if p.starts_with("/v1/models/") => model(&p["/v1/models/".len()..]),
