@@ -29,6 +29,7 @@ cluster: guests
 
 ## The whole test suite, on the real model.
 test: guests
+	@scripts/bootstrap.sh test
 	cargo build --release --quiet -p wasi-nn-llm-host
 	cargo build --release --quiet -p wasi-nn-stock-host
 	cargo test --release

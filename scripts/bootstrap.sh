@@ -3,7 +3,9 @@
 # rustup: cmake and libclang (llama.cpp's build and its bindgen), the
 # wasm32-wasip2 target (the guests), and for the cluster (several hosts
 # sharing a cache, tests/cluster.rs and `make cluster`) Debian's redis-server
-# and haproxy. Idempotent: installs only what is missing.
+# and haproxy; with `test`, also the browser test's chromium and
+# puppeteer-core (so `make chat` never installs a browser). Idempotent:
+# installs only what is missing.
 set -euo pipefail
 
 # Debian packages, as root or through sudo.
@@ -109,4 +111,26 @@ if ! grep -qs "\"version\": \"$OPENAI_NODE_VERSION\"" "$node_pkg/package.json"; 
     rm -rf "$node_pkg" && mkdir -p "$node_pkg"
     tar xzf "$tarball" -C "$node_pkg" --strip-components=1
     rm -f "$tarball"
+fi
+
+# With `test` (the test command): the chat page's browser test
+# (tests/serve/browser.rs), Debian's chromium driven headless by
+# puppeteer-core, pinned with every dependency in
+# tests/browser/package-lock.json (npm checks each tarball against the
+# lock's integrity) and installed under target/browser. puppeteer-core
+# never downloads a browser of its own.
+[ "${1:-}" = test ] || exit 0
+if ! command -v chromium >/dev/null; then
+    apt_install chromium
+fi
+if ! command -v npm >/dev/null; then
+    apt_install npm
+fi
+browser=target/browser
+if ! cmp -s tests/browser/package-lock.json "$browser/package-lock.json" \
+    || [ ! -d "$browser/node_modules/puppeteer-core" ]; then
+    echo "bootstrap: installing puppeteer-core (tests/browser/package-lock.json) into $browser" >&2
+    rm -rf "$browser" && mkdir -p "$browser"
+    cp tests/browser/package.json tests/browser/package-lock.json "$browser/"
+    (cd "$browser" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 fi

@@ -9,3 +9,5 @@ const SERVER: &str = "openai_server_p3";
 include!("serve/suite.rs");
 
 include!("serve/reuse.rs");
+
+include!("serve/browser.rs");
