@@ -47,6 +47,10 @@ use wasmtime_wasi_http::{WasiHttpView, handler};
 use super::{Answer, Throttle};
 use crate::runner::{Guest, HostState, Runtime};
 
+/// What wasmtime-wasi-http 48 reports for an instance whose worker future
+/// was dropped before it finished.
+const WORKER_DROPPED: &str = "worker panicked";
+
 /// How far one instance is reused.
 #[derive(Debug, Clone, Copy)]
 pub struct Reuse {
@@ -222,6 +226,15 @@ impl WorkerState for Worker {
                 Some(Trap::Interrupt) => self.failures.warn(format_args!(
                     "an instance was stopped: a request ran past limits.guest-seconds in guest code"
                 )),
+                // wasmtime-wasi-http hands over this error whenever the
+                // instance's worker future is dropped unfinished (its
+                // handler.rs `Dropper`), which is also how the runtime
+                // cancels an idle instance as the server stops: a panic
+                // only while this thread unwinds. Not worth a warning on
+                // every clean stop.
+                None if !std::thread::panicking() && e.to_string() == WORKER_DROPPED => {
+                    tracing::debug!("an instance's worker was dropped unfinished (the server stopping)")
+                }
                 _ => self.failures.warn(format_args!("an instance trapped: {e:#}")),
             }
         }
