@@ -28,7 +28,7 @@ fn the_proposal_parses_into_its_profiles_and_its_package_file_is_current() {
     let (resolve, package) = load("wit/proposal");
     assert_eq!(resolve.packages[package].name.to_string(), "wasi:nn@0.3.0-draft");
     let worlds: BTreeSet<&str> = resolve.packages[package].worlds.keys().map(String::as_str).collect();
-    assert_eq!(worlds, BTreeSet::from(["llm", "llm-attested", "llm-prompt", "ml"]));
+    assert_eq!(worlds, BTreeSet::from(["llm", "llm-async", "llm-attested", "llm-prompt", "ml"]));
 
     let bytes = wit_component::encode(&resolve, package).expect("the proposal encodes as a WIT package");
     if std::env::var_os("WASI_NN_LLM_BLESS").is_some() {
@@ -137,7 +137,7 @@ fn the_ml_world_keeps_the_spec_s_tensor_api_and_graph_only_gains_properties() {
     };
     assert_eq!(strip(imports(&proposal, proposal_package)), strip(imports(&spec, spec_package)));
     // Every new interface lives in the same package, beside the spec's.
-    for name in ["llm-types", "llm-model", "prompt", "session", "attestation"] {
+    for name in ["llm-types", "llm-model", "prompt", "session", "async-session", "attestation"] {
         let id = proposal.packages[proposal_package].interfaces[name];
         assert!(matches!(proposal.interfaces[id].package, Some(p) if p == proposal_package), "{name}");
     }
