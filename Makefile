@@ -28,15 +28,17 @@ cluster: guests
 	@scripts/cluster.sh
 
 ## The whole test suite, on the real model.
+# The test command's bootstrap also installs the browser test's chromium
+# and puppeteer-core (a target variable, so `guests` bootstraps once).
+test: BOOTSTRAP_FOR := test
 test: guests
-	@scripts/bootstrap.sh test
 	cargo build --release --quiet -p wasi-nn-llm-host
 	cargo build --release --quiet -p wasi-nn-stock-host
 	cargo test --release
 	@scripts/no-strays.sh
 
 bootstrap:
-	@scripts/bootstrap.sh
+	@scripts/bootstrap.sh $(BOOTSTRAP_FOR)
 
 guests: bootstrap
 	@cargo build --release --quiet --target wasm32-wasip2 -p chat -p chat-base -p chat-tensor -p openai-server -p openai-server-p3 -p probe -p compat-0-1-0 -p compat-0-1-1 -p compat-0-1-4 -p p3-probe -p hostile -p conformance -p conformance-p3 -p conformance-nn -p bench-guest -p bench-guest-p3 -p chat-pull -p chat-p3 -p parallel-p3

@@ -324,7 +324,7 @@ function edit(conversation, index, view) {
     reply(branch);
   };
   area.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
+    if (sendsOnEnter(e)) { e.preventDefault(); send(); }
     if (e.key === "Escape") { e.preventDefault(); renderMessages(); }
   });
   tools.append(button("Send as a new branch", send), button("Cancel", () => renderMessages()));
@@ -461,9 +461,11 @@ function stop() {
 // ---- Wiring ------------------------------------------------------------
 
 ui.composer.addEventListener("submit", (e) => { e.preventDefault(); send(); });
+/** Enter sends; Shift+Enter (or Enter while an IME composes) types a new line. */
+function sendsOnEnter(e) { return e.key === "Enter" && !e.shiftKey && !e.isComposing; }
+
 ui.prompt.addEventListener("keydown", (e) => {
-  // Enter sends; Shift+Enter (or an IME composing) types a new line.
-  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
+  if (sendsOnEnter(e)) { e.preventDefault(); send(); }
   if (e.key === "Escape" && running) { e.preventDefault(); stop(); }
 });
 ui.stop.addEventListener("click", stop);
