@@ -1,7 +1,7 @@
-//! The conformance suite (`tests/conformance/`, a guest component) run
+//! The conformance suite (`tests/spec/llm/`, a guest component) run
 //! against a host, on each test model; and its statements on generation,
 //! streams, finish, cancellation, usage, sessions and errors once more
-//! through the WASI 0.3 session (`tests/conformance-p3/`, a second guest).
+//! through the WASI 0.3 session (`tests/spec/llm-p3/`, a second guest).
 //!
 //! By default the host is this project's CLI. To check another host, set
 //! `CONFORMANCE_HOST` to its command line, with `{model}` for the GGUF path
@@ -14,10 +14,74 @@
 //!     cargo test --release --test conformance
 //! ```
 
+use std::collections::BTreeSet;
 use std::process::Command;
 
 use serde_json::Value;
-use wasi_nn_llm_tests::{MODELS, guest, host_cli, model_path};
+use wasi_nn_llm_tests::{MODELS, guest, host_cli, model_path, workspace_root};
+
+/// The suite's statements, the very file the guests compile.
+#[path = "spec/llm/src/statements.rs"]
+mod statements;
+
+const BEGIN: &str = "<!-- statements: written by tests/conformance.rs (WASI_NN_LLM_BLESS=1) from src/statements.rs; do not edit by hand except the WASI 0.3 column -->";
+const END: &str = "<!-- end of statements -->";
+
+/// `tests/spec/llm/STATEMENTS.md`, where the statements are listed for a
+/// reader of the spec's `test/` layout.
+fn statements_file() -> std::path::PathBuf {
+    workspace_root().join("tests/spec/llm/STATEMENTS.md")
+}
+
+/// The checked-in table's rows: id, level, words, and whether the WASI 0.3
+/// suite checks it.
+fn checked_in_statements() -> Vec<[String; 4]> {
+    let text = std::fs::read_to_string(statements_file()).unwrap_or_default();
+    let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else { return Vec::new() };
+    text[a + BEGIN.len()..b]
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<String> = l.trim_matches('|').split(" | ").map(|c| c.trim().to_owned()).collect();
+            [cells[0].trim_matches('`').to_owned(), cells[1].clone(), cells[2].replace("\\|", "|"), cells[3].clone()]
+        })
+        .collect()
+}
+
+fn level(l: statements::Level) -> &'static str {
+    match l {
+        statements::Level::Must => "MUST",
+        statements::Level::Should => "SHOULD",
+    }
+}
+
+/// `STATEMENTS.md` lists exactly the statements the guests compile, in
+/// their words; the WASI 0.3 column is checked by that suite's own run.
+#[test]
+fn the_statement_list_is_the_checked_in_one() {
+    let rows = checked_in_statements();
+    let p3 = |id: &str| rows.iter().find(|r| r[0] == id).map_or("no", |r| r[3].as_str()).to_owned();
+    let mut table = String::from("| id | level | statement | WASI 0.3 suite |\n|---|---|---|---|\n");
+    for s in statements::ALL {
+        table.push_str(&format!("| `{}` | {} | {} | {} |\n", s.id, level(s.level), s.text.replace('|', "\\|"), p3(s.id)));
+    }
+    let path = statements_file();
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else {
+        panic!("{} has no statements block", path.display())
+    };
+    if std::env::var_os("WASI_NN_LLM_BLESS").is_some() {
+        std::fs::write(&path, format!("{}{BEGIN}\n\n{table}\n{}", &text[..a], &text[b..])).expect("writing STATEMENTS.md");
+        return;
+    }
+    assert_eq!(
+        text[a + BEGIN.len()..b].trim(),
+        table.trim(),
+        "{} is not src/statements.rs: write it with WASI_NN_LLM_BLESS=1 cargo test --release --test conformance \
+         the_statement_list",
+        path.display()
+    );
+}
 
 fn host_command(model: &str, component: &str) -> Command {
     let template = std::env::var("CONFORMANCE_HOST").unwrap_or_else(|_| {
@@ -41,12 +105,32 @@ fn the_host_meets_them_through_the_wasi_0_3_session_too() {
 
 /// The same suites on the second backend, candle, which shares no kernel
 /// with llama.cpp (SmolLM2: it implements the Llama architecture only).
-/// The matrix of both is `tests/conformance/RESULTS.md`.
+/// The matrix of both is `tests/spec/llm/RESULTS.md`.
 #[test]
 fn the_candle_backend_meets_every_statement_too() {
     for (name, checks) in [("conformance", 40), ("conformance_p3", 20)] {
         meets_every_statement(name, checks, &[wasi_nn_llm_tests::MODEL], Some("candle"));
     }
+}
+
+/// Every check the suite `name` reported is a row of `STATEMENTS.md` in the
+/// same words, and the suite checked every row it claims: all of them for
+/// the 0.1.x suite, those marked in the WASI 0.3 column for the p3 suite.
+fn assert_listed(name: &str, checks: &[&Value]) {
+    let rows = checked_in_statements();
+    for c in checks {
+        let id = c["id"].as_str().unwrap_or_default();
+        let row = rows.iter().find(|r| r[0] == id);
+        assert!(
+            row.is_some_and(|r| c["level"] == r[1].as_str() && c["statement"] == r[2].as_str()),
+            "{name}: statement `{id}` is not listed in those words in {}",
+            statements_file().display()
+        );
+    }
+    let reported: BTreeSet<&str> = checks.iter().filter_map(|c| c["id"].as_str()).collect();
+    let claimed: BTreeSet<&str> =
+        rows.iter().filter(|r| name != "conformance_p3" || r[3] == "yes").map(|r| r[0].as_str()).collect();
+    assert_eq!(reported, claimed, "{name}: the statements it checked are not those {} gives it", statements_file().display());
 }
 
 /// Run the suite `name` (at least `checks` checks) on each of `models`,
@@ -94,5 +178,6 @@ fn meets_every_statement(name: &str, min_checks: usize, models: &[&str], backend
         let musts = failed("MUST");
         assert!(musts.is_empty(), "{model}: MUST not met:\n{}", musts.join("\n"));
         assert!(out.status.success(), "{model}: the suite exited with {}", out.status);
+        assert_listed(name, &checks);
     }
 }

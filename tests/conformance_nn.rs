@@ -1,4 +1,4 @@
-//! The base wasi-nn conformance suite (`tests/conformance-nn`, a guest built
+//! The base wasi-nn conformance suite (`tests/spec/base`, a guest built
 //! from the spec's WIT alone) on two independent hosts: wasmtime 48's own
 //! wasi-nn with its ONNX backend (`wasi-nn-stock-host`, nothing of this
 //! project in its wasi-nn path) and this project's host with its ggml
@@ -7,7 +7,7 @@
 //! Each host runs in a process of its own, and a check that takes its host
 //! down (a panic, a trap) is one failed statement: the suite is run again
 //! without it. The test passes when the matrix (statement × host) equals the
-//! one checked in to `tests/conformance-nn/RESULTS.md`, not when every host
+//! one checked in to `tests/spec/base/RESULTS.md`, not when every host
 //! meets every statement. `CONFORMANCE_NN_BLESS=1` writes the new matrix
 //! there instead.
 
@@ -19,13 +19,15 @@ use serde_json::Value;
 use wasi_nn_llm_tests::{MODEL, guest, host_cli, model_path, workspace_root};
 
 const BEGIN: &str = "<!-- matrix: written by tests/conformance_nn.rs (CONFORMANCE_NN_BLESS=1); do not edit by hand -->";
-const END: &str = "<!-- end of matrix -->";
+const STATEMENTS_BEGIN: &str =
+    "<!-- statements: written by tests/conformance_nn.rs (CONFORMANCE_NN_BLESS=1) from the checks; do not edit by hand -->";
+const END: &str = "<!-- end of generated table -->";
 
 /// The onnxruntime library `make test` unpacks from the registry's wheel.
 const ORT_LIBRARY: &str = "target/onnxruntime/libonnxruntime.so.1.22.1";
 
 fn suite_dir() -> PathBuf {
-    workspace_root().join("tests/conformance-nn")
+    workspace_root().join("tests/spec/base")
 }
 
 /// One host under test: its name in the matrix, its command line before
@@ -184,13 +186,47 @@ fn matrix(hosts: &[Host], rows: &[Row]) -> String {
     text
 }
 
-/// The matrix block of RESULTS.md.
-fn checked_in(results: &Path) -> String {
-    let text = std::fs::read_to_string(results).unwrap_or_default();
-    match (text.find(BEGIN), text.find(END)) {
-        (Some(a), Some(b)) if a < b => text[a + BEGIN.len()..b].trim().to_owned(),
-        _ => String::new(),
+/// The statements alone, for `STATEMENTS.md`: what a host is held to,
+/// whichever host answers.
+fn statements(rows: &[Row]) -> String {
+    let mut text = String::from("| id | level | spec (`wasi-nn.wit`) | statement |\n|---|---|---|---|\n");
+    for row in rows {
+        let s = &row.statement;
+        text.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            s["id"].as_str().unwrap_or_default(),
+            s["level"].as_str().unwrap_or_default(),
+            s["cite"].as_str().unwrap_or_default(),
+            s["statement"].as_str().unwrap_or_default().replace('|', "\\|")
+        ));
     }
+    text
+}
+
+/// Check `table` against the block of `file` between `begin` and END, or
+/// write it there with `CONFORMANCE_NN_BLESS=1`.
+fn check_block(file: &Path, begin: &str, table: &str) {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let found = match (text.find(begin), text.find(END)) {
+        (Some(a), Some(b)) if a < b => Some((a, b)),
+        _ => None,
+    };
+    if std::env::var_os("CONFORMANCE_NN_BLESS").is_some() {
+        let written = match found {
+            Some((a, b)) => format!("{}{begin}\n\n{table}\n{}", &text[..a], &text[b..]),
+            None => format!("{text}\n{begin}\n\n{table}\n{END}\n"),
+        };
+        std::fs::write(file, written).expect("writing the block");
+        return;
+    }
+    let checked_in = found.map_or("", |(a, b)| text[a + begin.len()..b].trim());
+    assert_eq!(
+        checked_in,
+        table.trim(),
+        "{} changed: read the difference, explain it there, and write it with \
+         CONFORMANCE_NN_BLESS=1 cargo test --release --test conformance_nn",
+        file.display()
+    );
 }
 
 #[test]
@@ -201,22 +237,6 @@ fn the_suite_runs_on_both_hosts_and_its_matrix_is_the_checked_in_one() {
         run(host, &mut rows);
     }
     assert!(rows.len() >= 15, "only {} statements were checked", rows.len());
-    let table = matrix(&hosts, &rows);
-    let results = suite_dir().join("RESULTS.md");
-    if std::env::var_os("CONFORMANCE_NN_BLESS").is_some() {
-        let text = std::fs::read_to_string(&results).unwrap_or_default();
-        let written = match (text.find(BEGIN), text.find(END)) {
-            (Some(a), Some(b)) if a < b => format!("{}{BEGIN}\n\n{table}\n{}", &text[..a], &text[b..]),
-            _ => format!("{text}\n{BEGIN}\n\n{table}\n{END}\n"),
-        };
-        std::fs::write(&results, written).expect("writing RESULTS.md");
-        return;
-    }
-    assert_eq!(
-        checked_in(&results),
-        table.trim(),
-        "the conformance matrix changed: read the difference, explain it in {}, and write it with \
-         CONFORMANCE_NN_BLESS=1 cargo test --release --test conformance_nn",
-        results.display()
-    );
+    check_block(&suite_dir().join("STATEMENTS.md"), STATEMENTS_BEGIN, &statements(&rows));
+    check_block(&suite_dir().join("RESULTS.md"), BEGIN, &matrix(&hosts, &rows));
 }

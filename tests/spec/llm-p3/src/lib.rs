@@ -1,5 +1,5 @@
 //! The conformance suite against the WASI 0.3 session (`wasi-nn-llm:llm@0.2.0-rc-2026-12-06`, a `wasi:cli/run@0.3.0` command):
-//! the statements of `tests/conformance` that concern generation,
+//! the statements of `tests/spec/llm` that concern generation,
 //! streaming, finish, cancellation, usage, session state and errors, in the
 //! very same words (`conformance::statements`), checked through
 //! `stream<chunk>`, the finish future and the async session calls.

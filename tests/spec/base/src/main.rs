@@ -17,7 +17,7 @@ mod profile;
 use serde_json::json;
 
 wit_bindgen::generate!({
-    path: "../../wit/deps/wasi-nn",
+    path: "../../../wit/deps/wasi-nn",
     world: "ml",
 });
 

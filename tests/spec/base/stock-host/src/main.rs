@@ -5,7 +5,7 @@
 //! `load-by-name` under the directory's name (DIR/model.onnx).
 //!
 //! This is the second, independent host of the base wasi-nn conformance
-//! suite (`tests/conformance-nn`): nothing of this project sits between the
+//! suite (`tests/spec/base`): nothing of this project sits between the
 //! guest and wasmtime-wasi-nn. A panic in wasmtime-wasi-nn is left to end
 //! the process, as it ends `wasmtime run`: the suite records it.
 
