@@ -4,6 +4,7 @@
 //! `wasi:nn@0.2.0-rc-2024-10-28` is there, in the same shape), and the
 //! package file checked in beside it (`wit/proposal/wasi-nn.wasm`, what an
 //! OCI registry holds for a WIT package) is exactly what the WIT encodes to.
+//! And the RFC that proposes it quotes only figures its results files hold.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -141,4 +142,22 @@ fn the_ml_world_keeps_the_spec_s_tensor_api_and_graph_only_gains_properties() {
         let id = proposal.packages[proposal_package].interfaces[name];
         assert!(matches!(proposal.interfaces[id].package, Some(p) if p == proposal_package), "{name}");
     }
+}
+
+/// Every measured figure in RFC.md and its cover letter comes from a
+/// results file (`scripts/check-figures.py` says how it traces them), so
+/// a rerun of `make bench` that changes a figure fails here until the text
+/// says what was measured.
+#[test]
+fn every_figure_in_the_rfc_is_in_a_results_file() {
+    let out = std::process::Command::new("python3")
+        .arg(workspace_root().join("scripts/check-figures.py"))
+        .output()
+        .expect("running python3 scripts/check-figures.py");
+    assert!(
+        out.status.success(),
+        "figures in RFC.md or docs/wg-summary.md that no results file holds:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
