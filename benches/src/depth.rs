@@ -159,12 +159,22 @@ pub fn run(
             let on_best = on.iter().map(|p| p.decode).fold(0.0, f64::max);
             let off_worst = off.iter().map(|p| p.decode).fold(f64::INFINITY, f64::min);
             if depth >= 300 && on_best < off_worst {
-                targets.push(Target::new(
-                    format!("{at}: extension decode vs llama.cpp's default (flash on), where that is slower"),
-                    "≥ 1.8×",
-                    ratio(def),
-                    def >= 1.8,
-                ));
+                // What bounds it is llama.cpp's own gap between its kernels:
+                // 1.8× was set where that gap was wider (the Intel kind).
+                targets.push(
+                    Target::new(
+                        format!("{at}: extension decode vs llama.cpp's default (flash on), where that is slower"),
+                        "≥ 1.8×",
+                        ratio(def),
+                        def >= 1.8,
+                    )
+                    .why_if_missed(format!(
+                        "llama.cpp's other kernel (flash off) decodes {} tok/s here against its default's {},                          {} of it: a host on that kernel at the baseline's own speed would reach that much and                          no more. The goal presumes a wider gap between the kernels, as on the Intel kind.",
+                        num(off_m.decode),
+                        num(on_m.decode),
+                        ratio(off_m.decode / on_m.decode)
+                    )),
+                );
             }
         }
     }
