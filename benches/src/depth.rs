@@ -169,7 +169,9 @@ pub fn run(
                         def >= 1.8,
                     )
                     .why_if_missed(format!(
-                        "llama.cpp's other kernel (flash off) decodes {} tok/s here against its default's {},                          {} of it: a host on that kernel at the baseline's own speed would reach that much and                          no more. The goal presumes a wider gap between the kernels, as on the Intel kind.",
+                        "llama.cpp's other kernel (flash off) decodes {} tok/s here against its default's {}, \
+                         {} of it: a host on that kernel at the baseline's own speed would reach that much and \
+                         no more. The goal presumes a wider gap between the kernels, as on the Intel kind.",
                         num(off_m.decode),
                         num(on_m.decode),
                         ratio(off_m.decode / on_m.decode)
