@@ -14,9 +14,8 @@ use wit_parser::{FunctionKind, Interface, PackageId, Resolve, Type, TypeDefKind}
 
 fn load(dir: &str) -> (Resolve, PackageId) {
     let mut resolve = Resolve::new();
-    let (package, _) = resolve
-        .push_dir(workspace_root().join(dir))
-        .unwrap_or_else(|e| panic!("{dir} does not parse: {e:?}"));
+    let (package, _) =
+        resolve.push_dir(workspace_root().join(dir)).unwrap_or_else(|e| panic!("{dir} does not parse: {e:?}"));
     (resolve, package)
 }
 
@@ -59,7 +58,9 @@ fn show(resolve: &Resolve, ty: &Type) -> String {
     match &def.kind {
         TypeDefKind::List(t) => format!("list<{}>", show(resolve, t)),
         TypeDefKind::Option(t) => format!("option<{}>", show(resolve, t)),
-        TypeDefKind::Tuple(t) => format!("tuple<{}>", t.types.iter().map(|t| show(resolve, t)).collect::<Vec<_>>().join(", ")),
+        TypeDefKind::Tuple(t) => {
+            format!("tuple<{}>", t.types.iter().map(|t| show(resolve, t)).collect::<Vec<_>>().join(", "))
+        }
         TypeDefKind::Result(r) => format!(
             "result<{}, {}>",
             r.ok.as_ref().map_or("_".into(), |t| show(resolve, t)),
@@ -79,7 +80,8 @@ fn signature(resolve: &Resolve, interface: &Interface) -> (BTreeSet<String>, BTr
         .functions
         .iter()
         .map(|(name, f)| {
-            let params: Vec<String> = f.params.iter().map(|p| format!("{}: {}", p.name, show(resolve, &p.ty))).collect();
+            let params: Vec<String> =
+                f.params.iter().map(|p| format!("{}: {}", p.name, show(resolve, &p.ty))).collect();
             let result = f.result.as_ref().map_or(String::new(), |t| show(resolve, t));
             let kind = match f.kind {
                 FunctionKind::Constructor(_) => "constructor",
