@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 use serde_json::Value;
-use wasi_nn_llm_tests::{MODELS, guest, host_cli, model_path, workspace_root};
+use wasi_nn_llm_tests::{MODELS, check_generated_block, generated_block, guest, host_cli, model_path, workspace_root};
 
 /// The suite's statements, the very file the guests compile.
 #[path = "spec/llm/src/statements.rs"]
@@ -36,9 +36,8 @@ fn statements_file() -> std::path::PathBuf {
 /// The checked-in table's rows: id, level, words, and whether the WASI 0.3
 /// suite checks it.
 fn checked_in_statements() -> Vec<[String; 4]> {
-    let text = std::fs::read_to_string(statements_file()).unwrap_or_default();
-    let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else { return Vec::new() };
-    text[a + BEGIN.len()..b]
+    generated_block(&statements_file(), BEGIN, END)
+        .unwrap_or_default()
         .lines()
         .filter(|l| l.starts_with("| `"))
         .map(|l| {
@@ -46,13 +45,6 @@ fn checked_in_statements() -> Vec<[String; 4]> {
             [cells[0].trim_matches('`').to_owned(), cells[1].clone(), cells[2].replace("\\|", "|"), cells[3].clone()]
         })
         .collect()
-}
-
-fn level(l: statements::Level) -> &'static str {
-    match l {
-        statements::Level::Must => "MUST",
-        statements::Level::Should => "SHOULD",
-    }
 }
 
 /// `STATEMENTS.md` lists exactly the statements the guests compile, in
@@ -63,23 +55,16 @@ fn the_statement_list_is_the_checked_in_one() {
     let p3 = |id: &str| rows.iter().find(|r| r[0] == id).map_or("no", |r| r[3].as_str()).to_owned();
     let mut table = String::from("| id | level | statement | WASI 0.3 suite |\n|---|---|---|---|\n");
     for s in statements::ALL {
-        table.push_str(&format!("| `{}` | {} | {} | {} |\n", s.id, level(s.level), s.text.replace('|', "\\|"), p3(s.id)));
+        let text = s.text.replace('|', "\\|");
+        table.push_str(&format!("| `{}` | {} | {text} | {} |\n", s.id, s.level.as_str(), p3(s.id)));
     }
-    let path = statements_file();
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else {
-        panic!("{} has no statements block", path.display())
-    };
-    if std::env::var_os("WASI_NN_LLM_BLESS").is_some() {
-        std::fs::write(&path, format!("{}{BEGIN}\n\n{table}\n{}", &text[..a], &text[b..])).expect("writing STATEMENTS.md");
-        return;
-    }
-    assert_eq!(
-        text[a + BEGIN.len()..b].trim(),
-        table.trim(),
-        "{} is not src/statements.rs: write it with WASI_NN_LLM_BLESS=1 cargo test --release --test conformance \
-         the_statement_list",
-        path.display()
+    check_generated_block(
+        &statements_file(),
+        BEGIN,
+        END,
+        &table,
+        "WASI_NN_LLM_BLESS",
+        "cargo test --release --test conformance the_statement_list",
     );
 }
 
@@ -130,7 +115,12 @@ fn assert_listed(name: &str, checks: &[&Value]) {
     let reported: BTreeSet<&str> = checks.iter().filter_map(|c| c["id"].as_str()).collect();
     let claimed: BTreeSet<&str> =
         rows.iter().filter(|r| name != "conformance_p3" || r[3] == "yes").map(|r| r[0].as_str()).collect();
-    assert_eq!(reported, claimed, "{name}: the statements it checked are not those {} gives it", statements_file().display());
+    assert_eq!(
+        reported,
+        claimed,
+        "{name}: the statements it checked are not those {} gives it",
+        statements_file().display()
+    );
 }
 
 /// Run the suite `name` (at least `checks` checks) on each of `models`,

@@ -1,5 +1,5 @@
 //! The base wasi-nn conformance suite (`tests/spec/base`, a guest built
-//! from the spec's WIT alone) on two independent hosts: wasmtime 48's own
+//! from the spec's WIT alone) on two hosts, both wasmtime: wasmtime 48's own
 //! wasi-nn with its ONNX backend (`wasi-nn-stock-host`, nothing of this
 //! project in its wasi-nn path) and this project's host with its ggml
 //! backend, in both of its conventions (text and tensor).
@@ -8,20 +8,22 @@
 //! down (a panic, a trap) is one failed statement: the suite is run again
 //! without it. The test passes when the matrix (statement × host) equals the
 //! one checked in to `tests/spec/base/RESULTS.md`, not when every host
-//! meets every statement. `CONFORMANCE_NN_BLESS=1` writes the new matrix
-//! there instead.
+//! meets every statement; and the statements alone are the ones in
+//! `tests/spec/base/STATEMENTS.md`. `CONFORMANCE_NN_BLESS=1` writes both
+//! instead.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
-use wasi_nn_llm_tests::{MODEL, guest, host_cli, model_path, workspace_root};
+use wasi_nn_llm_tests::{MODEL, check_generated_block, guest, host_cli, model_path, workspace_root};
 
 const BEGIN: &str = "<!-- matrix: written by tests/conformance_nn.rs (CONFORMANCE_NN_BLESS=1); do not edit by hand -->";
-const STATEMENTS_BEGIN: &str =
-    "<!-- statements: written by tests/conformance_nn.rs (CONFORMANCE_NN_BLESS=1) from the checks; do not edit by hand -->";
+const STATEMENTS_BEGIN: &str = "<!-- statements: written by tests/conformance_nn.rs (CONFORMANCE_NN_BLESS=1) from the checks; do not edit by hand -->";
 const END: &str = "<!-- end of generated table -->";
+const BLESS: &str = "CONFORMANCE_NN_BLESS";
+const RERUN: &str = "cargo test --release --test conformance_nn";
 
 /// The onnxruntime library `make test` unpacks from the registry's wheel.
 const ORT_LIBRARY: &str = "target/onnxruntime/libonnxruntime.so.1.22.1";
@@ -203,32 +205,6 @@ fn statements(rows: &[Row]) -> String {
     text
 }
 
-/// Check `table` against the block of `file` between `begin` and END, or
-/// write it there with `CONFORMANCE_NN_BLESS=1`.
-fn check_block(file: &Path, begin: &str, table: &str) {
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    let found = match (text.find(begin), text.find(END)) {
-        (Some(a), Some(b)) if a < b => Some((a, b)),
-        _ => None,
-    };
-    if std::env::var_os("CONFORMANCE_NN_BLESS").is_some() {
-        let written = match found {
-            Some((a, b)) => format!("{}{begin}\n\n{table}\n{}", &text[..a], &text[b..]),
-            None => format!("{text}\n{begin}\n\n{table}\n{END}\n"),
-        };
-        std::fs::write(file, written).expect("writing the block");
-        return;
-    }
-    let checked_in = found.map_or("", |(a, b)| text[a + begin.len()..b].trim());
-    assert_eq!(
-        checked_in,
-        table.trim(),
-        "{} changed: read the difference, explain it there, and write it with \
-         CONFORMANCE_NN_BLESS=1 cargo test --release --test conformance_nn",
-        file.display()
-    );
-}
-
 #[test]
 fn the_suite_runs_on_both_hosts_and_its_matrix_is_the_checked_in_one() {
     let hosts = hosts();
@@ -237,6 +213,9 @@ fn the_suite_runs_on_both_hosts_and_its_matrix_is_the_checked_in_one() {
         run(host, &mut rows);
     }
     assert!(rows.len() >= 15, "only {} statements were checked", rows.len());
-    check_block(&suite_dir().join("STATEMENTS.md"), STATEMENTS_BEGIN, &statements(&rows));
-    check_block(&suite_dir().join("RESULTS.md"), BEGIN, &matrix(&hosts, &rows));
+    for (file, begin, table) in
+        [("STATEMENTS.md", STATEMENTS_BEGIN, statements(&rows)), ("RESULTS.md", BEGIN, matrix(&hosts, &rows))]
+    {
+        check_generated_block(&suite_dir().join(file), begin, END, &table, BLESS, RERUN);
+    }
 }

@@ -33,6 +33,36 @@ pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace")
 }
 
+/// The text of `file` between the `begin` and `end` markers (a block a
+/// test generates into a checked-in Markdown file), if both are there.
+pub fn generated_block(file: &Path, begin: &str, end: &str) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let (a, b) = (text.find(begin)?, text.find(end)?);
+    (a < b).then(|| text[a + begin.len()..b].trim().to_owned())
+}
+
+/// Check that the block of `file` between `begin` and `end` is `table`;
+/// or, with the environment variable `bless` set, write `table` there
+/// (appending the block if the file has none). `rerun` is the command
+/// that blesses, for the failure message.
+pub fn check_generated_block(file: &Path, begin: &str, end: &str, table: &str, bless: &str, rerun: &str) {
+    if std::env::var_os(bless).is_some() {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let written = match (text.find(begin), text.find(end)) {
+            (Some(a), Some(b)) if a < b => format!("{}{begin}\n\n{table}\n{}", &text[..a], &text[b..]),
+            _ => format!("{text}\n{begin}\n\n{table}\n{end}\n"),
+        };
+        std::fs::write(file, written).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+        return;
+    }
+    assert_eq!(
+        generated_block(file, begin, end).unwrap_or_default(),
+        table.trim(),
+        "{} changed: read the difference, explain it there, and write it with {bless}=1 {rerun}",
+        file.display()
+    );
+}
+
 /// A guest component built by `make test` (`cargo build --target wasm32-wasip2`).
 pub fn guest(name: &str) -> PathBuf {
     built_guest("wasm32-wasip2", name)

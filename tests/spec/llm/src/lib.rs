@@ -40,10 +40,7 @@ pub struct Suite {
 impl Suite {
     /// Report one check of `statement` as a JSON line.
     pub fn check(&mut self, statement: &Statement, outcome: Result<(), Fail>) {
-        let level = match statement.level {
-            Level::Must => "MUST",
-            Level::Should => "SHOULD",
-        };
+        let level = statement.level.as_str();
         if outcome.is_err() && statement.level == Level::Must {
             self.failed_musts += 1;
         }

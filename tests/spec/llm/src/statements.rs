@@ -11,6 +11,16 @@ pub enum Level {
     Should,
 }
 
+impl Level {
+    /// As RFC 2119 writes it, and as a check's report and `STATEMENTS.md` do.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Must => "MUST",
+            Self::Should => "SHOULD",
+        }
+    }
+}
+
 /// One normative statement: its id, level and words.
 pub struct Statement {
     pub id: &'static str,
