@@ -71,10 +71,6 @@ def numbers(text):
     return [float(n.replace(",", "")) for n in re.findall(r"(?<![\w.])\d[\d,]*(?:\.\d+)?", text) if n.replace(",", "")]
 
 
-def numbers_of(files):
-    return [n for f in files for n in numbers(open(f, encoding="utf-8").read())]
-
-
 def paragraph_scopes(doc_lines, files):
     """For each line, the results files its paragraph, list item or table
     names, if any: a figure next to a file's name must come from that
@@ -144,13 +140,14 @@ def figures(text):
 
 
 def main():
-    rfc_path = os.path.join(ROOT, "RFC.md")
-    rfc = "\n".join(open(os.path.join(ROOT, d), encoding="utf-8").read() for d in DOCUMENTS)
-    lines = open(rfc_path, encoding="utf-8").read().splitlines()
+    docs = {name: open(os.path.join(ROOT, name), encoding="utf-8").read() for name in DOCUMENTS}
+    rfc = "\n".join(docs.values())
     files = results_files()
-    # A figure whose paragraph names no results file is from the full run.
-    pool = numbers(open(os.path.join(ROOT, "benches/RESULTS.md"), encoding="utf-8").read())
-    bench = sections(os.path.join(ROOT, "benches/RESULTS.md"))
+    # Each results file read once: its numbers, for every figure it scopes.
+    in_file = {f: numbers(open(f, encoding="utf-8").read()) for f in files}
+    full_run = os.path.join(ROOT, "benches/RESULTS.md")
+    bench = sections(full_run)
+    known = {**NOT_MEASURED, **EARLIER_RUNS}
     models = {"SmolLM2-135M": "smollm2", "gemma-3-270m": "gemma3"}
 
     problems, checked = [], 0
@@ -164,11 +161,13 @@ def main():
             continue
         shown = subprocess.run(["git", "-C", ROOT, "show", f"{commit}:{path}"], capture_output=True, text=True)
         wanted = [n for _, nums in figures(key) for n in nums]
-        shallow = subprocess.run(["git", "-C", ROOT, "rev-parse", "--is-shallow-repository"], capture_output=True, text=True)
-        if shown.returncode != 0 and shallow.stdout.strip() == "true":
-            print(f"note: {commit} is not in this shallow clone; {key!r} not checked")
-            continue
         if shown.returncode != 0:
+            shallow = subprocess.run(
+                ["git", "-C", ROOT, "rev-parse", "--is-shallow-repository"], capture_output=True, text=True
+            )
+            if shallow.stdout.strip() == "true":
+                print(f"note: {commit} is not in this shallow clone; {key!r} not checked")
+                continue
             problems.append(f"EARLIER_RUNS: cannot read {commit}:{path}: {shown.stderr.strip()}")
         elif not all(traced(n, numbers(shown.stdout)) for n in wanted):
             problems.append(f"EARLIER_RUNS: {wanted} not all in {commit}:{path}")
@@ -176,7 +175,7 @@ def main():
 
     skip = set()
     header = None
-    for lineno, cells in measurement_table(lines):
+    for lineno, cells in measurement_table(docs["RFC.md"].splitlines()):
         if header is None:
             header = cells
             continue
@@ -200,21 +199,21 @@ def main():
         skip.add(lineno)
 
     for name in DOCUMENTS:
-        doc_lines = open(os.path.join(ROOT, name), encoding="utf-8").read().splitlines()
+        doc_lines = docs[name].splitlines()
         scopes = paragraph_scopes(doc_lines, files)
         for i, line in enumerate(doc_lines, start=1):
             if name == "RFC.md" and i in skip:
                 continue
             context = " ".join(doc_lines[max(0, i - 2) : i + 1])
             for fig, nums in figures(line):
-                known = {**NOT_MEASURED, **EARLIER_RUNS}
                 if any(k in context for k in known if any(n in k for n in nums)):
                     continue
                 for n in nums:
                     checked += 1
-                    scope = scopes[i - 1]
-                    if not traced(n, numbers_of(scope) if scope else pool):
-                        where = ", ".join(os.path.relpath(f, ROOT) for f in scope) if scope else "benches/RESULTS.md"
+                    # A figure whose paragraph names no results file is from the full run.
+                    scope = scopes[i - 1] or [full_run]
+                    if not traced(n, [x for f in scope for x in in_file[f]]):
+                        where = ", ".join(os.path.relpath(f, ROOT) for f in scope)
                         problems.append(f"{name}:{i}: {n} (in {fig!r}) is not in {where}")
 
     for p in problems:
