@@ -205,6 +205,14 @@ function render() {
   renderMessages();
 }
 
+/** A row of a message's actions. */
+function toolbar(...buttons) {
+  const tools = document.createElement("div");
+  tools.className = "tools";
+  tools.append(...buttons);
+  return tools;
+}
+
 function button(label, onClick, accessibleName) {
   const b = document.createElement("button");
   b.type = "button";
@@ -228,11 +236,7 @@ function messageView(conversation, index) {
   view.append(role);
   if (m.role === "user") {
     content.textContent = m.content;
-    view.append(content);
-    const tools = document.createElement("div");
-    tools.className = "tools";
-    tools.append(button("Edit", () => edit(conversation, index, view), "Edit this message and send it as a new branch"));
-    view.append(tools);
+    view.append(content, toolbar(button("Edit", () => edit(conversation, index, view), "Edit this message and send it as a new branch")));
     return view;
   }
   if (m.reasoning) {
@@ -265,10 +269,7 @@ function messageView(conversation, index) {
   stats.textContent = statsText(m);
   view.append(stats);
   if (!m.pending && index === conversation.messages.length - 1) {
-    const tools = document.createElement("div");
-    tools.className = "tools";
-    tools.append(button("Regenerate", () => regenerate(conversation, index), "Regenerate this reply as a new branch"));
-    view.append(tools);
+    view.append(toolbar(button("Regenerate", () => regenerate(conversation, index), "Regenerate this reply as a new branch")));
   }
   return view;
 }
@@ -311,8 +312,6 @@ function edit(conversation, index, view) {
   area.value = conversation.messages[index].content;
   area.rows = 3;
   area.setAttribute("aria-label", "Edited message");
-  const tools = document.createElement("div");
-  tools.className = "tools";
   const send = () => {
     const text = area.value.trim();
     if (!text) return;
@@ -327,8 +326,7 @@ function edit(conversation, index, view) {
     if (sendsOnEnter(e)) { e.preventDefault(); send(); }
     if (e.key === "Escape") { e.preventDefault(); renderMessages(); }
   });
-  tools.append(button("Send as a new branch", send), button("Cancel", () => renderMessages()));
-  view.replaceChildren(view.firstChild, area, tools);
+  view.replaceChildren(view.firstChild, area, toolbar(button("Send as a new branch", send), button("Cancel", () => renderMessages())));
   area.focus();
 }
 
